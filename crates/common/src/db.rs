@@ -1,0 +1,217 @@
+//! Database selection by URL scheme (SQLite or PostgreSQL), connection set-up, and the storage
+//! error every store returns.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::config::ConfigError;
+use crate::health::HealthCheck;
+
+/// Where a service keeps its data, chosen by the scheme of its `*_DATABASE_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// An embedded SQLite file (`sqlite://path/to/file.db` or `sqlite:path`).
+    Sqlite(PathBuf),
+    /// A PostgreSQL server (`postgres://` or `postgresql://`).
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    /// Reads `variable` from the environment, defaulting to `DATA_DIR/<default_file>`.
+    pub fn from_env(
+        env: &crate::config::Env,
+        variable: &str,
+        default_file: &str,
+    ) -> Result<Self, ConfigError> {
+        match env.get(variable) {
+            Some(raw) => Self::parse(raw).map_err(|message| ConfigError::new(variable, message)),
+            None => Ok(Self::Sqlite(env.data_dir().join(default_file))),
+        }
+    }
+
+    /// Parses a URL; the scheme picks the backend.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if let Some(rest) = raw
+            .strip_prefix("sqlite://")
+            .or_else(|| raw.strip_prefix("sqlite:"))
+        {
+            let path = rest.split('?').next().unwrap_or_default();
+            if path.is_empty() || path == ":memory:" {
+                return Err("a SQLite URL needs a file path (sqlite://path/to/file.db)".into());
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            PgConnectOptions::from_str(raw).map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
+            return Ok(Self::Postgres(raw.to_owned()));
+        }
+        Err("expected a sqlite:// or postgres:// URL".into())
+    }
+
+    /// The URL with any password hidden, for logs.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Sqlite(path) => format!("sqlite://{}", path.display()),
+            Self::Postgres(raw) => match url::Url::parse(raw) {
+                Ok(mut url) => {
+                    if url.password().is_some() {
+                        let _ = url.set_password(Some("****"));
+                    }
+                    url.to_string()
+                }
+                Err(_) => "postgres://(unparseable)".into(),
+            },
+        }
+    }
+}
+
+/// Opens (creating if missing) a SQLite file in WAL mode with foreign keys on.
+pub async fn connect_sqlite(path: &Path) -> Result<SqlitePool, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    }
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(5));
+    SqlitePoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_with(options)
+        .await
+        .map_err(StoreError::from)
+}
+
+/// Connects to PostgreSQL with bounded waits, so an outage answers 503 quickly.
+pub async fn connect_postgres(url: &str) -> Result<PgPool, StoreError> {
+    let options = PgConnectOptions::from_str(url).map_err(StoreError::from)?;
+    PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_with(options)
+        .await
+        .map_err(StoreError::from)
+}
+
+/// What storage can fail with; knows nothing of HTTP.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database does not answer (connection refused, pool timeout, closed pool).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A uniqueness constraint was violated; carries the constraint name where known.
+    #[error("unique constraint violated: {0}")]
+    Conflict(String),
+    /// Anything else: a bug or a schema problem.
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_) => Self::Unavailable(error.to_string()),
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                Self::Conflict(db.constraint().unwrap_or_default().to_owned())
+            }
+            // PostgreSQL's connection-exception class (08), shutdown and "too many connections".
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| {
+                    c.starts_with("08") || c.starts_with("57P") || c == "53300"
+                }) =>
+            {
+                Self::Unavailable(error.to_string())
+            }
+            sqlx::Error::Migrate(e) => Self::Other(format!("migration failed: {e}")),
+            _ => Self::Other(error.to_string()),
+        }
+    }
+}
+
+/// A pool of either backend: what every store hands out for readiness checks and shutdown.
+#[derive(Debug, Clone)]
+pub enum Pool {
+    /// SQLite.
+    Sqlite(SqlitePool),
+    /// PostgreSQL.
+    Postgres(PgPool),
+}
+
+impl Pool {
+    /// One round trip to the database.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+            Self::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+        }
+        .map_err(StoreError::from)
+    }
+
+    /// Closes the pool (at shutdown); later calls fail as unavailable.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(pool) => pool.close().await,
+            Self::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// Readiness check `database`: passes when the database answers a ping.
+pub struct DatabaseCheck(pub Pool);
+
+#[async_trait::async_trait]
+impl HealthCheck for DatabaseCheck {
+    fn name(&self) -> String {
+        "database".into()
+    }
+
+    fn component_type(&self) -> &'static str {
+        "datastore"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        self.0.ping().await.map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scheme_picks_the_backend() {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://data/a.db").unwrap(),
+            DatabaseUrl::Sqlite("data/a.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:/tmp/a.db?mode=rwc").unwrap(),
+            DatabaseUrl::Sqlite("/tmp/a.db".into())
+        );
+        assert!(matches!(
+            DatabaseUrl::parse("postgres://u:p@localhost/db").unwrap(),
+            DatabaseUrl::Postgres(_)
+        ));
+        assert!(DatabaseUrl::parse("mysql://localhost/db").is_err());
+        assert!(DatabaseUrl::parse("sqlite::memory:").is_err());
+    }
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        let url = DatabaseUrl::parse("postgres://app:hunter2@db:5432/accounts").unwrap();
+        assert!(!url.redacted().contains("hunter2"));
+    }
+}

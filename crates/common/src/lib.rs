@@ -1,0 +1,15 @@
+//! What every service does the same way: configuration, telemetry, problem responses,
+//! extractors, health probes, database selection, serving with graceful shutdown.
+
+pub mod config;
+pub mod db;
+pub mod extract;
+pub mod health;
+pub mod problem;
+pub mod request;
+pub mod server;
+pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use problem::Problem;

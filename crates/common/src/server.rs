@@ -1,0 +1,237 @@
+//! Serving a service: the standard layers, binding, graceful shutdown, and the thin `main`
+//! every binary shares (including the `healthcheck` subcommand used by container probes).
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::config::{ConfigError, Env, HttpConfig};
+use crate::db::Pool;
+use crate::problem::Problem;
+use crate::request::{record_route, request_context};
+use crate::telemetry::{self, LogConfig};
+
+/// Adds what every service's router needs, outermost first: the request context (request id,
+/// trace, span, access log, problem+json for bare errors such as an unknown path's 404), panic
+/// recovery, the body limit, and route templates on spans. Call it last.
+pub fn finish(router: Router, service: &'static str, http: &HttpConfig) -> Router {
+    router
+        .route_layer(from_fn(record_route))
+        .layer(DefaultBodyLimit::max(http.max_body_bytes))
+        .layer(CatchPanicLayer::custom(panic_problem))
+        .layer(from_fn_with_state(service, request_context))
+}
+
+fn panic_problem(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    Problem::internal().into_response()
+}
+
+/// A bound service that is not serving yet: its listener, its router and its database.
+pub struct Service {
+    name: &'static str,
+    listener: TcpListener,
+    router: Router,
+    database: Option<Pool>,
+    grace: Duration,
+}
+
+impl Service {
+    /// A service that will serve `router` on `listener`.
+    pub fn new(
+        name: &'static str,
+        listener: TcpListener,
+        router: Router,
+        http: &HttpConfig,
+    ) -> Self {
+        Self {
+            name,
+            listener,
+            router,
+            database: None,
+            grace: http.shutdown_grace,
+        }
+    }
+
+    /// The database to close once the last request has finished.
+    pub fn with_database(mut self, database: Pool) -> Self {
+        self.database = Some(database);
+        self
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` fires, lets in-flight requests finish, then closes the database.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(service = self.name, addr = %self.listener.local_addr()?, "listening");
+        let result = serve(self.listener, self.router, shutdown, self.grace).await;
+        if let Some(database) = self.database {
+            database.close().await;
+        }
+        tracing::info!(service = self.name, "stopped");
+        result.map_err(|e| anyhow::anyhow!("{} server failed: {e}", self.name))
+    }
+}
+
+/// Binds `addr` (port 0 picks a free port; ask the listener which).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `router` until `shutdown` is cancelled, then lets in-flight requests finish for up
+/// to `grace` before giving up on them.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    tokio::select! {
+        result = server => result,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}
+
+/// A cancellation token that fires on Ctrl-C or SIGTERM.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        trigger.cancel();
+    });
+    token
+}
+
+/// The whole `main` of a service binary: `healthcheck` probes a running instance (for container
+/// health checks, no curl needed); otherwise read the configuration, start logging, and run
+/// `start` until a signal. Configuration errors print the variable at fault and exit 2.
+pub fn run_binary<C, F, Fut>(
+    service: &'static str,
+    load: impl FnOnce(&Env) -> Result<C, ConfigError>,
+    probe_addr: impl FnOnce(&C) -> SocketAddr,
+    start: F,
+) -> ExitCode
+where
+    F: FnOnce(C, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let env = Env::from_process();
+    let config = match load(&env) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{service}: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return if probe(probe_addr(&config)) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    let log = match LogConfig::from_env(&env) {
+        Ok(log) => log,
+        Err(error) => {
+            eprintln!("{service}: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(error) = telemetry::init(&log) {
+        eprintln!("{service}: {error}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{service}: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = shutdown_on_signal();
+        start(config, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "{service} stopped with an error"
+            );
+            eprintln!("{service}: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `GET /healthz` on a local address; true on 200. A wildcard address is probed on loopback.
+pub fn probe(addr: SocketAddr) -> bool {
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let attempt = || -> std::io::Result<bool> {
+        let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.") && &head[8..12] == b" 200")
+    };
+    attempt().unwrap_or(false)
+}

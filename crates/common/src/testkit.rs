@@ -1,0 +1,158 @@
+//! Test support: a fresh database per test, on SQLite and on PostgreSQL.
+//!
+//! SQLite tests always run. PostgreSQL tests run when `TEST_DATABASE_URL` points at a server
+//! (`postgres://postgres@127.0.0.1:5432/postgres`): each test creates its own database there
+//! and drops it afterwards. Unset, they are skipped with a notice; set but unreachable, they
+//! fail. CI always sets it.
+
+use std::str::FromStr;
+
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+
+use crate::db::DatabaseUrl;
+
+/// The variable naming the PostgreSQL server the tests may use.
+pub const TEST_DATABASE_URL: &str = "TEST_DATABASE_URL";
+
+/// A database that exists for one test and is removed after it.
+pub struct TestDatabase {
+    /// The URL to hand to the service.
+    pub url: DatabaseUrl,
+    /// Set for PostgreSQL: the server URL and the database to drop.
+    postgres: Option<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    /// A new SQLite file in a temporary directory.
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("cannot make a temp dir: {e}"));
+        Self {
+            url: DatabaseUrl::Sqlite(dir.path().join("test.db")),
+            postgres: None,
+            _dir: Some(dir),
+        }
+    }
+
+    /// A new PostgreSQL database on `TEST_DATABASE_URL`, or `None` (with a notice) when the
+    /// variable is unset. Panics when the server cannot be reached: a required test must fail.
+    pub async fn postgres() -> Option<Self> {
+        let Ok(server) = std::env::var(TEST_DATABASE_URL) else {
+            eprintln!(
+                "skipped: PostgreSQL test; set {TEST_DATABASE_URL}=postgres://postgres@127.0.0.1:5432/postgres to run it"
+            );
+            return None;
+        };
+        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = connect_admin(&server).await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+        let _ = admin.close().await;
+        let mut url = url::Url::parse(&server)
+            .unwrap_or_else(|e| panic!("{TEST_DATABASE_URL} is not a URL: {e}"));
+        url.set_path(&name);
+        Some(Self {
+            url: DatabaseUrl::Postgres(url.to_string()),
+            postgres: Some((server, name)),
+            _dir: None,
+        })
+    }
+
+    /// The URL as a string, for environment variables.
+    pub fn url_string(&self) -> String {
+        match &self.url {
+            DatabaseUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
+            DatabaseUrl::Postgres(url) => url.clone(),
+        }
+    }
+
+    /// For PostgreSQL: refuse (or allow again) new connections to this database and end the
+    /// open ones, which is what a database outage looks like to the service.
+    pub async fn set_reachable(&self, reachable: bool) {
+        let Some((server, name)) = &self.postgres else {
+            panic!("only a PostgreSQL test database can be made unreachable");
+        };
+        let mut admin = connect_admin(server).await;
+        let allow = if reachable { "true" } else { "false" };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS {allow}"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot alter {name}: {e}"));
+        if !reachable {
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            )
+            .bind(name)
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot end connections to {name}: {e}"));
+        }
+        let _ = admin.close().await;
+    }
+
+    /// Whether this is the PostgreSQL variant.
+    pub fn is_postgres(&self) -> bool {
+        self.postgres.is_some()
+    }
+}
+
+async fn connect_admin(server: &str) -> PgConnection {
+    let options = PgConnectOptions::from_str(server)
+        .unwrap_or_else(|e| panic!("{TEST_DATABASE_URL} is not a PostgreSQL URL: {e}"));
+    PgConnection::connect_with(&options).await.unwrap_or_else(|e| {
+        panic!("{TEST_DATABASE_URL} is set but PostgreSQL does not answer ({e}); start it or unset the variable")
+    })
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some((server, name)) = self.postgres.take() else {
+            return;
+        };
+        // Drop runs outside async; use a short-lived runtime on its own thread.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async move {
+                let mut admin = connect_admin(&server).await;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await
+                .ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(_))) {
+            eprintln!("warning: a test database could not be dropped");
+        }
+    }
+}
+
+/// Runs each named `async fn(TestDatabase)` twice, as `<name>::sqlite` and `<name>::postgres`.
+#[macro_export]
+macro_rules! both_databases {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::testkit::TestDatabase::sqlite().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(db) = $crate::testkit::TestDatabase::postgres().await {
+                    super::$name(db).await;
+                }
+            }
+        }
+    )+};
+}

@@ -1,0 +1,40 @@
+//! The payments HTTP API: routes, handlers and their state.
+
+mod error;
+mod payments;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use common::db::DatabaseCheck;
+use common::health::Readiness;
+
+pub use error::ApiError;
+
+use crate::config::PaymentsConfig;
+use crate::store::PaymentsStore;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub store: Arc<dyn PaymentsStore>,
+    /// The configuration.
+    pub config: Arc<PaymentsConfig>,
+}
+
+/// The complete router, with the shared layers applied.
+pub fn router(state: AppState) -> Router {
+    let readiness = Readiness::new().with(Arc::new(DatabaseCheck(state.store.database())));
+    let http = state.config.http.clone();
+    let api = Router::new()
+        .route("/payments", post(payments::create))
+        .route("/v1/payments", post(payments::create).get(payments::list))
+        .route("/v1/payments/{id}", get(payments::get_one))
+        .route("/v1/payments/{id}/cancel", post(payments::cancel))
+        .route("/v1/events", get(payments::events))
+        .with_state(state)
+        .merge(common::health::routes(readiness));
+    common::server::finish(api, crate::SERVICE, &http)
+}
