@@ -127,10 +127,14 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 Self::Conflict(db.constraint().unwrap_or_default().to_owned())
             }
-            // PostgreSQL's connection-exception class (08), shutdown and "too many connections".
+            // PostgreSQL refusing service rather than a query: connection exceptions (08),
+            // shutdown (57P), too many connections, the database missing, not accepting
+            // connections, or refusing our credentials.
             sqlx::Error::Database(db)
                 if db.code().is_some_and(|c| {
-                    c.starts_with("08") || c.starts_with("57P") || c == "53300"
+                    c.starts_with("08")
+                        || c.starts_with("57P")
+                        || ["53300", "3D000", "55000", "28000", "28P01"].contains(&c.as_ref())
                 }) =>
             {
                 Self::Unavailable(error.to_string())

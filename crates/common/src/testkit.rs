@@ -156,3 +156,105 @@ macro_rules! both_databases {
         }
     )+};
 }
+
+/// A service running in the background of a test, stopped when dropped.
+pub struct Running {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    /// Starts `run(shutdown)` on a task; `addr` is where the service already listens.
+    pub fn spawn<F>(
+        addr: std::net::SocketAddr,
+        run: impl FnOnce(tokio_util::sync::CancellationToken) -> F,
+    ) -> Self
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let handle = tokio::spawn(run(shutdown.clone()));
+        Self {
+            addr,
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    /// `http://addr{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Asks for a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Shuts down gracefully and returns how the service ended.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        match self.handle.take() {
+            Some(handle) => handle.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl TestDatabase {
+    /// Takes the database away from a running service: a real outage on PostgreSQL; on SQLite,
+    /// which has no server to lose, the service's pool is closed. Returns whether
+    /// [`TestDatabase::restore`] can bring it back.
+    pub async fn take_down(&self, pool: &crate::db::Pool) -> bool {
+        if self.is_postgres() {
+            self.set_reachable(false).await;
+            true
+        } else {
+            pool.close().await;
+            false
+        }
+    }
+
+    /// Ends an outage begun by [`TestDatabase::take_down`].
+    pub async fn restore(&self) {
+        self.set_reachable(true).await;
+    }
+}
+
+/// `GET {base}/healthz` must be 200 `{"status":"pass"}` in `application/health+json`.
+pub async fn assert_live(base: &str) {
+    let response = reqwest_get(&format!("{base}/healthz")).await;
+    assert_eq!(response.0, 200, "healthz");
+    assert_eq!(response.1, "application/health+json");
+    assert_eq!(response.2, serde_json::json!({"status": "pass"}));
+}
+
+/// `GET {base}/readyz`: the status and the body, after checking the media type.
+pub async fn readiness(base: &str) -> (u16, serde_json::Value) {
+    let (status, content_type, body) = reqwest_get(&format!("{base}/readyz")).await;
+    assert_eq!(content_type, "application/health+json", "readyz media type");
+    (status, body)
+}
+
+async fn reqwest_get(url: &str) -> (u16, String, serde_json::Value) {
+    let response = reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = response.json().await.unwrap_or(serde_json::Value::Null);
+    (status, content_type, body)
+}

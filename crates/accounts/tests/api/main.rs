@@ -1,0 +1,7 @@
+//! Accounts, served for real on port 0, each test on a fresh SQLite file and a fresh
+//! PostgreSQL database.
+
+mod helpers;
+mod jwks;
+mod probes;
+mod users;
