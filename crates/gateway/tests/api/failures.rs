@@ -1,0 +1,73 @@
+//! Upstreams that are down or slow, readiness, and draining at shutdown.
+
+use std::time::Duration;
+
+use common::testkit::{assert_live, readiness};
+use serde_json::Value;
+
+use crate::helpers::{closed_port, spawn_gateway, spawn_upstream};
+
+#[tokio::test]
+async fn an_upstream_that_refuses_connections_is_a_502_problem() {
+    let gateway = spawn_gateway(closed_port().await, closed_port().await, &[]).await;
+    let response = reqwest::get(gateway.url("/accounts/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "upstream_unavailable");
+}
+
+#[tokio::test]
+async fn an_upstream_slower_than_the_timeout_is_a_504_problem() {
+    let upstream = spawn_upstream().await;
+    let gateway = spawn_gateway(
+        upstream.addr,
+        upstream.addr,
+        &[("GATEWAY_UPSTREAM_TIMEOUT_MS", "200".to_owned())],
+    )
+    .await;
+    let response = reqwest::get(gateway.url("/accounts/slow")).await.unwrap();
+    assert_eq!(response.status(), 504);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "upstream_timeout");
+}
+
+#[tokio::test]
+async fn readiness_requires_every_upstream_to_be_ready() {
+    let upstream = spawn_upstream().await;
+    let ready = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
+    let (status, body) = readiness(&ready.url("")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["checks"]["upstream:accounts"][0]["status"], "pass");
+    assert_eq!(body["checks"]["upstream:payments"][0]["status"], "pass");
+
+    let half = spawn_gateway(upstream.addr, closed_port().await, &[]).await;
+    let (status, body) = readiness(&half.url("")).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["status"], "fail");
+    assert_eq!(body["checks"]["upstream:accounts"][0]["status"], "pass");
+    assert_eq!(body["checks"]["upstream:payments"][0]["status"], "fail");
+    assert_live(&half.url("")).await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let upstream = spawn_upstream().await;
+    let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
+    let url = gateway.url("/accounts/slow");
+    let in_flight = tokio::spawn(async move { reqwest::get(url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gateway.begin_shutdown();
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request completes");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "slow");
+    gateway.stop().await.expect("clean shutdown");
+}

@@ -1,0 +1,102 @@
+//! An echo upstream that reports what reached it, and `spawn_gateway` in front of it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::StatusCode;
+use axum::routing::{any, get};
+use common::config::Env;
+use common::testkit::Running;
+use gateway::{Application, GatewayConfig};
+use serde_json::{Map, Value, json};
+
+/// What the echo upstream saw of one request.
+async fn echo(ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request) -> axum::Json<Value> {
+    let (parts, body) = request.into_parts();
+    let headers: Map<String, Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::from(v.to_str().unwrap_or("?"))))
+        .collect();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    axum::Json(json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "headers": headers,
+        "body_len": body.len(),
+        "peer_port": peer.port(),
+    }))
+}
+
+/// An upstream on port 0: `/slow` answers after 1.5 s, `/readyz` answers 200, `/teapot`
+/// answers a plain-text 418, everything else echoes.
+pub async fn spawn_upstream() -> Running {
+    let router = Router::new()
+        .route("/readyz", get(|| async { "ready" }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                "slow"
+            }),
+        )
+        .route(
+            "/teapot",
+            get(|| async { (StatusCode::IM_A_TEAPOT, "short and stout") }),
+        )
+        .route(
+            "/big",
+            get(|| async { Bytes::from(vec![b'x'; 3 * 1024 * 1024]) }),
+        )
+        .fallback(any(echo));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    Running::spawn(addr, move |shutdown| async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+        Ok(())
+    })
+}
+
+/// An address nothing listens on.
+pub async fn closed_port() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// The gateway with `/accounts` → `accounts`, `/payments` → `payments`, plus extra settings.
+pub async fn spawn_gateway(
+    accounts: SocketAddr,
+    payments: SocketAddr,
+    extra: &[(&str, String)],
+) -> Running {
+    let mut env = Env::from_pairs([
+        ("GATEWAY_ADDR", "127.0.0.1:0".to_owned()),
+        ("GATEWAY_ACCOUNTS_URL", format!("http://{accounts}")),
+        ("GATEWAY_PAYMENTS_URL", format!("http://{payments}")),
+    ]);
+    for (name, value) in extra {
+        env = env.with(*name, value.clone());
+    }
+    let config = GatewayConfig::from_env(&env).expect("config");
+    let app = Application::build(config).await.expect("gateway builds");
+    let addr = app.local_addr().unwrap();
+    Running::spawn(addr, |shutdown| app.run(shutdown))
+}
+
+/// GET through the gateway and decode the echo.
+pub async fn echoed(gateway: &Running, path: &str) -> Value {
+    let response = reqwest::get(gateway.url(path)).await.unwrap();
+    assert_eq!(response.status(), 200, "GET {path}");
+    response.json().await.unwrap()
+}

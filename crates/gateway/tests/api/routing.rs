@@ -1,0 +1,200 @@
+//! Prefix routing, forwarded headers, pooling, streaming and the fallback upstream.
+
+use serde_json::Value;
+
+use crate::helpers::{closed_port, echoed, spawn_gateway, spawn_upstream};
+
+#[tokio::test]
+async fn the_prefix_is_stripped_and_the_query_kept() {
+    let upstream = spawn_upstream().await;
+    let gateway = spawn_gateway(upstream.addr, closed_port().await, &[]).await;
+    let cases = [
+        (
+            "/accounts/v1/users?limit=2&q=a%20b",
+            "/v1/users",
+            Some("limit=2&q=a%20b"),
+        ),
+        ("/accounts", "/", None),
+        ("/accounts/", "/", None),
+        ("/accounts/a%2Fb/c%20d", "/a%2Fb/c%20d", None),
+        ("/accounts/trailing/", "/trailing/", None),
+        ("/accounts//double", "//double", None),
+        ("/accounts/x?", "/x", Some("")),
+    ];
+    for (path, expected_path, expected_query) in cases {
+        let seen = echoed(&gateway, path).await;
+        assert_eq!(seen["path"], expected_path, "{path}");
+        assert_eq!(seen["query"].as_str(), expected_query, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_path_that_only_starts_like_a_prefix_is_not_routed() {
+    let upstream = spawn_upstream().await;
+    let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
+    for path in ["/accountsx", "/payment", "/", "/other/accounts"] {
+        let response = reqwest::get(gateway.url(path)).await.unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], "not_found");
+    }
+}
+
+#[tokio::test]
+async fn forwarded_headers_request_id_and_trace_context_reach_the_upstream() {
+    let upstream = spawn_upstream().await;
+    let gateway = spawn_gateway(closed_port().await, upstream.addr, &[]).await;
+    let response = reqwest::Client::new()
+        .get(gateway.url("/payments/v1/payments"))
+        .header("x-request-id", "req-42")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .header("connection", "x-hop")
+        .header("x-hop", "must not pass")
+        .header("x-custom", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "req-42");
+    let seen: Value = response.json().await.unwrap();
+    let headers = &seen["headers"];
+    assert_eq!(headers["x-request-id"], "req-42");
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-prefix"], "/payments");
+    assert_eq!(
+        headers["x-forwarded-host"],
+        gateway.addr.to_string().as_str()
+    );
+    assert_eq!(headers["host"], upstream.addr.to_string().as_str());
+    assert_eq!(headers["x-custom"], "kept");
+    assert!(
+        headers.get("x-hop").is_none(),
+        "hop-by-hop header forwarded"
+    );
+    let traceparent = headers["traceparent"].as_str().unwrap();
+    assert!(
+        traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "same trace: {traceparent}"
+    );
+    assert!(
+        !traceparent.contains("00f067aa0ba902b7"),
+        "a new parent span"
+    );
+}
+
+#[tokio::test]
+async fn a_request_without_ids_gets_new_ones_that_the_upstream_sees() {
+    let upstream = spawn_upstream().await;
+    let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
+    let response = reqwest::get(gateway.url("/accounts/x")).await.unwrap();
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-request-id"], request_id.as_str());
+    assert!(seen["headers"]["traceparent"].is_string());
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let upstream = spawn_upstream().await;
+    let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
+    let client = reqwest::Client::new();
+    let mut ports = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let seen: Value = client
+            .get(gateway.url("/accounts/ping"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ports.insert(seen["peer_port"].as_u64().unwrap());
+    }
+    assert_eq!(
+        ports.len(),
+        1,
+        "sequential requests share one upstream connection"
+    );
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways() {
+    let upstream = spawn_upstream().await;
+    let gateway = spawn_gateway(
+        upstream.addr,
+        upstream.addr,
+        &[("MAX_BODY_BYTES", (8 * 1024 * 1024).to_string())],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let body = vec![b'a'; 5 * 1024 * 1024];
+    let seen: Value = client
+        .post(gateway.url("/payments/upload"))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["body_len"], 5 * 1024 * 1024);
+    assert_eq!(seen["method"], "POST");
+    let download = client
+        .get(gateway.url("/payments/big"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(download.bytes().await.unwrap().len(), 3 * 1024 * 1024);
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_with_413() {
+    let upstream = spawn_upstream().await;
+    let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
+    let response = reqwest::Client::new()
+        .post(gateway.url("/payments/upload"))
+        .body(vec![b'a'; 1024 * 1024 + 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "payload_too_large");
+}
+
+#[tokio::test]
+async fn upstream_error_responses_pass_through_untouched() {
+    let upstream = spawn_upstream().await;
+    let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
+    let response = reqwest::get(gateway.url("/accounts/teapot")).await.unwrap();
+    assert_eq!(response.status(), 418);
+    assert_eq!(response.text().await.unwrap(), "short and stout");
+}
+
+#[tokio::test]
+async fn other_paths_go_to_the_fallback_when_one_is_configured() {
+    let services = spawn_upstream().await;
+    let monolith = spawn_upstream().await;
+    let gateway = spawn_gateway(
+        services.addr,
+        services.addr,
+        &[("GATEWAY_FALLBACK_URL", format!("http://{}", monolith.addr))],
+    )
+    .await;
+    let seen = echoed(&gateway, "/admin/login/?next=/").await;
+    assert_eq!(seen["path"], "/admin/login/");
+    assert_eq!(seen["query"], "next=/");
+    assert!(seen["headers"].get("x-forwarded-prefix").is_none());
+    let routed = echoed(&gateway, "/accounts/x").await;
+    assert_ne!(routed["peer_port"], seen["peer_port"]);
+}

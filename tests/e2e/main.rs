@@ -1,0 +1,180 @@
+//! End to end: the all-in-one stack (gateway, accounts, payments) started in-process on port 0,
+//! every request through the gateway, on SQLite (the default under `DATA_DIR`) and PostgreSQL.
+
+use common::config::Env;
+use common::testkit::{Running, TestDatabase, assert_live, readiness};
+use serde_json::Value;
+use stack::{Stack, StackConfig};
+
+/// A running stack and the databases it owns.
+struct TestStack {
+    gateway: Running,
+    data_dir: tempfile::TempDir,
+    _databases: Vec<TestDatabase>,
+}
+
+impl TestStack {
+    fn url(&self, path: &str) -> String {
+        self.gateway.url(path)
+    }
+}
+
+/// Starts the stack. SQLite: nothing but `DATA_DIR` is set, as on a new laptop. PostgreSQL:
+/// accounts and payments each get their own database.
+async fn spawn_stack(db: TestDatabase) -> TestStack {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut env = Env::from_pairs([
+        ("GATEWAY_ADDR", "127.0.0.1:0".to_owned()),
+        ("ACCOUNTS_ADDR", "127.0.0.1:0".to_owned()),
+        ("PAYMENTS_ADDR", "127.0.0.1:0".to_owned()),
+        ("DATA_DIR", data_dir.path().display().to_string()),
+    ]);
+    let mut databases = Vec::new();
+    if db.is_postgres() {
+        let payments_db = TestDatabase::postgres()
+            .await
+            .expect("PostgreSQL is configured");
+        env = env
+            .with("ACCOUNTS_DATABASE_URL", db.url_string())
+            .with("PAYMENTS_DATABASE_URL", payments_db.url_string());
+        databases.push(payments_db);
+    }
+    databases.push(db);
+    let config = StackConfig::from_env(&env).expect("config");
+    let stack = Stack::build(config).await.expect("stack builds");
+    let addr = stack.gateway_addr().unwrap();
+    let gateway = Running::spawn(addr, |shutdown| stack.run(shutdown));
+    TestStack {
+        gateway,
+        data_dir,
+        _databases: databases,
+    }
+}
+
+common::both_databases!(
+    health,
+    readiness_check,
+    jwks_shape,
+    users_me,
+    unknown_paths_are_404_problems,
+    payments_routes_say_they_are_not_built_yet,
+    the_stack_shuts_down_cleanly,
+);
+
+async fn health(db: TestDatabase) {
+    let stack = spawn_stack(db).await;
+    for service in ["/accounts", "/payments", ""] {
+        assert_live(&stack.url(service)).await;
+    }
+}
+
+async fn readiness_check(db: TestDatabase) {
+    let postgres = db.is_postgres();
+    let stack = spawn_stack(db).await;
+    for service in ["/accounts", "/payments"] {
+        let (status, body) = readiness(&stack.url(service)).await;
+        assert_eq!(status, 200, "{service}: {body}");
+        assert_eq!(body["checks"]["database"][0]["status"], "pass");
+    }
+    let (status, body) = readiness(&stack.url("")).await;
+    assert_eq!(status, 200, "gateway: {body}");
+    if !postgres {
+        for file in ["accounts.db", "payments.db"] {
+            assert!(
+                stack.data_dir.path().join(file).exists(),
+                "{file} created under DATA_DIR"
+            );
+        }
+    }
+}
+
+async fn jwks_shape(db: TestDatabase) {
+    let stack = spawn_stack(db).await;
+    let response = reqwest::get(stack.url("/accounts/.well-known/jwks.json"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("max-age=")
+    );
+    let body: Value = response.json().await.unwrap();
+    let keys = body["keys"].as_array().expect("{\"keys\": [...]}");
+    for key in keys {
+        assert_eq!(key["use"], "sig");
+        assert!(key.get("d").is_none());
+    }
+}
+
+async fn users_me(db: TestDatabase) {
+    let stack = spawn_stack(db).await;
+    let response = reqwest::get(stack.url("/accounts/users/me")).await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(response.headers().contains_key("www-authenticate"));
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "unauthorized");
+    assert_eq!(
+        body["request_id"], request_id,
+        "the service saw the gateway's request id"
+    );
+}
+
+async fn unknown_paths_are_404_problems(db: TestDatabase) {
+    let stack = spawn_stack(db).await;
+    let client = reqwest::Client::new();
+    for path in ["/nowhere", "/accounts/nowhere", "/payments/v2/nothing"] {
+        let response = client
+            .get(stack.url(path))
+            .header("x-request-id", "e2e-404")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+        assert_eq!(response.headers()["x-request-id"], "e2e-404");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], "not_found");
+        assert_eq!(body["request_id"], "e2e-404");
+    }
+}
+
+async fn payments_routes_say_they_are_not_built_yet(db: TestDatabase) {
+    let stack = spawn_stack(db).await;
+    let response = reqwest::Client::new()
+        .post(stack.url("/payments/v1/payments"))
+        .json(&serde_json::json!({"amount": 100.00, "currency": "USD"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 501);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "not_implemented");
+}
+
+async fn the_stack_shuts_down_cleanly(db: TestDatabase) {
+    let stack = spawn_stack(db).await;
+    assert_live(&stack.url("/accounts")).await;
+    let TestStack {
+        gateway,
+        _databases,
+        data_dir: _data_dir,
+    } = stack;
+    let addr = gateway.addr;
+    gateway
+        .stop()
+        .await
+        .expect("every service stops without error");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the gateway no longer listens"
+    );
+}
