@@ -1,6 +1,8 @@
 //! End to end: the all-in-one stack (gateway, accounts, payments) started in-process on port 0,
 //! every request through the gateway, on SQLite (the default under `DATA_DIR`) and PostgreSQL.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed test should panic
+
 use common::config::Env;
 use common::testkit::{Running, TestDatabase, assert_live, readiness};
 use serde_json::Value;

@@ -121,15 +121,15 @@ impl Proxy {
 
     fn resolve<'a>(&'a self, path: &str) -> Option<Target<'a>> {
         for route in &self.routes {
-            if let Some(rest) = path.strip_prefix(route.prefix.as_str()) {
-                if rest.is_empty() || rest.starts_with('/') {
-                    let rest = if rest.is_empty() { "/" } else { rest };
-                    return Some(Target {
-                        upstream: &route.upstream,
-                        path: rest.to_owned(),
-                        prefix: Some(route.prefix.as_str()),
-                    });
-                }
+            if let Some(rest) = path.strip_prefix(route.prefix.as_str())
+                && (rest.is_empty() || rest.starts_with('/'))
+            {
+                let rest = if rest.is_empty() { "/" } else { rest };
+                return Some(Target {
+                    upstream: &route.upstream,
+                    path: rest.to_owned(),
+                    prefix: Some(route.prefix.as_str()),
+                });
             }
         }
         self.fallback.as_ref().map(|upstream| Target {

@@ -1,6 +1,8 @@
 //! Accounts, served for real on port 0, each test on a fresh SQLite file and a fresh
 //! PostgreSQL database.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed test should panic
+
 mod helpers;
 mod jwks;
 mod probes;

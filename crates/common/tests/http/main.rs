@@ -1,6 +1,8 @@
 //! The shared HTTP layers, served for real on port 0: problem responses, the JSON extractor's
 //! rejections, request ids, the body limit, panics, readiness.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed test should panic
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
