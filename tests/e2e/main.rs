@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed test should panic
 
 use common::config::Env;
-use common::testkit::{Running, TestDatabase, assert_live, readiness};
+use common::testkit::{Running, TestDatabase, assert_live, readiness as get_readiness};
 use serde_json::Value;
 use stack::{Stack, StackConfig};
 
@@ -55,7 +55,7 @@ async fn spawn_stack(db: TestDatabase) -> TestStack {
 
 common::both_databases!(
     health,
-    readiness_check,
+    readiness,
     jwks_shape,
     users_me,
     unknown_paths_are_404_problems,
@@ -70,15 +70,15 @@ async fn health(db: TestDatabase) {
     }
 }
 
-async fn readiness_check(db: TestDatabase) {
+async fn readiness(db: TestDatabase) {
     let postgres = db.is_postgres();
     let stack = spawn_stack(db).await;
     for service in ["/accounts", "/payments"] {
-        let (status, body) = readiness(&stack.url(service)).await;
+        let (status, body) = get_readiness(&stack.url(service)).await;
         assert_eq!(status, 200, "{service}: {body}");
         assert_eq!(body["checks"]["database"][0]["status"], "pass");
     }
-    let (status, body) = readiness(&stack.url("")).await;
+    let (status, body) = get_readiness(&stack.url("")).await;
     assert_eq!(status, 200, "gateway: {body}");
     if !postgres {
         for file in ["accounts.db", "payments.db"] {

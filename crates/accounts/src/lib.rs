@@ -32,17 +32,14 @@ impl Application {
                 config.database_url.redacted()
             )
         })?;
-        tracing::info!(service = SERVICE, database = %config.database_url.redacted(), "database ready");
-        let listener = common::server::bind(config.addr)
-            .await
-            .with_context(|| format!("cannot listen on ACCOUNTS_ADDR {}", config.addr))?;
-        let http = config.http.clone();
+        let (http, addr) = (config.http.clone(), config.addr);
         let router = http::router(http::AppState {
             store: store.clone(),
             config: Arc::new(config),
         });
-        let service =
-            Service::new(SERVICE, listener, router, &http).with_database(store.database());
+        let service = Service::bind(SERVICE, "ACCOUNTS_ADDR", addr, router, &http)
+            .await?
+            .with_database(store.database());
         Ok(Self { service, store })
     }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -89,6 +90,24 @@ pub async fn connect_sqlite(path: &Path) -> Result<SqlitePool, StoreError> {
         .connect_with(options)
         .await
         .map_err(StoreError::from)
+}
+
+/// Opens a SQLite file and applies the service's migrations.
+pub async fn open_sqlite(path: &Path, migrator: &Migrator) -> Result<SqlitePool, StoreError> {
+    let pool = connect_sqlite(path).await?;
+    migrator.run(&pool).await.map_err(sqlx::Error::from)?;
+    tracing::info!(database = %path.display(), "SQLite database ready");
+    Ok(pool)
+}
+
+/// Connects to PostgreSQL and applies the service's migrations (under sqlx's advisory lock, so
+/// replicas starting together do not race).
+pub async fn open_postgres(url: &str, migrator: &Migrator) -> Result<PgPool, StoreError> {
+    let pool = connect_postgres(url).await?;
+    migrator.run(&pool).await.map_err(sqlx::Error::from)?;
+    let shown = DatabaseUrl::Postgres(url.to_owned()).redacted();
+    tracing::info!(database = %shown, "PostgreSQL database ready");
+    Ok(pool)
 }
 
 /// Connects to PostgreSQL with bounded waits, so an outage answers 503 quickly.

@@ -63,6 +63,20 @@ impl Service {
         }
     }
 
+    /// Binds `addr` (the value of the variable `variable`, named if binding fails) for `router`.
+    pub async fn bind(
+        name: &'static str,
+        variable: &str,
+        addr: SocketAddr,
+        router: Router,
+        http: &HttpConfig,
+    ) -> anyhow::Result<Self> {
+        let listener = bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {variable} {addr}: {e}"))?;
+        Ok(Self::new(name, listener, router, http))
+    }
+
     /// The database to close once the last request has finished.
     pub fn with_database(mut self, database: Pool) -> Self {
         self.database = Some(database);

@@ -8,7 +8,6 @@ pub mod proxy;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -31,15 +30,13 @@ pub struct Application {
 impl Application {
     /// Binds `config.addr` (port 0 picks a free port).
     pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
-        let listener = common::server::bind(config.addr)
-            .await
-            .with_context(|| format!("cannot listen on GATEWAY_ADDR {}", config.addr))?;
         for route in &config.routes {
             tracing::info!(prefix = %route.prefix, upstream = %route.upstream, "route");
         }
         let router = router(&config);
         Ok(Self {
-            service: Service::new(SERVICE, listener, router, &config.http),
+            service: Service::bind(SERVICE, "GATEWAY_ADDR", config.addr, router, &config.http)
+                .await?,
         })
     }
 

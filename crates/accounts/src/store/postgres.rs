@@ -1,8 +1,12 @@
 //! The PostgreSQL implementation of [`AccountsStore`](super::AccountsStore).
 
 use chrono::{DateTime, Utc};
-use common::db::{Pool, StoreError, connect_postgres};
+use common::db::{Pool, StoreError, open_postgres};
 use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+
+/// The postgres schema of accounts, embedded in the binary.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Accounts on a PostgreSQL server.
 pub struct PgStore {
@@ -12,12 +16,9 @@ pub struct PgStore {
 impl PgStore {
     /// Connects and migrates (migrations take an advisory lock, so replicas may start together).
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let pool = connect_postgres(url).await?;
-        sqlx::migrate!("./migrations/postgres")
-            .run(&pool)
-            .await
-            .map_err(sqlx::Error::from)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool: open_postgres(url, &MIGRATOR).await?,
+        })
     }
 }
 

@@ -3,8 +3,12 @@
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use common::db::{Pool, StoreError, connect_sqlite};
+use common::db::{Pool, StoreError, open_sqlite};
 use sqlx::SqlitePool;
+use sqlx::migrate::Migrator;
+
+/// The sqlite schema of accounts, embedded in the binary.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Accounts on an embedded SQLite file.
 pub struct SqliteStore {
@@ -14,12 +18,9 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if missing) and migrates the file.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let pool = connect_sqlite(path).await?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&pool)
-            .await
-            .map_err(sqlx::Error::from)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool: open_sqlite(path, &MIGRATOR).await?,
+        })
     }
 }
 

@@ -1,7 +1,11 @@
 //! The PostgreSQL implementation of [`PaymentsStore`](super::PaymentsStore).
 
-use common::db::{Pool, StoreError, connect_postgres};
+use common::db::{Pool, StoreError, open_postgres};
 use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+
+/// The postgres schema of payments, embedded in the binary.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Payments on a PostgreSQL server.
 pub struct PgStore {
@@ -11,12 +15,9 @@ pub struct PgStore {
 impl PgStore {
     /// Connects and migrates (migrations take an advisory lock, so replicas may start together).
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let pool = connect_postgres(url).await?;
-        sqlx::migrate!("./migrations/postgres")
-            .run(&pool)
-            .await
-            .map_err(sqlx::Error::from)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool: open_postgres(url, &MIGRATOR).await?,
+        })
     }
 }
 
