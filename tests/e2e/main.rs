@@ -104,6 +104,8 @@ async fn jwks_shape(db: TestDatabase) {
     );
     let body: Value = response.json().await.unwrap();
     let keys = body["keys"].as_array().expect("{\"keys\": [...]}");
+    assert_eq!(keys.len(), 1, "the RS256 key made at first start");
+    assert_eq!(keys[0]["alg"], "RS256");
     for key in keys {
         assert_eq!(key["use"], "sig");
         assert!(key.get("d").is_none());
@@ -112,19 +114,54 @@ async fn jwks_shape(db: TestDatabase) {
 
 async fn users_me(db: TestDatabase) {
     let stack = spawn_stack(db).await;
-    let response = reqwest::get(stack.url("/accounts/users/me")).await.unwrap();
-    assert_eq!(response.status(), 401);
-    assert!(response.headers().contains_key("www-authenticate"));
-    let request_id = response.headers()["x-request-id"]
+    let client = reqwest::Client::new();
+    let anonymous = client
+        .get(stack.url("/accounts/users/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(anonymous.headers().contains_key("www-authenticate"));
+    let request_id = anonymous.headers()["x-request-id"]
         .to_str()
         .unwrap()
         .to_owned();
-    let body: Value = response.json().await.unwrap();
+    let body: Value = anonymous.json().await.unwrap();
     assert_eq!(body["code"], "unauthorized");
     assert_eq!(
         body["request_id"], request_id,
         "the service saw the gateway's request id"
     );
+
+    let signed_up = client
+        .post(stack.url("/accounts/v1/users"))
+        .json(&serde_json::json!({"email": "e2e@example.com", "password": "password-123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_up.status(), 201);
+    let tokens: Value = client
+        .post(stack.url("/accounts/v1/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "e2e@example.com"),
+            ("password", "password-123"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let me = client
+        .get(stack.url("/accounts/users/me"))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let me: Value = me.json().await.unwrap();
+    assert_eq!(me["email"], "e2e@example.com");
 }
 
 async fn unknown_paths_are_404_problems(db: TestDatabase) {

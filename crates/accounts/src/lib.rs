@@ -1,30 +1,64 @@
 //! The accounts service: users, login, JWT issuance and the JWKS that lets others verify them.
 
+pub mod bootstrap;
 pub mod config;
+pub mod domain;
 pub mod http;
+pub mod import;
+pub mod keys;
+pub mod passwords;
 pub mod store;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use std::time::Duration;
+
+use common::auth::{TokenVerifier, VerifierSettings};
 use common::server::Service;
+use keys::{KeyManager, Sealer};
+use tokens::Issuer;
 use tokio_util::sync::CancellationToken;
 
 pub use config::AccountsConfig;
 use store::AccountsStore;
 
+/// `accounts import-users FILE`: imports a `manage.py dumpdata auth.user` file into the
+/// configured database (migrating it first if needed).
+pub async fn import_file(
+    config: AccountsConfig,
+    path: &std::path::Path,
+) -> anyhow::Result<import::ImportReport> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a JSON array (manage.py dumpdata auth.user)",
+            path.display()
+        )
+    })?;
+    let store = store::open(&config.database_url).await?;
+    let report = import::import_users(store.as_ref(), &entries).await;
+    store.database().close().await;
+    Ok(report?)
+}
+
 /// The service's name in logs and spans.
 pub const SERVICE: &str = "accounts";
 
-/// A built accounts service: database opened and migrated, listener bound, not yet serving.
+/// A built accounts service: database opened and migrated, a signing key and an admin in
+/// place, listener bound, not yet serving.
 pub struct Application {
     service: Service,
     store: Arc<dyn AccountsStore>,
+    keys: Arc<KeyManager>,
 }
 
 impl Application {
-    /// Opens (and migrates) the database and binds `config.addr` (port 0 picks a free port).
+    /// Opens (and migrates) the database, makes sure a signing key and an admin exist, and
+    /// binds `config.addr` (port 0 picks a free port).
     pub async fn build(config: AccountsConfig) -> anyhow::Result<Self> {
         let store = store::open(&config.database_url).await.with_context(|| {
             format!(
@@ -32,15 +66,44 @@ impl Application {
                 config.database_url.redacted()
             )
         })?;
-        let (http, addr) = (config.http.clone(), config.addr);
-        let router = http::router(http::AppState {
+        let sealer = Sealer::load(&config.key_encryption)?;
+        let keys = Arc::new(KeyManager::new(
+            store.clone(),
+            sealer,
+            config.signing_algorithm,
+            config.access_token_ttl,
+            config.key_rotation_period,
+        ));
+        let active = keys
+            .active()
+            .await
+            .context("cannot load or create a signing key")?;
+        tracing::info!(kid = %active.kid, "signing key ready");
+        let config = Arc::new(config);
+        let mut settings = VerifierSettings::new(config.issuer.clone(), SERVICE);
+        // Our own keys come from our own database: refetch eagerly.
+        settings.max_age = Duration::from_secs(5);
+        settings.min_refetch_interval = Duration::from_millis(250);
+        let state = http::AppState {
             store: store.clone(),
-            config: Arc::new(config),
-        });
-        let service = Service::bind(SERVICE, "ACCOUNTS_ADDR", addr, router, &http)
+            issuer: Arc::new(Issuer::new(store.clone(), keys.clone(), config.clone())),
+            verifier: Arc::new(TokenVerifier::new(
+                Arc::new(http::StoreKeys(store.clone())),
+                settings,
+            )),
+            keys: keys.clone(),
+            config: config.clone(),
+        };
+        bootstrap::ensure_admin(&state).await?;
+        let router = http::router(state);
+        let service = Service::bind(SERVICE, "ACCOUNTS_ADDR", config.addr, router, &config.http)
             .await?
             .with_database(store.database());
-        Ok(Self { service, store })
+        Ok(Self {
+            service,
+            store,
+            keys,
+        })
     }
 
     /// The address actually bound.
@@ -53,8 +116,10 @@ impl Application {
         self.store.clone()
     }
 
-    /// Serves until `shutdown` fires, lets in-flight requests finish, then closes the database.
+    /// Serves until `shutdown` fires (rotating keys when due), lets in-flight requests finish,
+    /// then closes the database.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.keys.clone().spawn_rotation(shutdown.clone());
         self.service.run(shutdown).await
     }
 }

@@ -1,6 +1,7 @@
 //! What every service does the same way: configuration, telemetry, problem responses,
 //! extractors, health probes, database selection, serving with graceful shutdown.
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod extract;

@@ -164,6 +164,7 @@ pub async fn request_context(
         url.path = %request.uri().path(),
         http.route = Empty,
         http.response.status_code = Empty,
+        enduser.id = Empty,
     );
     let response = REQUEST_ID
         .scope(request_id.clone(), async move {

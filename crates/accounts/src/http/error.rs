@@ -1,41 +1,78 @@
-//! The accounts error type and its one mapping to problem responses.
+//! The accounts error type and its one mapping to problem responses (the OAuth endpoints have
+//! their own RFC 6749 error bodies, in `oauth.rs`).
 
 use axum::response::{IntoResponse, Response};
 use common::Problem;
 use common::db::StoreError;
+use common::problem::FieldError;
+use http::StatusCode;
 
-/// Everything an accounts handler can fail with.
+use crate::keys::KeyError;
+
+/// Everything an accounts handler outside the OAuth endpoints can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// 401 `unauthorized`: no token, or one that does not verify.
-    #[error("unauthorized")]
-    Unauthorized {
-        /// Whether a token was sent (then the challenge says `invalid_token`).
-        token_presented: bool,
-    },
-    /// 501 `not_implemented`: part of the contract, not built yet.
-    #[error("not implemented: {0}")]
-    NotImplemented(&'static str),
+    /// 401 `unauthorized`: the token does not (or no longer) verify.
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    /// 403 `signup_disabled`: sign-up is switched off.
+    #[error("sign-up is disabled")]
+    SignupDisabled,
+    /// 404 `not_found`.
+    #[error("not found: {0}")]
+    NotFound(&'static str),
+    /// 409 `email_taken`.
+    #[error("email taken")]
+    EmailTaken,
+    /// 422 `validation_failed`, listing the fields.
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    /// An extractor's or a check's own problem (401, 403, 400 ...), passed through.
+    #[error("{}", .0.detail)]
+    Problem(Box<Problem>),
     /// 503 `dependency_unavailable` or 500, from the database.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// 500: signing keys could not be generated, decrypted or used (or 503 from the database).
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// 500: anything else that should not happen; logged, never sent.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<Problem> for ApiError {
+    fn from(problem: Problem) -> Self {
+        Self::Problem(Box::new(problem))
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = match self {
-            Self::Unauthorized { token_presented } => Problem::unauthorized(
-                if token_presented {
-                    "the access token is not valid"
-                } else {
-                    "an access token is required (Authorization: Bearer ...)"
-                },
-                token_presented,
+            Self::Unauthorized(detail) => Problem::unauthorized(detail, true),
+            Self::SignupDisabled => Problem::new(
+                StatusCode::FORBIDDEN,
+                "signup_disabled",
+                "sign-up is switched off; ask an administrator for an account",
             ),
-            Self::NotImplemented(what) => {
-                Problem::not_implemented(format!("{what} is not available yet"))
+            Self::NotFound(what) => Problem::not_found(format!("no such {what}")),
+            Self::EmailTaken => Problem::new(
+                StatusCode::CONFLICT,
+                "email_taken",
+                "an account with this email already exists",
+            ),
+            Self::Validation(errors) => Problem::validation(errors),
+            Self::Problem(problem) => *problem,
+            Self::Store(error) | Self::Key(KeyError::Store(error)) => Problem::from(error),
+            Self::Key(KeyError::Crypto(cause)) => {
+                tracing::error!(%cause, "signing key failure");
+                Problem::internal()
             }
-            Self::Store(error) => Problem::from(error),
+            Self::Internal(error) => {
+                tracing::error!(error = format!("{error:#}"), "internal error");
+                Problem::internal()
+            }
         };
         problem.into_response()
     }

@@ -1,7 +1,6 @@
 //! The PostgreSQL implementation of [`AccountsStore`](super::AccountsStore).
 
-use chrono::{DateTime, Utc};
-use common::db::{Pool, StoreError, open_postgres};
+use common::db::{StoreError, open_postgres};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
@@ -22,23 +21,4 @@ impl PgStore {
     }
 }
 
-#[async_trait::async_trait]
-impl super::AccountsStore for PgStore {
-    fn database(&self) -> Pool {
-        Pool::Postgres(self.pool.clone())
-    }
-
-    async fn published_keys(
-        &self,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<serde_json::Value>, StoreError> {
-        let rows: Vec<(serde_json::Value,)> = sqlx::query_as(
-            "SELECT public_jwk FROM signing_keys \
-             WHERE expires_at IS NULL OR expires_at > $1 ORDER BY created_at DESC",
-        )
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|(jwk,)| jwk).collect())
-    }
-}
+impl_accounts_store!(PgStore, Postgres);

@@ -2,8 +2,7 @@
 
 use std::path::Path;
 
-use chrono::{DateTime, Utc};
-use common::db::{Pool, StoreError, open_sqlite};
+use common::db::{StoreError, open_sqlite};
 use sqlx::SqlitePool;
 use sqlx::migrate::Migrator;
 
@@ -24,25 +23,4 @@ impl SqliteStore {
     }
 }
 
-#[async_trait::async_trait]
-impl super::AccountsStore for SqliteStore {
-    fn database(&self) -> Pool {
-        Pool::Sqlite(self.pool.clone())
-    }
-
-    async fn published_keys(
-        &self,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<serde_json::Value>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT public_jwk FROM signing_keys \
-             WHERE expires_at IS NULL OR expires_at > $1 ORDER BY created_at DESC",
-        )
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|(jwk,)| serde_json::from_str(&jwk).map_err(|e| StoreError::Other(e.to_string())))
-            .collect()
-    }
-}
+impl_accounts_store!(SqliteStore, Sqlite);

@@ -3,7 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed test should panic
 
+mod admin;
+mod forged;
 mod helpers;
 mod jwks;
 mod probes;
+mod tokens;
 mod users;

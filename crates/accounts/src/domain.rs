@@ -1,0 +1,263 @@
+//! Accounts' domain types, valid once constructed: emails, passwords, roles and scopes.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use common::problem::FieldError;
+
+/// A syntactically valid email address, kept as given; compared by its lowercase form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    /// Accepts `local@domain` with a plausible domain, at most 254 characters.
+    pub fn parse(raw: &str) -> Result<Self, FieldError> {
+        let email = raw.trim();
+        let invalid = |why: &str| FieldError::new("email", why);
+        if email.is_empty() || email.len() > 254 {
+            return Err(invalid(
+                "must be an email address of at most 254 characters",
+            ));
+        }
+        let Some((local, domain)) = email.rsplit_once('@') else {
+            return Err(invalid("must be an email address (name@example.com)"));
+        };
+        let label_ok = |label: &str| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+        };
+        let local_ok = !local.is_empty()
+            && local.len() <= 64
+            && !local.contains(char::is_whitespace)
+            && !local.contains(['@', '"', '(', ')', ',', ':', ';', '<', '>', '[', '\\', ']']);
+        if !local_ok || !domain.split('.').all(label_ok) {
+            return Err(invalid("must be an email address (name@example.com)"));
+        }
+        Ok(Self(email.to_owned()))
+    }
+
+    /// The address as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The lowercase form uniqueness is checked on.
+    pub fn normalized(&self) -> String {
+        self.0.to_lowercase()
+    }
+}
+
+/// A password within the accepted length (8–128 characters). Never logged or displayed.
+#[derive(Clone)]
+pub struct Password(String);
+
+impl Password {
+    /// Accepts 8 to 128 characters.
+    pub fn parse(raw: String) -> Result<Self, FieldError> {
+        let length = raw.chars().count();
+        if !(8..=128).contains(&length) {
+            return Err(FieldError::new(
+                "password",
+                "must be 8 to 128 characters long",
+            ));
+        }
+        Ok(Self(raw))
+    }
+
+    /// The secret itself, for hashing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(****)")
+    }
+}
+
+/// What a user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A customer: their own payments.
+    User,
+    /// An operator: everything.
+    Admin,
+}
+
+impl Role {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn from_db(raw: &str) -> Self {
+        if raw == "admin" {
+            Self::Admin
+        } else {
+            Self::User
+        }
+    }
+
+    /// The roles listed on a user: an admin is also a user.
+    pub fn names(self) -> Vec<&'static str> {
+        match self {
+            Self::User => vec!["user"],
+            Self::Admin => vec!["user", "admin"],
+        }
+    }
+
+    /// The scopes a user with this role may hold.
+    pub fn scopes(self) -> Scopes {
+        let mut scopes = vec![scope::PAYMENTS_READ, scope::PAYMENTS_WRITE];
+        if self == Self::Admin {
+            scopes.extend([scope::ACCOUNTS_ADMIN, scope::PAYMENTS_ADMIN]);
+        }
+        Scopes(scopes.into_iter().map(str::to_owned).collect())
+    }
+}
+
+/// The scopes this system knows.
+pub mod scope {
+    /// Read one's payments.
+    pub const PAYMENTS_READ: &str = "payments:read";
+    /// Create and cancel one's payments.
+    pub const PAYMENTS_WRITE: &str = "payments:write";
+    /// See every principal's payments.
+    pub const PAYMENTS_ADMIN: &str = "payments:admin";
+    /// Administer accounts: clients, keys, imports.
+    pub const ACCOUNTS_ADMIN: &str = "accounts:admin";
+    /// All of them.
+    pub const ALL: [&str; 4] = [
+        PAYMENTS_READ,
+        PAYMENTS_WRITE,
+        PAYMENTS_ADMIN,
+        ACCOUNTS_ADMIN,
+    ];
+}
+
+/// A set of known scopes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Scopes(BTreeSet<String>);
+
+impl Scopes {
+    /// Parses a space-separated list; unknown scopes are an error naming them.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        Self::from_iter_checked(raw.split_ascii_whitespace())
+    }
+
+    /// Checks each scope is known.
+    pub fn from_iter_checked<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut set = BTreeSet::new();
+        for item in items {
+            if !scope::ALL.contains(&item) {
+                return Err(format!("unknown scope {item:?}"));
+            }
+            set.insert(item.to_owned());
+        }
+        Ok(Self(set))
+    }
+
+    /// Whether every scope of `self` is in `allowed`.
+    pub fn is_subset(&self, allowed: &Scopes) -> bool {
+        self.0.is_subset(&allowed.0)
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Space-separated, as in tokens.
+    pub fn to_claim(&self) -> String {
+        self.0
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The services these scopes are for (the part before `:`), the token's audiences.
+    pub fn audiences(&self) -> Vec<String> {
+        let set: BTreeSet<&str> = self.0.iter().filter_map(|s| s.split(':').next()).collect();
+        set.into_iter().map(str::to_owned).collect()
+    }
+
+    /// The scopes, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+
+    /// `requested` narrowed to `allowed`: all of `allowed` when nothing was asked for.
+    pub fn grant(requested: Option<&str>, allowed: &Scopes) -> Result<Scopes, String> {
+        match requested.map(str::trim).filter(|s| !s.is_empty()) {
+            None => Ok(allowed.clone()),
+            Some(raw) => {
+                let wanted = Scopes::parse(raw)?;
+                if wanted.is_subset(allowed) {
+                    Ok(wanted)
+                } else {
+                    Err("the requested scope exceeds what may be granted".into())
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_checked_and_compared_case_insensitively() {
+        let email = Email::parse(" Ada@Example.COM ").unwrap();
+        assert_eq!(email.as_str(), "Ada@Example.COM");
+        assert_eq!(email.normalized(), "ada@example.com");
+        for bad in [
+            "",
+            "ada",
+            "@example.com",
+            "ada@",
+            "a b@example.com",
+            "ada@exa mple.com",
+            "ada@-x.com",
+            "ada@x..com",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Email::parse("admin@localhost").is_ok());
+    }
+
+    #[test]
+    fn passwords_are_8_to_128_characters() {
+        assert!(Password::parse("short".into()).is_err());
+        assert!(Password::parse("x".repeat(129)).is_err());
+        assert!(Password::parse("ünïcödé!".into()).is_ok());
+        assert_eq!(
+            format!("{:?}", Password::parse("secret-pass".into()).unwrap()),
+            "Password(****)"
+        );
+    }
+
+    #[test]
+    fn scopes_are_granted_within_what_is_allowed() {
+        let allowed = Role::User.scopes();
+        assert_eq!(Scopes::grant(None, &allowed).unwrap(), allowed);
+        assert_eq!(
+            Scopes::grant(Some("payments:read"), &allowed)
+                .unwrap()
+                .to_claim(),
+            "payments:read"
+        );
+        assert!(Scopes::grant(Some("accounts:admin"), &allowed).is_err());
+        assert!(Scopes::grant(Some("nonsense"), &allowed).is_err());
+        assert_eq!(Role::Admin.scopes().audiences(), ["accounts", "payments"]);
+    }
+}

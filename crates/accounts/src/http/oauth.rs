@@ -1,0 +1,294 @@
+//! RFC 6749 plumbing: error bodies (`{"error","error_description"}`), the form-or-JSON body
+//! of the token endpoints, and client authentication (HTTP Basic or form fields).
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use common::db::StoreError;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+
+use crate::keys::KeyError;
+use crate::store::{AccountsStore, ClientRecord};
+use crate::tokens::hash_token;
+
+/// An RFC 6749 §5.2 error (also used by RFC 7009 and RFC 7662).
+#[derive(Debug)]
+pub struct OAuthError {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+    retry_after: Option<u64>,
+    basic_challenge: bool,
+}
+
+impl OAuthError {
+    fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            status,
+            error,
+            description: description.into(),
+            retry_after: None,
+            basic_challenge: false,
+        }
+    }
+
+    /// 400 `invalid_request`.
+    pub fn invalid_request(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+
+    /// 400 `invalid_grant`.
+    pub fn invalid_grant(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_grant", description)
+    }
+
+    /// 400 `invalid_scope`.
+    pub fn invalid_scope(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_scope", description)
+    }
+
+    /// 400 `unsupported_grant_type`.
+    pub fn unsupported_grant_type(grant: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            format!("grant_type {grant:?} is not supported"),
+        )
+    }
+
+    /// 401 `invalid_client`, with a Basic challenge when the client tried Basic.
+    pub fn invalid_client(basic: bool) -> Self {
+        let mut error = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication failed",
+        );
+        error.basic_challenge = basic;
+        error
+    }
+
+    /// 429 `temporarily_unavailable` with `Retry-After`.
+    pub fn throttled(retry_after: u64) -> Self {
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "temporarily_unavailable",
+            "too many failed attempts for this account; try again later",
+        );
+        error.retry_after = Some(retry_after.max(1));
+        error
+    }
+}
+
+impl From<StoreError> for OAuthError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(%cause, "database unavailable");
+                let mut error = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the service cannot reach its database; try again shortly",
+                );
+                error.retry_after = Some(1);
+                error
+            }
+            StoreError::Conflict(cause) | StoreError::Other(cause) => {
+                tracing::error!(%cause, "storage error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+impl From<KeyError> for OAuthError {
+    fn from(error: KeyError) -> Self {
+        match error {
+            KeyError::Store(error) => error.into(),
+            KeyError::Crypto(cause) => {
+                tracing::error!(%cause, "signing key failure");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+impl From<anyhow::Error> for OAuthError {
+    fn from(error: anyhow::Error) -> Self {
+        tracing::error!(error = format!("{error:#}"), "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal error",
+        )
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": self.error, "error_description": self.description});
+        let mut response = (self.status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        no_store(headers);
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.basic_challenge {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"accounts\", charset=\"UTF-8\""),
+            );
+        }
+        response
+    }
+}
+
+/// `Cache-Control: no-store` and `Pragma: no-cache`, as RFC 6749 §5.1 asks of token responses.
+pub fn no_store(headers: &mut HeaderMap) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+/// A token-endpoint body: `application/x-www-form-urlencoded` (RFC 6749) or JSON.
+pub struct OAuthBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OAuthBody<T> {
+    type Rejection = OAuthError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let bytes = Bytes::from_request(request, state).await.map_err(|e| {
+            OAuthError::invalid_request(format!("the body could not be read: {}", e.body_text()))
+        })?;
+        let parsed = if content_type.starts_with("application/x-www-form-urlencoded") {
+            serde_urlencoded::from_bytes(&bytes).map_err(|e| e.to_string())
+        } else if content_type.starts_with("application/json") {
+            serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+        } else {
+            return Err(OAuthError::invalid_request(
+                "send the parameters as application/x-www-form-urlencoded (or application/json)",
+            ));
+        };
+        parsed
+            .map(Self)
+            .map_err(|e| OAuthError::invalid_request(format!("malformed parameters: {e}")))
+    }
+}
+
+/// Client credentials in form fields (`client_id`, `client_secret`).
+#[derive(Debug, Default, Deserialize)]
+pub struct ClientFields {
+    /// The client's id.
+    pub client_id: Option<String>,
+    /// The client's secret.
+    pub client_secret: Option<String>,
+}
+
+/// Credentials a client presented, and how.
+pub struct PresentedClient {
+    id: String,
+    secret: String,
+    basic: bool,
+}
+
+/// The client credentials of a request: HTTP Basic (RFC 6749 §2.3.1, form-encoded parts) or
+/// form fields; using both is an error. `None` when none were sent.
+pub fn presented_client(
+    headers: &HeaderMap,
+    fields: &ClientFields,
+) -> Result<Option<PresentedClient>, OAuthError> {
+    let basic = match headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(value) if value.len() > 6 && value[..6].eq_ignore_ascii_case("basic ") => {
+            let decoded = STANDARD
+                .decode(value[6..].trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| OAuthError::invalid_client(true))?;
+            let (id, secret) = decoded
+                .split_once(':')
+                .ok_or_else(|| OAuthError::invalid_client(true))?;
+            let decode = |part: &str| {
+                serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("v={part}"))
+                    .ok()
+                    .and_then(|mut pairs| pairs.pop())
+                    .map(|(_, v)| v)
+                    .ok_or_else(|| OAuthError::invalid_client(true))
+            };
+            Some(PresentedClient {
+                id: decode(id)?,
+                secret: decode(secret)?,
+                basic: true,
+            })
+        }
+        _ => None,
+    };
+    let form = match (&fields.client_id, &fields.client_secret) {
+        (Some(id), Some(secret)) => Some(PresentedClient {
+            id: id.clone(),
+            secret: secret.clone(),
+            basic: false,
+        }),
+        _ => None,
+    };
+    match (basic, form) {
+        (Some(_), Some(_)) => Err(OAuthError::invalid_request(
+            "use one client authentication method, not both",
+        )),
+        (basic, form) => Ok(basic.or(form)),
+    }
+}
+
+/// Checks presented credentials against the stored client.
+pub async fn authenticate_client(
+    store: &dyn AccountsStore,
+    presented: &PresentedClient,
+) -> Result<ClientRecord, OAuthError> {
+    let client = store.client_by_id(&presented.id).await?;
+    let presented_hash = hash_token(&presented.secret);
+    match client {
+        Some(client)
+            if !client.disabled
+                && bool::from(
+                    client
+                        .secret_hash
+                        .as_bytes()
+                        .ct_eq(presented_hash.as_bytes()),
+                ) =>
+        {
+            Ok(client)
+        }
+        _ => Err(OAuthError::invalid_client(presented.basic)),
+    }
+}
+
+/// Requires client authentication (introspection; client credentials).
+pub async fn require_client(
+    store: &dyn AccountsStore,
+    headers: &HeaderMap,
+    fields: &ClientFields,
+) -> Result<ClientRecord, OAuthError> {
+    match presented_client(headers, fields)? {
+        Some(presented) => authenticate_client(store, &presented).await,
+        None => Err(OAuthError::invalid_client(false)),
+    }
+}

@@ -1,0 +1,265 @@
+//! Administration: key rotation, service clients, the monolith's users, discovery.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, decode_jwt, spawn_app};
+use common::testkit::TestDatabase;
+
+common::both_databases!(
+    rotation_keeps_old_tokens_valid_until_they_expire,
+    admin_routes_need_the_admin_scope,
+    client_creation_validates_its_input,
+    django_users_import_and_are_rehashed_at_first_login,
+    the_cli_imports_a_dumpdata_file,
+    discovery_lists_the_endpoints,
+);
+
+async fn kids(app: &TestApp) -> Vec<String> {
+    let jwks: Value = app
+        .get("/.well-known/jwks.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn rotation_keeps_old_tokens_valid_until_they_expire(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let admin = app.admin_token().await;
+    let old_kid = decode_jwt(&admin).0["kid"].as_str().unwrap().to_owned();
+    assert_eq!(kids(&app).await, std::slice::from_ref(&old_kid));
+
+    let response = app
+        .post_json("/v1/admin/keys/rotate", &admin, &json!({}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let new_kid = response.json::<Value>().await.unwrap()["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new_kid, old_kid);
+
+    let published = kids(&app).await;
+    assert!(
+        published.contains(&old_kid) && published.contains(&new_kid),
+        "{published:?}"
+    );
+    assert_eq!(
+        app.get_with_token("/users/me", &admin).await.status(),
+        200,
+        "old token still verifies"
+    );
+    let fresh = app.admin_token().await;
+    assert_eq!(
+        decode_jwt(&fresh).0["kid"],
+        new_kid.as_str(),
+        "new tokens use the new key"
+    );
+    assert_eq!(app.get_with_token("/users/me", &fresh).await.status(), 200);
+
+    // Once every token the old key signed has expired (15 min + leeway), it leaves the set.
+    let later = chrono::Utc::now() + chrono::Duration::minutes(17);
+    let then: Vec<String> = app
+        .store
+        .published_keys(later)
+        .await
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(then, [new_kid]);
+}
+
+async fn admin_routes_need_the_admin_scope(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let user = app.user_token("nobody@example.com").await;
+    for path in [
+        "/v1/admin/keys/rotate",
+        "/v1/admin/clients",
+        "/v1/admin/users/import",
+    ] {
+        let body = if path.ends_with("import") {
+            json!([])
+        } else {
+            json!({"name": "x", "scopes": ["payments:read"]})
+        };
+        let response = app.post_json(path, &user, &body).await;
+        assert_eq!(response.status(), 403, "{path}");
+        assert!(
+            response.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .contains("insufficient_scope")
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], "forbidden");
+        let anonymous = app
+            .client
+            .post(app.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(anonymous.status(), 401, "{path}");
+    }
+}
+
+async fn client_creation_validates_its_input(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let admin = app.admin_token().await;
+    for body in [
+        json!({"name": "", "scopes": ["payments:read"]}),
+        json!({"name": "x", "scopes": []}),
+        json!({"name": "x", "scopes": ["root"]}),
+    ] {
+        let response = app.post_json("/v1/admin/clients", &admin, &body).await;
+        assert_eq!(response.status(), 422, "{body}");
+    }
+    let created = app
+        .post_json(
+            "/v1/admin/clients",
+            &admin,
+            &json!({"name": "worker", "scopes": ["payments:read"]}),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let body: Value = created.json().await.unwrap();
+    let stored = app
+        .store
+        .client_by_id(body["client_id"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(
+        stored.secret_hash,
+        body["client_secret"].as_str().unwrap(),
+        "the secret is stored hashed"
+    );
+}
+
+fn dumpdata() -> Value {
+    json!([
+        {"model": "auth.user", "pk": 1, "fields": {
+            "password": "pbkdf2_sha256$36000$xIEozuZVAoYm$uW1b35DUKyhvQAf1mBqMvoBDcqSD06juzyO/nmyV0+w=",
+            "last_login": null, "is_superuser": false, "username": "legacy", "first_name": "Leg",
+            "last_name": "Acy", "email": "legacy@example.com", "is_staff": false, "is_active": true,
+            "date_joined": "2018-05-01T12:00:00Z", "groups": [], "user_permissions": []}},
+        {"model": "auth.user", "pk": 2, "fields": {
+            "password": "!unusable", "username": "locked", "email": "locked@example.com", "is_active": true}},
+        {"model": "auth.user", "pk": 3, "fields": {"password": "x", "username": "no-email", "email": ""}},
+        {"model": "auth.group", "pk": 1, "fields": {"name": "staff"}}
+    ])
+}
+
+async fn django_users_import_and_are_rehashed_at_first_login(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let admin = app.admin_token().await;
+    let response = app
+        .post_json("/v1/admin/users/import", &admin, &dumpdata())
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"imported": 2, "skipped": 2})
+    );
+    let again = app
+        .post_json("/v1/admin/users/import", &admin, &dumpdata())
+        .await;
+    assert_eq!(
+        again.json::<Value>().await.unwrap(),
+        json!({"imported": 0, "skipped": 4}),
+        "idempotent"
+    );
+
+    let before = app
+        .store
+        .user_by_email("legacy@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(before.password_hash.starts_with("pbkdf2_sha256$"));
+    let tokens = app
+        .login("legacy@example.com", "eicieY7ahchaoCh0eeTa")
+        .await;
+    let after = app
+        .store
+        .user_by_email("legacy@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        after.password_hash.starts_with("$argon2id$"),
+        "re-hashed at login"
+    );
+    app.login("legacy@example.com", "eicieY7ahchaoCh0eeTa")
+        .await;
+    let me: Value = app
+        .get_with_token("/users/me", tokens["access_token"].as_str().unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["name"], "Leg Acy");
+
+    let unusable = app
+        .token(&[
+            ("grant_type", "password"),
+            ("username", "locked@example.com"),
+            ("password", "!unusable"),
+        ])
+        .await;
+    assert_eq!(unusable.status(), 400, "a '!' hash never verifies");
+}
+
+async fn the_cli_imports_a_dumpdata_file(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let file = app.data_dir.path().join("users.json");
+    std::fs::write(&file, dumpdata().to_string()).unwrap();
+    let env = common::config::Env::from_pairs([
+        ("ACCOUNTS_DATABASE_URL", app.db.url_string()),
+        ("DATA_DIR", app.data_dir.path().display().to_string()),
+    ]);
+    let config = accounts::AccountsConfig::from_env(&env).unwrap();
+    let report = accounts::import_file(config, &file).await.unwrap();
+    assert_eq!((report.imported, report.skipped), (2, 2));
+    app.login("legacy@example.com", "eicieY7ahchaoCh0eeTa")
+        .await;
+}
+
+async fn discovery_lists_the_endpoints(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let doc: Value = app
+        .get("/.well-known/openid-configuration")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let issuer = "http://localhost:8080/accounts";
+    assert_eq!(doc["issuer"], issuer);
+    assert_eq!(doc["jwks_uri"], format!("{issuer}/.well-known/jwks.json"));
+    assert_eq!(doc["token_endpoint"], format!("{issuer}/v1/token"));
+    assert_eq!(
+        doc["revocation_endpoint"],
+        format!("{issuer}/v1/token/revoke")
+    );
+    assert_eq!(
+        doc["introspection_endpoint"],
+        format!("{issuer}/v1/token/introspect")
+    );
+    assert_eq!(
+        doc["grant_types_supported"],
+        json!(["password", "refresh_token", "client_credentials"])
+    );
+    assert!(
+        doc["scopes_supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("payments:write"))
+    );
+}

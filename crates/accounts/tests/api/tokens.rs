@@ -1,0 +1,463 @@
+//! `POST /v1/token` and its grants, revocation and introspection.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{ADMIN_EMAIL, ADMIN_PASSWORD, TestApp, decode_jwt, spawn_app, spawn_app_with};
+use common::testkit::TestDatabase;
+
+common::both_databases!(
+    the_password_grant_issues_a_signed_access_token_and_a_refresh_token,
+    tokens_are_rs256_by_default_and_eddsa_when_chosen,
+    unknown_user_and_wrong_password_get_the_same_answer,
+    repeated_failures_are_throttled_and_a_success_resets_the_count,
+    refresh_tokens_rotate_and_a_reused_one_revokes_its_family,
+    client_credentials_work_with_basic_and_form_authentication,
+    malformed_token_requests_get_rfc_6749_errors,
+    scopes_are_granted_within_the_role,
+    revocation_and_introspection,
+);
+
+async fn error_of(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body: Value = response.json().await.unwrap();
+    (
+        status,
+        body["error"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+async fn the_password_grant_issues_a_signed_access_token_and_a_refresh_token(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    app.sign_up("grant@example.com", "password-123").await;
+    let response = app
+        .token(&[
+            ("grant_type", "password"),
+            ("username", "Grant@Example.com"),
+            ("password", "password-123"),
+        ])
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    assert_eq!(response.headers()["pragma"], "no-cache");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 900);
+    assert_eq!(body["scope"], "payments:read payments:write");
+    assert!(body["refresh_token"].as_str().unwrap().len() >= 43);
+
+    let (header, claims) = decode_jwt(body["access_token"].as_str().unwrap());
+    assert_eq!(header["typ"], "at+jwt");
+    assert!(header["kid"].is_string());
+    assert_eq!(claims["iss"], "http://localhost:8080/accounts");
+    assert!(claims["sub"].as_str().unwrap().starts_with("usr_"));
+    assert_eq!(claims["aud"], json!(["accounts", "payments"]));
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        900
+    );
+    assert!(claims["jti"].is_string());
+    assert_eq!(claims["client_id"], "public");
+    assert_eq!(claims["scope"], "payments:read payments:write");
+
+    // JSON bodies are accepted too.
+    let json_body = app
+        .client
+        .post(app.url("/v1/token"))
+        .json(&json!({"grant_type": "password", "username": "grant@example.com", "password": "password-123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_body.status(), 200);
+}
+
+async fn tokens_are_rs256_by_default_and_eddsa_when_chosen(db: TestDatabase) {
+    let app = spawn_app_with(db, &[("ACCOUNTS_SIGNING_ALG", "RS256")]).await;
+    let token = app.admin_token().await;
+    let (header, _) = decode_jwt(&token);
+    assert_eq!(header["alg"], "RS256");
+    let jwks: Value = app
+        .get("/.well-known/jwks.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let key = &jwks["keys"][0];
+    assert_eq!(
+        (
+            key["kty"].as_str(),
+            key["alg"].as_str(),
+            key["use"].as_str()
+        ),
+        (Some("RSA"), Some("RS256"), Some("sig"))
+    );
+    assert!(key["n"].is_string() && key["e"].is_string() && key.get("d").is_none());
+    assert_eq!(key["kid"], header["kid"]);
+    assert_eq!(app.get_with_token("/users/me", &token).await.status(), 200);
+    drop(app);
+
+    let app = spawn_app(TestDatabase::sqlite().await).await;
+    let token = app.admin_token().await;
+    assert_eq!(decode_jwt(&token).0["alg"], "EdDSA");
+    let jwks: Value = app
+        .get("/.well-known/jwks.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"][0]["kty"], "OKP");
+    assert_eq!(jwks["keys"][0]["crv"], "Ed25519");
+    assert_eq!(app.get_with_token("/users/me", &token).await.status(), 200);
+}
+
+async fn unknown_user_and_wrong_password_get_the_same_answer(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    app.sign_up("known@example.com", "password-123").await;
+    let wrong = app
+        .token(&[
+            ("grant_type", "password"),
+            ("username", "known@example.com"),
+            ("password", "nope-nope"),
+        ])
+        .await;
+    let unknown = app
+        .token(&[
+            ("grant_type", "password"),
+            ("username", "ghost@example.com"),
+            ("password", "nope-nope"),
+        ])
+        .await;
+    assert_eq!(wrong.status(), 400);
+    assert_eq!(unknown.status(), 400);
+    let wrong: Value = wrong.json().await.unwrap();
+    let unknown: Value = unknown.json().await.unwrap();
+    assert_eq!(wrong, unknown, "indistinguishable bodies");
+    assert_eq!(wrong["error"], "invalid_grant");
+}
+
+async fn repeated_failures_are_throttled_and_a_success_resets_the_count(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    app.sign_up("victim@example.com", "password-123").await;
+    let bad = [
+        ("grant_type", "password"),
+        ("username", "victim@example.com"),
+        ("password", "guess-guess"),
+    ];
+    for attempt in 1..=4 {
+        let (status, error) = error_of(app.token(&bad).await).await;
+        assert_eq!(
+            (status, error.as_str()),
+            (400, "invalid_grant"),
+            "attempt {attempt}"
+        );
+    }
+    // The fifth failure locks the account for a second.
+    assert_eq!(error_of(app.token(&bad).await).await.0, 400);
+    let locked = app.token(&bad).await;
+    assert_eq!(locked.status(), 429);
+    let retry_after: u64 = locked.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert_eq!(error_of(locked).await.1, "temporarily_unavailable");
+    // Even the right password waits out the lock.
+    let good = [
+        ("grant_type", "password"),
+        ("username", "victim@example.com"),
+        ("password", "password-123"),
+    ];
+    assert_eq!(app.token(&good).await.status(), 429);
+
+    tokio::time::sleep(std::time::Duration::from_millis(1100 * retry_after)).await;
+    assert_eq!(app.token(&good).await.status(), 200);
+    let throttle = app
+        .store
+        .throttle("login:victim@example.com")
+        .await
+        .unwrap();
+    assert_eq!(throttle, None, "a success resets the count");
+}
+
+async fn refresh_tokens_rotate_and_a_reused_one_revokes_its_family(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    app.sign_up("rotate@example.com", "password-123").await;
+    let first = app.login("rotate@example.com", "password-123").await;
+    let r1 = first["refresh_token"].as_str().unwrap();
+    let second: Value = app
+        .token(&[("grant_type", "refresh_token"), ("refresh_token", r1)])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let r2 = second["refresh_token"].as_str().unwrap();
+    assert_ne!(r1, r2, "rotated");
+    assert!(second["access_token"].is_string());
+    assert_eq!(
+        app.get_with_token("/users/me", second["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        200
+    );
+
+    // r1 again: reuse. It fails, and so does r2 from now on.
+    let (status, error) = error_of(
+        app.token(&[("grant_type", "refresh_token"), ("refresh_token", r1)])
+            .await,
+    )
+    .await;
+    assert_eq!((status, error.as_str()), (400, "invalid_grant"));
+    let (status, error) = error_of(
+        app.token(&[("grant_type", "refresh_token"), ("refresh_token", r2)])
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, error.as_str()),
+        (400, "invalid_grant"),
+        "the family is revoked"
+    );
+
+    let (status, _) = error_of(
+        app.token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "made-up"),
+        ])
+        .await,
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+async fn create_client(app: &TestApp, scopes: &[&str]) -> (String, String) {
+    let admin = app.admin_token().await;
+    let response = app
+        .post_json(
+            "/v1/admin/clients",
+            &admin,
+            &json!({"name": "billing-worker", "scopes": scopes}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    (
+        body["client_id"].as_str().unwrap().to_owned(),
+        body["client_secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn client_credentials_work_with_basic_and_form_authentication(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let (id, secret) = create_client(&app, &["payments:read", "payments:write"]).await;
+
+    let basic = app
+        .client
+        .post(app.url("/v1/token"))
+        .basic_auth(&id, Some(&secret))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "payments:read"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status(), 200);
+    let body: Value = basic.json().await.unwrap();
+    assert!(body.get("refresh_token").is_none());
+    assert_eq!(body["scope"], "payments:read");
+    let (_, claims) = decode_jwt(body["access_token"].as_str().unwrap());
+    assert_eq!(claims["sub"], id.as_str());
+    assert_eq!(claims["client_id"], id.as_str());
+    assert_eq!(claims["aud"], json!(["payments"]));
+
+    let form = app
+        .token(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &id),
+            ("client_secret", &secret),
+        ])
+        .await;
+    assert_eq!(form.status(), 200);
+
+    let bad = app
+        .client
+        .post(app.url("/v1/token"))
+        .basic_auth(&id, Some("wrong"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    assert!(
+        bad.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic")
+    );
+    assert_eq!(error_of(bad).await.1, "invalid_client");
+
+    let unknown = app
+        .token(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "cli_nobody"),
+            ("client_secret", "x"),
+        ])
+        .await;
+    assert_eq!(error_of(unknown).await, (401, "invalid_client".to_owned()));
+
+    let too_much = app
+        .token(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &id),
+            ("client_secret", &secret),
+            ("scope", "accounts:admin"),
+        ])
+        .await;
+    assert_eq!(error_of(too_much).await, (400, "invalid_scope".to_owned()));
+}
+
+async fn malformed_token_requests_get_rfc_6749_errors(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (&[("username", "a@b.c")], "invalid_request"),
+        (
+            &[("grant_type", "authorization_code"), ("code", "x")],
+            "unsupported_grant_type",
+        ),
+        (
+            &[("grant_type", "password"), ("username", "a@b.c")],
+            "invalid_request",
+        ),
+        (&[("grant_type", "refresh_token")], "invalid_request"),
+    ];
+    for (form, expected) in cases {
+        let (status, error) = error_of(app.token(form).await).await;
+        assert_eq!((status, error.as_str()), (400, expected), "{form:?}");
+    }
+    let text = app
+        .client
+        .post(app.url("/v1/token"))
+        .header("content-type", "text/plain")
+        .body("grant_type=password")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(text).await, (400, "invalid_request".to_owned()));
+}
+
+async fn scopes_are_granted_within_the_role(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let admin = app
+        .token(&[
+            ("grant_type", "password"),
+            ("username", ADMIN_EMAIL),
+            ("password", ADMIN_PASSWORD),
+        ])
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        admin["scope"],
+        "accounts:admin payments:admin payments:read payments:write"
+    );
+    app.sign_up("plain@example.com", "password-123").await;
+    let narrowed = app
+        .token(&[
+            ("grant_type", "password"),
+            ("username", "plain@example.com"),
+            ("password", "password-123"),
+            ("scope", "payments:read"),
+        ])
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(narrowed["scope"], "payments:read");
+    let escalated = app
+        .token(&[
+            ("grant_type", "password"),
+            ("username", "plain@example.com"),
+            ("password", "password-123"),
+            ("scope", "accounts:admin"),
+        ])
+        .await;
+    assert_eq!(error_of(escalated).await, (400, "invalid_scope".to_owned()));
+}
+
+async fn revocation_and_introspection(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let (id, secret) = create_client(&app, &["payments:read"]).await;
+    app.sign_up("intro@example.com", "password-123").await;
+    let tokens = app.login("intro@example.com", "password-123").await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+
+    let introspect = |token: String| {
+        let (app, id, secret) = (&app, id.clone(), secret.clone());
+        async move {
+            app.client
+                .post(app.url("/v1/token/introspect"))
+                .basic_auth(id, Some(secret))
+                .form(&[("token", token)])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let active: Value = introspect(access.to_owned()).await.json().await.unwrap();
+    assert_eq!(active["active"], true);
+    assert_eq!(active["scope"], "payments:read payments:write");
+    assert!(active["sub"].as_str().unwrap().starts_with("usr_"));
+    let active_refresh: Value = introspect(refresh.to_owned()).await.json().await.unwrap();
+    assert_eq!(active_refresh["active"], true);
+    let unknown: Value = introspect("nonsense".into()).await.json().await.unwrap();
+    assert_eq!(unknown, json!({"active": false}));
+
+    let anonymous = app
+        .client
+        .post(app.url("/v1/token/introspect"))
+        .form(&[("token", access)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(anonymous).await,
+        (401, "invalid_client".to_owned())
+    );
+
+    for token in [access, refresh, "never-issued"] {
+        let response = app
+            .client
+            .post(app.url("/v1/token/revoke"))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "revoke {token}");
+    }
+    assert_eq!(
+        introspect(access.to_owned())
+            .await
+            .json::<Value>()
+            .await
+            .unwrap(),
+        json!({"active": false})
+    );
+    assert_eq!(
+        introspect(refresh.to_owned())
+            .await
+            .json::<Value>()
+            .await
+            .unwrap(),
+        json!({"active": false})
+    );
+    assert_eq!(app.get_with_token("/users/me", access).await.status(), 401);
+    let (status, _) = error_of(
+        app.token(&[("grant_type", "refresh_token"), ("refresh_token", refresh)])
+            .await,
+    )
+    .await;
+    assert_eq!(status, 400);
+}

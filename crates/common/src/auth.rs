@@ -1,0 +1,399 @@
+//! Access-token verification, shared by every service that accepts tokens from accounts:
+//! keys from a JWKS (fetched and cached, refetched on an unknown `kid` at most once per
+//! interval), an algorithm allow-list, and `typ`, `iss`, `aud`, `exp`, `nbf` checked.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRef, FromRequestParts};
+use http::request::Parts;
+use http::{HeaderValue, StatusCode, header};
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, RwLock};
+
+use crate::problem::Problem;
+
+/// The `typ` header of an access token (RFC 9068).
+pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+
+/// The only algorithms a token may be signed with. `none` and every HMAC algorithm are refused,
+/// so a token "signed" with the public key as an HMAC secret never verifies.
+pub const ALLOWED_ALGORITHMS: [Algorithm; 2] = [Algorithm::RS256, Algorithm::EdDSA];
+
+/// An `aud` claim: one audience or several.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// `"aud": "payments"`.
+    One(String),
+    /// `"aud": ["accounts", "payments"]`.
+    Many(Vec<String>),
+}
+
+impl Audience {
+    /// Whether `audience` is among them.
+    pub fn contains(&self, audience: &str) -> bool {
+        match self {
+            Self::One(one) => one == audience,
+            Self::Many(many) => many.iter().any(|a| a == audience),
+        }
+    }
+}
+
+/// The claims of an access token (RFC 9068).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// Issuer: the public URL of accounts.
+    pub iss: String,
+    /// Subject: a user id, or a client id for client-credentials tokens.
+    pub sub: String,
+    /// Audiences: the services the token is for.
+    pub aud: Audience,
+    /// Expiry, seconds since the epoch.
+    pub exp: i64,
+    /// Issued at, seconds since the epoch.
+    pub iat: i64,
+    /// Not before, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    /// Token id.
+    pub jti: String,
+    /// The client the token was issued to.
+    pub client_id: String,
+    /// Space-separated scopes.
+    #[serde(default)]
+    pub scope: String,
+}
+
+impl AccessClaims {
+    /// Whether the token carries `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scope.split_ascii_whitespace().any(|s| s == scope)
+    }
+}
+
+/// Why a token was refused. The message is safe to send to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// Not a JWS compact token, or its header is unreadable.
+    #[error("the token is malformed")]
+    Malformed,
+    /// `alg` outside the allow-list (including `none` and HMAC).
+    #[error("the token's algorithm is not accepted")]
+    Algorithm,
+    /// `typ` is not `at+jwt`.
+    #[error("the token is not an access token")]
+    Type,
+    /// No key with the token's `kid`, even after refetching the key set.
+    #[error("the token was signed by an unknown key")]
+    UnknownKey,
+    /// Expired.
+    #[error("the token has expired")]
+    Expired,
+    /// Bad signature, wrong issuer or audience, not yet valid, missing claims.
+    #[error("the token is not valid")]
+    Invalid,
+    /// The key set could not be fetched and none is cached.
+    #[error("the signing keys cannot be fetched")]
+    KeysUnavailable,
+}
+
+/// Where verification keys come from.
+#[async_trait::async_trait]
+pub trait KeySource: Send + Sync {
+    /// The current key set.
+    async fn fetch(&self) -> Result<JwkSet, String>;
+}
+
+/// Keys from a JWKS URL (`http://accounts/.well-known/jwks.json`).
+pub struct HttpJwks {
+    url: String,
+    client: reqwest::Client,
+}
+
+impl HttpJwks {
+    /// A source that GETs `url`, with a short timeout.
+    pub fn new(url: impl Into<String>) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .unwrap_or_default();
+        Self {
+            url: url.into(),
+            client,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl KeySource for HttpJwks {
+    async fn fetch(&self) -> Result<JwkSet, String> {
+        let response = self
+            .client
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {}: {e}", self.url))?;
+        if !response.status().is_success() {
+            return Err(format!("GET {}: {}", self.url, response.status()));
+        }
+        response
+            .json::<JwkSet>()
+            .await
+            .map_err(|e| format!("GET {}: not a JWK set: {e}", self.url))
+    }
+}
+
+/// How a verifier checks tokens and caches keys.
+#[derive(Debug, Clone)]
+pub struct VerifierSettings {
+    /// Expected `iss`.
+    pub issuer: String,
+    /// An audience that must be in `aud`.
+    pub audience: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// How long a fetched key set is used before it is fetched again.
+    pub max_age: Duration,
+    /// Least time between two fetches caused by unknown `kid`s.
+    pub min_refetch_interval: Duration,
+}
+
+impl VerifierSettings {
+    /// Defaults: 30 s leeway, keys cached 5 minutes, refetched at most every 5 seconds.
+    pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
+        Self {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            leeway: Duration::from_secs(30),
+            max_age: Duration::from_secs(300),
+            min_refetch_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+struct VerificationKey {
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+#[derive(Default)]
+struct KeyCache {
+    keys: HashMap<String, Arc<VerificationKey>>,
+    fetched_at: Option<Instant>,
+}
+
+/// Verifies access tokens against a key source.
+pub struct TokenVerifier {
+    source: Arc<dyn KeySource>,
+    settings: VerifierSettings,
+    cache: RwLock<KeyCache>,
+    last_forced_fetch: Mutex<Option<Instant>>,
+}
+
+impl TokenVerifier {
+    /// A verifier with an empty cache (the first token fetches the keys).
+    pub fn new(source: Arc<dyn KeySource>, settings: VerifierSettings) -> Self {
+        Self {
+            source,
+            settings,
+            cache: RwLock::new(KeyCache::default()),
+            last_forced_fetch: Mutex::new(None),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &VerifierSettings {
+        &self.settings
+    }
+
+    /// Checks `token` and returns its claims.
+    pub async fn verify(&self, token: &str) -> Result<AccessClaims, VerifyError> {
+        let header = decode_header(token).map_err(|_| VerifyError::Malformed)?;
+        if !ALLOWED_ALGORITHMS.contains(&header.alg) {
+            return Err(VerifyError::Algorithm);
+        }
+        let typ_ok = header.typ.as_deref().is_some_and(|typ| {
+            typ.eq_ignore_ascii_case(ACCESS_TOKEN_TYPE)
+                || typ.eq_ignore_ascii_case("application/at+jwt")
+        });
+        if !typ_ok {
+            return Err(VerifyError::Type);
+        }
+        let kid = header.kid.ok_or(VerifyError::UnknownKey)?;
+        let key = self.key(&kid).await?;
+        if key.algorithm != header.alg {
+            return Err(VerifyError::Algorithm);
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.settings.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.settings.issuer]);
+        validation.set_audience(&[&self.settings.audience]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+        decode::<AccessClaims>(token, &key.key, &validation)
+            .map(|data| data.claims)
+            .map_err(|error| match error.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => VerifyError::Expired,
+                _ => VerifyError::Invalid,
+            })
+    }
+
+    async fn key(&self, kid: &str) -> Result<Arc<VerificationKey>, VerifyError> {
+        {
+            let cache = self.cache.read().await;
+            let fresh = cache
+                .fetched_at
+                .is_some_and(|at| at.elapsed() < self.settings.max_age);
+            if let Some(key) = cache.keys.get(kid).filter(|_| fresh) {
+                return Ok(key.clone());
+            }
+        }
+        // Unknown kid or stale set: fetch, but let unknown kids force a fetch only once per
+        // interval, so a flood of forged kids cannot hammer the key source.
+        let stale = {
+            let cache = self.cache.read().await;
+            cache
+                .fetched_at
+                .is_none_or(|at| at.elapsed() >= self.settings.max_age)
+        };
+        if !stale {
+            let mut last = self.last_forced_fetch.lock().await;
+            if last.is_some_and(|at| at.elapsed() < self.settings.min_refetch_interval) {
+                return Err(VerifyError::UnknownKey);
+            }
+            *last = Some(Instant::now());
+        }
+        self.refresh().await?;
+        self.cache
+            .read()
+            .await
+            .keys
+            .get(kid)
+            .cloned()
+            .ok_or(VerifyError::UnknownKey)
+    }
+
+    async fn refresh(&self) -> Result<(), VerifyError> {
+        match self.source.fetch().await {
+            Ok(set) => {
+                let keys = set
+                    .keys
+                    .iter()
+                    .filter_map(|jwk| {
+                        Some((jwk.common.key_id.clone()?, Arc::new(verification_key(jwk)?)))
+                    })
+                    .collect();
+                *self.cache.write().await = KeyCache {
+                    keys,
+                    fetched_at: Some(Instant::now()),
+                };
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot fetch the signing keys");
+                // Keep serving from a stale set rather than refusing every token.
+                if self.cache.read().await.keys.is_empty() {
+                    Err(VerifyError::KeysUnavailable)
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// The key and algorithm of a JWK we accept (RSA for RS256, Ed25519 for EdDSA); others are ignored.
+fn verification_key(jwk: &Jwk) -> Option<VerificationKey> {
+    let algorithm = match (&jwk.algorithm, jwk.common.key_algorithm) {
+        (AlgorithmParameters::RSA(_), None | Some(KeyAlgorithm::RS256)) => Algorithm::RS256,
+        (AlgorithmParameters::OctetKeyPair(_), None | Some(KeyAlgorithm::EdDSA)) => {
+            Algorithm::EdDSA
+        }
+        _ => return None,
+    };
+    Some(VerificationKey {
+        algorithm,
+        key: DecodingKey::from_jwk(jwk).ok()?,
+    })
+}
+
+/// The caller, authenticated by a Bearer access token. Rejections are 401 problems with
+/// `WWW-Authenticate`, or 503 when the keys cannot be had.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub AccessClaims);
+
+impl Authenticated {
+    /// 403 `forbidden` (with `error="insufficient_scope"`) unless the token carries `scope`.
+    pub fn require_scope(&self, scope: &str) -> Result<(), Problem> {
+        if self.0.has_scope(scope) {
+            return Ok(());
+        }
+        let challenge = format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"");
+        Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("the token lacks the scope {scope}"),
+        )
+        .with_header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer")),
+        ))
+    }
+}
+
+/// The raw Bearer token of a request: `None` without an `Authorization` header,
+/// `Some(Err)` for another scheme or an empty token.
+pub fn bearer_token(parts: &Parts) -> Option<Result<&str, ()>> {
+    let value = parts.headers.get(header::AUTHORIZATION)?;
+    let text = value.to_str().map_err(|_| ());
+    Some(text.and_then(|text| {
+        let (scheme, token) = text.split_once(' ').ok_or(())?;
+        let token = token.trim();
+        if scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() {
+            Ok(token)
+        } else {
+            Err(())
+        }
+    }))
+}
+
+impl<S> FromRequestParts<S> for Authenticated
+where
+    Arc<TokenVerifier>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let token = match bearer_token(parts) {
+            None => {
+                return Err(Problem::unauthorized(
+                    "an access token is required (Authorization: Bearer ...)",
+                    false,
+                ));
+            }
+            Some(Err(())) => {
+                return Err(Problem::unauthorized(
+                    "expected Authorization: Bearer <access token>",
+                    true,
+                ));
+            }
+            Some(Ok(token)) => token,
+        };
+        let verifier = Arc::<TokenVerifier>::from_ref(state);
+        match verifier.verify(token).await {
+            Ok(claims) => {
+                tracing::Span::current().record("enduser.id", claims.sub.as_str());
+                Ok(Self(claims))
+            }
+            Err(VerifyError::KeysUnavailable) => Err(Problem::dependency_unavailable(
+                "the token signing keys cannot be fetched; try again shortly",
+            )),
+            Err(error) => Err(Problem::unauthorized(error.to_string(), true)),
+        }
+    }
+}
