@@ -153,6 +153,9 @@ fn dumpdata() -> Value {
         {"model": "auth.user", "pk": 2, "fields": {
             "password": "!unusable", "username": "locked", "email": "locked@example.com", "is_active": true}},
         {"model": "auth.user", "pk": 3, "fields": {"password": "x", "username": "no-email", "email": ""}},
+        {"model": "auth.user", "pk": 4, "fields": {
+            "password": "pbkdf2_sha256$36000$xIEozuZVAoYm$uW1b35DUKyhvQAf1mBqMvoBDcqSD06juzyO/nmyV0+w=",
+            "username": "gone", "email": "gone@example.com", "is_active": false}},
         {"model": "auth.group", "pk": 1, "fields": {"name": "staff"}}
     ])
 }
@@ -166,14 +169,14 @@ async fn django_users_import_and_are_rehashed_at_first_login(db: TestDatabase) {
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.json::<Value>().await.unwrap(),
-        json!({"imported": 2, "skipped": 2})
+        json!({"imported": 3, "skipped": 2})
     );
     let again = app
         .post_json("/v1/admin/users/import", &admin, &dumpdata())
         .await;
     assert_eq!(
         again.json::<Value>().await.unwrap(),
-        json!({"imported": 0, "skipped": 4}),
+        json!({"imported": 0, "skipped": 5}),
         "idempotent"
     );
 
@@ -215,6 +218,18 @@ async fn django_users_import_and_are_rehashed_at_first_login(db: TestDatabase) {
         ])
         .await;
     assert_eq!(unusable.status(), 400, "a '!' hash never verifies");
+    let disabled = app
+        .token(&[
+            ("grant_type", "password"),
+            ("username", "gone@example.com"),
+            ("password", "eicieY7ahchaoCh0eeTa"),
+        ])
+        .await;
+    assert_eq!(
+        disabled.status(),
+        400,
+        "a disabled user cannot log in, even with the right password"
+    );
 }
 
 async fn the_cli_imports_a_dumpdata_file(db: TestDatabase) {
@@ -227,7 +242,7 @@ async fn the_cli_imports_a_dumpdata_file(db: TestDatabase) {
     ]);
     let config = accounts::AccountsConfig::from_env(&env).unwrap();
     let report = accounts::import_file(config, &file).await.unwrap();
-    assert_eq!((report.imported, report.skipped), (2, 2));
+    assert_eq!((report.imported, report.skipped), (3, 2));
     app.login("legacy@example.com", "eicieY7ahchaoCh0eeTa")
         .await;
 }

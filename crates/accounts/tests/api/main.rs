@@ -10,3 +10,4 @@ mod jwks;
 mod probes;
 mod tokens;
 mod users;
+mod verifier;
