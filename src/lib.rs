@@ -40,9 +40,12 @@ impl Stack {
     /// Builds accounts and payments, then points the gateway at the ports they got.
     pub async fn build(config: StackConfig) -> anyhow::Result<Self> {
         let accounts = accounts::Application::build(config.accounts).await?;
-        let payments = payments::Application::build(config.payments).await?;
+        let accounts_url = local_url(accounts.local_addr()?)?;
+        let mut payments_config = config.payments;
+        payments_config.jwks_url = format!("{accounts_url}.well-known/jwks.json");
+        let payments = payments::Application::build(payments_config).await?;
         let mut gateway_config = config.gateway;
-        gateway_config.set_upstream("accounts", local_url(accounts.local_addr()?)?);
+        gateway_config.set_upstream("accounts", accounts_url);
         gateway_config.set_upstream("payments", local_url(payments.local_addr()?)?);
         let gateway = gateway::Application::build(gateway_config).await?;
         Ok(Self {

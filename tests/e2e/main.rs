@@ -59,7 +59,7 @@ common::both_databases!(
     jwks_shape,
     users_me,
     unknown_paths_are_404_problems,
-    payments_routes_say_they_are_not_built_yet,
+    a_payment_through_the_gateway,
     the_stack_shuts_down_cleanly,
 );
 
@@ -186,17 +186,67 @@ async fn unknown_paths_are_404_problems(db: TestDatabase) {
     }
 }
 
-async fn payments_routes_say_they_are_not_built_yet(db: TestDatabase) {
+/// The seed's curl example, with a token, through the gateway: accepted, readable at its
+/// `Location` through the gateway, processed to `succeeded`.
+async fn a_payment_through_the_gateway(db: TestDatabase) {
     let stack = spawn_stack(db).await;
-    let response = reqwest::Client::new()
-        .post(stack.url("/payments/v1/payments"))
-        .json(&serde_json::json!({"amount": 100.00, "currency": "USD"}))
+    let client = reqwest::Client::new();
+    let signed_up = client
+        .post(stack.url("/accounts/v1/users"))
+        .json(&serde_json::json!({"email": "shop@example.com", "password": "password-123"}))
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 501);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["code"], "not_implemented");
+    assert_eq!(signed_up.status(), 201);
+    let tokens: Value = client
+        .post(stack.url("/accounts/v1/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "shop@example.com"),
+            ("password", "password-123"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = tokens["access_token"].as_str().unwrap();
+    let response = client
+        .post(stack.url("/payments/payments"))
+        .bearer_auth(token)
+        .header("idempotency-key", "e2e-1")
+        .json(&serde_json::json!({"amount": 100.00, "currency": "USD", "description": "Test payment"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with("/payments/v1/payments/pay_"),
+        "{location}"
+    );
+    let payment: Value = response.json().await.unwrap();
+    assert_eq!(payment["amount_minor"], 10000);
+    let mut status = String::new();
+    for _ in 0..100 {
+        let read: Value = client
+            .get(stack.url(&location))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(read["id"], payment["id"]);
+        status = read["status"].as_str().unwrap().to_owned();
+        if status == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, "succeeded");
 }
 
 async fn the_stack_shuts_down_cleanly(db: TestDatabase) {

@@ -1,9 +1,12 @@
 //! Payments configuration, read once from the environment.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use common::config::{ConfigError, Env, HttpConfig};
 use common::db::DatabaseUrl;
+
+use crate::processor::ProcessorSettings;
 
 /// Everything the payments service is configured with.
 #[derive(Debug, Clone)]
@@ -14,15 +17,67 @@ pub struct PaymentsConfig {
     pub database_url: DatabaseUrl,
     /// Shared HTTP settings.
     pub http: HttpConfig,
+    /// `PAYMENTS_JWKS_URL`: accounts' key set, default `http://127.0.0.1:8081/.well-known/jwks.json`.
+    pub jwks_url: String,
+    /// `ACCOUNTS_ISSUER`: the `iss` tokens must carry.
+    pub token_issuer: String,
+    /// `PAYMENTS_IDEMPOTENCY_TTL_HOURS`, default 24: how long keys are kept.
+    pub idempotency_ttl: Duration,
+    /// `PAYMENTS_IDEMPOTENCY_LOCK_TIMEOUT_SECONDS`, default 30: after this a request holding a
+    /// key without finishing is presumed dead and its key is taken over by a retry.
+    pub idempotency_lock_timeout: Duration,
+    /// `PAYMENTS_SANDBOX_LATENCY_MS`, default 0.
+    pub sandbox_latency: Duration,
+    /// `PAYMENTS_PROCESSOR_ENABLED`, default true: run processing workers in this process.
+    pub processor_enabled: bool,
+    /// `PAYMENTS_WORKERS`, `PAYMENTS_LEASE_SECONDS`, `PAYMENTS_POLL_INTERVAL_MS`,
+    /// `PAYMENTS_RETRY_BASE_MS`, `PAYMENTS_RETRY_MAX_MS`, `PAYMENTS_MAX_ATTEMPTS`.
+    pub processor: ProcessorSettings,
 }
 
 impl PaymentsConfig {
     /// Reads and checks the configuration.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let positive = |name: &str, default: u64| -> Result<u64, ConfigError> {
+            let value: u64 = env.parse_or(name, default)?;
+            if value == 0 {
+                return Err(ConfigError::new(name, "must be above 0"));
+            }
+            Ok(value)
+        };
+        let jwks_url = env.string_or(
+            "PAYMENTS_JWKS_URL",
+            "http://127.0.0.1:8081/.well-known/jwks.json",
+        );
+        url::Url::parse(&jwks_url)
+            .map_err(|e| ConfigError::new("PAYMENTS_JWKS_URL", format!("not a URL: {e}")))?;
+        let processor = ProcessorSettings {
+            workers: usize::try_from(positive("PAYMENTS_WORKERS", 2)?).unwrap_or(2),
+            lease: Duration::from_secs(positive("PAYMENTS_LEASE_SECONDS", 30)?),
+            poll_interval: Duration::from_millis(positive("PAYMENTS_POLL_INTERVAL_MS", 250)?),
+            retry_base: Duration::from_millis(positive("PAYMENTS_RETRY_BASE_MS", 200)?),
+            retry_max: Duration::from_millis(positive("PAYMENTS_RETRY_MAX_MS", 30_000)?),
+            max_attempts: u32::try_from(positive("PAYMENTS_MAX_ATTEMPTS", 8)?).unwrap_or(8),
+        };
         Ok(Self {
             addr: env.parse_or("PAYMENTS_ADDR", SocketAddr::from(([127, 0, 0, 1], 8082)))?,
             database_url: DatabaseUrl::from_env(env, "PAYMENTS_DATABASE_URL", "payments.db")?,
             http: HttpConfig::from_env(env)?,
+            jwks_url,
+            token_issuer: env
+                .string_or("ACCOUNTS_ISSUER", "http://localhost:8080/accounts")
+                .trim_end_matches('/')
+                .to_owned(),
+            idempotency_ttl: Duration::from_secs(
+                positive("PAYMENTS_IDEMPOTENCY_TTL_HOURS", 24)? * 3600,
+            ),
+            idempotency_lock_timeout: Duration::from_secs(positive(
+                "PAYMENTS_IDEMPOTENCY_LOCK_TIMEOUT_SECONDS",
+                30,
+            )?),
+            sandbox_latency: Duration::from_millis(env.parse_or("PAYMENTS_SANDBOX_LATENCY_MS", 0)?),
+            processor_enabled: env.flag_or("PAYMENTS_PROCESSOR_ENABLED", true)?,
+            processor,
         })
     }
 }
@@ -36,14 +91,20 @@ mod tests {
         let config = PaymentsConfig::from_env(&Env::default()).unwrap();
         assert_eq!(config.addr.port(), 8082);
         assert!(matches!(config.database_url, DatabaseUrl::Sqlite(_)));
+        assert_eq!(config.idempotency_ttl, Duration::from_secs(24 * 3600));
+        assert!(config.processor_enabled);
     }
 
     #[test]
-    fn a_bad_database_url_names_the_variable() {
-        let env = Env::from_pairs([("PAYMENTS_DATABASE_URL", "mysql://db/payments")]);
-        assert_eq!(
-            PaymentsConfig::from_env(&env).unwrap_err().variable,
-            "PAYMENTS_DATABASE_URL"
-        );
+    fn bad_values_name_their_variable() {
+        for (name, value) in [
+            ("PAYMENTS_DATABASE_URL", "mysql://db/payments"),
+            ("PAYMENTS_WORKERS", "0"),
+            ("PAYMENTS_SANDBOX_LATENCY_MS", "-1"),
+            ("PAYMENTS_JWKS_URL", "not a url"),
+        ] {
+            let env = Env::from_pairs([(name, value)]);
+            assert_eq!(PaymentsConfig::from_env(&env).unwrap_err().variable, name);
+        }
     }
 }

@@ -1,14 +1,23 @@
 //! The payments service: idempotent payment creation, a processing workflow, events through an outbox.
 
 pub mod config;
+pub mod domain;
 pub mod http;
+pub mod processor;
+pub mod provider;
 pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use std::time::Duration;
+
+use common::auth::{HttpJwks, TokenVerifier, VerifierSettings};
 use common::server::Service;
+use processor::Processor;
+use provider::Sandbox;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::PaymentsConfig;
@@ -21,6 +30,8 @@ pub const SERVICE: &str = "payments";
 pub struct Application {
     service: Service,
     store: Arc<dyn PaymentsStore>,
+    config: Arc<PaymentsConfig>,
+    wake: Arc<Notify>,
 }
 
 impl Application {
@@ -32,15 +43,27 @@ impl Application {
                 config.database_url.redacted()
             )
         })?;
-        let (http, addr) = (config.http.clone(), config.addr);
+        let config = Arc::new(config);
+        let verifier = TokenVerifier::new(
+            Arc::new(HttpJwks::new(config.jwks_url.clone())),
+            VerifierSettings::new(config.token_issuer.clone(), SERVICE),
+        );
+        let wake = Arc::new(Notify::new());
         let router = http::router(http::AppState {
             store: store.clone(),
-            config: Arc::new(config),
+            config: config.clone(),
+            verifier: Arc::new(verifier),
+            wake: wake.clone(),
         });
-        let service = Service::bind(SERVICE, "PAYMENTS_ADDR", addr, router, &http)
-            .await?
-            .with_database(store.database());
-        Ok(Self { service, store })
+        // The database is closed by `run`, after the processor's workers have stopped too.
+        let service =
+            Service::bind(SERVICE, "PAYMENTS_ADDR", config.addr, router, &config.http).await?;
+        Ok(Self {
+            service,
+            store,
+            config,
+            wake,
+        })
     }
 
     /// The address actually bound.
@@ -53,8 +76,36 @@ impl Application {
         self.store.clone()
     }
 
-    /// Serves until `shutdown` fires, lets in-flight requests finish, then closes the database.
+    /// Serves and processes payments until `shutdown` fires; in-flight requests and provider
+    /// calls finish, then the database is closed.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        self.service.run(shutdown).await
+        let workers = if self.config.processor_enabled {
+            let provider = Arc::new(Sandbox {
+                latency: self.config.sandbox_latency,
+                flaky_failures: 2,
+            });
+            Processor::new(
+                self.store.clone(),
+                provider,
+                self.config.processor.clone(),
+                self.wake.clone(),
+            )
+            .spawn(shutdown.clone())
+        } else {
+            Vec::new()
+        };
+        processor::spawn_key_purger(
+            self.store.clone(),
+            Duration::from_secs(600),
+            shutdown.clone(),
+        );
+        let served = self.service.run(shutdown).await;
+        for worker in workers {
+            if let Err(error) = worker.await {
+                tracing::error!(%error, "a processor worker panicked");
+            }
+        }
+        self.store.database().close().await;
+        served
     }
 }

@@ -6,9 +6,12 @@ mod payments;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::FromRef;
 use axum::routing::{get, post};
+use common::auth::TokenVerifier;
 use common::db::DatabaseCheck;
 use common::health::Readiness;
+use tokio::sync::Notify;
 
 pub use error::ApiError;
 
@@ -22,6 +25,16 @@ pub struct AppState {
     pub store: Arc<dyn PaymentsStore>,
     /// The configuration.
     pub config: Arc<PaymentsConfig>,
+    /// Verifies access tokens against accounts' JWKS.
+    pub verifier: Arc<TokenVerifier>,
+    /// Wakes idle processor workers when a payment is accepted.
+    pub wake: Arc<Notify>,
+}
+
+impl FromRef<AppState> for Arc<TokenVerifier> {
+    fn from_ref(state: &AppState) -> Self {
+        state.verifier.clone()
+    }
 }
 
 /// The complete router, with the shared layers applied.

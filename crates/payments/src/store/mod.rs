@@ -1,14 +1,67 @@
-//! Payments storage: one trait, a SQLite and a PostgreSQL implementation, the same tests for both.
+//! Payments storage: one trait, a SQLite and a PostgreSQL implementation, the same tests for
+//! both. Most SQL is portable and lives once in `sql.rs`; claiming work differs (PostgreSQL
+//! uses `FOR UPDATE SKIP LOCKED` so several processors never take the same payment).
 
+#[macro_use]
+mod sql;
 mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use common::db::{DatabaseUrl, Pool, StoreError};
+
+use crate::domain::events::Event;
+use crate::domain::payment::{Payment, PaymentStatus};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+
+/// What an idempotency key allows the request to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyClaim {
+    /// The key is ours (new, or taken over from a request that died): execute.
+    Proceed,
+    /// Finished before: send this response again.
+    Replay {
+        /// HTTP status.
+        status: u16,
+        /// The exact body.
+        body: String,
+        /// The payment it created.
+        payment_id: Option<String>,
+    },
+    /// The first request with this key is still running.
+    InFlight,
+    /// The key was used for a different request.
+    Mismatch,
+}
+
+/// The response to save with a key, in the same transaction as the payment.
+#[derive(Debug, Clone, Copy)]
+pub struct SavedResponse<'a> {
+    /// Whose key.
+    pub principal: &'a str,
+    /// The key.
+    pub key: &'a str,
+    /// HTTP status.
+    pub status: u16,
+    /// The exact body.
+    pub body: &'a str,
+}
+
+/// How a provider call ended, for [`PaymentsStore::finish_payment`].
+#[derive(Debug, Clone, Copy)]
+pub struct Finish<'a> {
+    /// `Succeeded` or `Failed`.
+    pub status: PaymentStatus,
+    /// `(code, message)` for failures.
+    pub failure: Option<(&'a str, &'a str)>,
+    /// Provider calls made.
+    pub attempts: i32,
+}
 
 /// Everything payments keeps in its database.
 #[async_trait::async_trait]
@@ -16,6 +69,72 @@ pub trait PaymentsStore: Send + Sync {
     /// The pool behind the store, for readiness checks and shutdown.
     fn database(&self) -> Pool;
 
+    /// Claims `(principal, key)` for a request with `fingerprint`. Expired keys count as new;
+    /// a key locked longer than `lock_timeout` without a response belonged to a request that
+    /// died, and is taken over.
+    async fn claim_idempotency_key(
+        &self,
+        principal: &str,
+        key: &str,
+        fingerprint: &str,
+        now: DateTime<Utc>,
+        ttl: Duration,
+        lock_timeout: Duration,
+    ) -> Result<KeyClaim, StoreError>;
+    /// Forgets a claimed key whose request failed before saving a response.
+    async fn release_idempotency_key(&self, principal: &str, key: &str) -> Result<(), StoreError>;
+    /// Deletes expired keys; returns how many.
+    async fn purge_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// In one transaction: the payment, its `created` event, and the response of its key.
+    async fn create_payment(
+        &self,
+        payment: &Payment,
+        event: &Event,
+        response: Option<SavedResponse<'_>>,
+    ) -> Result<(), StoreError>;
+    /// A payment by id.
+    async fn payment(&self, id: &str) -> Result<Option<Payment>, StoreError>;
+    /// Newest first, of `owner` (or everyone's), strictly before the cursor `(created_at, id)`.
+    async fn list_payments(
+        &self,
+        owner: Option<&str>,
+        before: Option<(DateTime<Utc>, String)>,
+        limit: i64,
+    ) -> Result<Vec<Payment>, StoreError>;
+    /// Cancels a pending payment (with its event); `None` if it was not pending.
+    async fn cancel_payment(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Payment>, StoreError>;
+
+    /// Takes the next payment to work on, leased until `now + lease`: a pending one (which
+    /// becomes processing, with its event), or a processing one whose lease ran out (its
+    /// processor died, or its retry is due).
+    async fn claim_next_payment(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<Payment>, StoreError>;
+    /// Ends processing (with its event); `None` if the payment was not processing.
+    async fn finish_payment(
+        &self,
+        id: &str,
+        finish: Finish<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Payment>, StoreError>;
+    /// Leaves a payment processing, to be retried from `retry_at`.
+    async fn retry_payment_later(
+        &self,
+        id: &str,
+        attempts: i32,
+        retry_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// The CloudEvents of one payment, oldest first (its history).
+    async fn payment_events(&self, payment_id: &str) -> Result<Vec<serde_json::Value>, StoreError>;
     /// How many payments the store holds.
     async fn count_payments(&self) -> Result<i64, StoreError>;
 }

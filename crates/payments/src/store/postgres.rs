@@ -1,6 +1,7 @@
-//! The PostgreSQL implementation of [`PaymentsStore`](super::PaymentsStore).
+//! The PostgreSQL implementation of [`PaymentsStore`](super::PaymentsStore). Claiming uses
+//! `FOR UPDATE SKIP LOCKED`, so processors on several replicas never take the same payment.
 
-use common::db::{Pool, StoreError, open_postgres};
+use common::db::{StoreError, open_postgres};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
@@ -21,16 +22,15 @@ impl PgStore {
     }
 }
 
-#[async_trait::async_trait]
-impl super::PaymentsStore for PgStore {
-    fn database(&self) -> Pool {
-        Pool::Postgres(self.pool.clone())
-    }
-
-    async fn count_payments(&self) -> Result<i64, StoreError> {
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM payments")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(count)
-    }
+impl super::sql::Backend for PgStore {
+    type Db = sqlx::Postgres;
 }
+
+impl_payments_store!(
+    PgStore,
+    Postgres,
+    "UPDATE payments SET status = 'processing', lease_until = $2, updated_at = $1 WHERE id = ( \
+       SELECT id FROM payments WHERE status = 'pending' ORDER BY created_at LIMIT 1 \
+       FOR UPDATE SKIP LOCKED) \
+     AND status = 'pending' RETURNING *"
+);

@@ -1,8 +1,9 @@
-//! The SQLite implementation of [`PaymentsStore`](super::PaymentsStore).
+//! The SQLite implementation of [`PaymentsStore`](super::PaymentsStore). SQLite serializes
+//! writers, so claiming with a plain `UPDATE ... WHERE id = (SELECT ...)` is already exclusive.
 
 use std::path::Path;
 
-use common::db::{Pool, StoreError, open_sqlite};
+use common::db::{StoreError, open_sqlite};
 use sqlx::SqlitePool;
 use sqlx::migrate::Migrator;
 
@@ -23,16 +24,14 @@ impl SqliteStore {
     }
 }
 
-#[async_trait::async_trait]
-impl super::PaymentsStore for SqliteStore {
-    fn database(&self) -> Pool {
-        Pool::Sqlite(self.pool.clone())
-    }
-
-    async fn count_payments(&self) -> Result<i64, StoreError> {
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM payments")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(count)
-    }
+impl super::sql::Backend for SqliteStore {
+    type Db = sqlx::Sqlite;
 }
+
+impl_payments_store!(
+    SqliteStore,
+    Sqlite,
+    "UPDATE payments SET status = 'processing', lease_until = $2, updated_at = $1 WHERE id = ( \
+       SELECT id FROM payments WHERE status = 'pending' ORDER BY created_at LIMIT 1) \
+     AND status = 'pending' RETURNING *"
+);

@@ -1,40 +1,182 @@
-//! `spawn_app`: the payments service on port 0 with its own database.
+//! `spawn_app`: payments on port 0 with its own database, and an accounts service to issue
+//! the tokens it verifies.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::config::Env;
 use common::testkit::{Running, TestDatabase};
 use payments::store::PaymentsStore;
 use payments::{Application, PaymentsConfig};
+use serde_json::{Value, json};
 
-/// A running payments service and what a test needs to poke at it.
+/// Payments, the accounts service that issues its tokens, and helpers.
 pub struct TestApp {
     pub server: Running,
     pub store: Arc<dyn PaymentsStore>,
     pub client: reqwest::Client,
     pub db: TestDatabase,
+    pub accounts: Running,
+    pub extra: Vec<(String, String)>,
+    _accounts_db: TestDatabase,
+    _data_dir: tempfile::TempDir,
 }
 
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         self.server.url(path)
     }
+
+    /// A new user's access token (signed up and logged in at accounts).
+    pub async fn user_token(&self, email: &str) -> String {
+        let signed_up = self
+            .client
+            .post(self.accounts.url("/v1/users"))
+            .json(&json!({"email": email, "password": "password-123"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(signed_up.status(), 201);
+        self.login(email, "password-123").await
+    }
+
+    /// The access token of a password login.
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let tokens: Value = self
+            .client
+            .post(self.accounts.url("/v1/token"))
+            .form(&[
+                ("grant_type", "password"),
+                ("username", email),
+                ("password", password),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        tokens["access_token"].as_str().expect("a token").to_owned()
+    }
+
+    /// The bootstrap admin's token (`payments:admin`).
+    pub async fn admin_token(&self) -> String {
+        self.login("root@example.com", "admin-password-1").await
+    }
+
+    /// `POST /v1/payments` with a key and a JSON body.
+    pub async fn create(&self, token: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/payments"))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Polls a payment until it reaches a terminal status (or 10 s pass).
+    pub async fn settled(&self, token: &str, id: &str) -> Value {
+        for _ in 0..200 {
+            let payment: Value = self
+                .get(token, &format!("/v1/payments/{id}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            if ["succeeded", "failed", "canceled"]
+                .contains(&payment["status"].as_str().unwrap_or_default())
+            {
+                return payment;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("payment {id} did not settle");
+    }
 }
 
-pub async fn spawn_app(db: TestDatabase) -> TestApp {
-    let env = Env::from_pairs([
-        ("PAYMENTS_ADDR", "127.0.0.1:0".to_owned()),
-        ("PAYMENTS_DATABASE_URL", db.url_string()),
+pub fn usd(amount: Value) -> Value {
+    json!({"amount": amount, "currency": "USD", "description": "test"})
+}
+
+/// Starts accounts (SQLite, EdDSA) and payments on `db` with fast processor timings.
+pub async fn spawn_app_with(db: TestDatabase, extra: &[(&str, &str)]) -> TestApp {
+    let data_dir = tempfile::tempdir().unwrap();
+    let accounts_db = TestDatabase::sqlite().await;
+    let accounts_env = Env::from_pairs([
+        ("ACCOUNTS_ADDR", "127.0.0.1:0".to_owned()),
+        ("ACCOUNTS_DATABASE_URL", accounts_db.url_string()),
+        ("DATA_DIR", data_dir.path().display().to_string()),
+        ("ACCOUNTS_SIGNING_ALG", "EdDSA".to_owned()),
+        (
+            "ACCOUNTS_BOOTSTRAP_ADMIN_EMAIL",
+            "root@example.com".to_owned(),
+        ),
+        (
+            "ACCOUNTS_BOOTSTRAP_ADMIN_PASSWORD",
+            "admin-password-1".to_owned(),
+        ),
     ]);
-    let config = PaymentsConfig::from_env(&env).expect("config");
-    let app = Application::build(config).await.expect("payments builds");
-    let addr = app.local_addr().expect("bound");
-    let store = app.store();
-    let server = Running::spawn(addr, |shutdown| app.run(shutdown));
+    let accounts =
+        accounts::Application::build(accounts::AccountsConfig::from_env(&accounts_env).unwrap())
+            .await
+            .expect("accounts builds");
+    let accounts_addr = accounts.local_addr().unwrap();
+    let accounts = Running::spawn(accounts_addr, |shutdown| accounts.run(shutdown));
+
+    let extra: Vec<(String, String)> = extra
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let (server, store) = start_payments(&db, accounts_addr, &extra).await;
     TestApp {
         server,
         store,
         client: reqwest::Client::new(),
         db,
+        accounts,
+        extra,
+        _accounts_db: accounts_db,
+        _data_dir: data_dir,
     }
+}
+
+/// Starts a payments process on `db` (also used to "restart" one).
+pub async fn start_payments(
+    db: &TestDatabase,
+    accounts: std::net::SocketAddr,
+    extra: &[(String, String)],
+) -> (Running, Arc<dyn PaymentsStore>) {
+    let mut env = Env::from_pairs([
+        ("PAYMENTS_ADDR", "127.0.0.1:0".to_owned()),
+        ("PAYMENTS_DATABASE_URL", db.url_string()),
+        (
+            "PAYMENTS_JWKS_URL",
+            format!("http://{accounts}/.well-known/jwks.json"),
+        ),
+        ("PAYMENTS_POLL_INTERVAL_MS", "50".to_owned()),
+        ("PAYMENTS_RETRY_BASE_MS", "50".to_owned()),
+    ]);
+    for (name, value) in extra {
+        env = env.with(name.clone(), value.clone());
+    }
+    let config = PaymentsConfig::from_env(&env).expect("config");
+    let app = Application::build(config).await.expect("payments builds");
+    let addr = app.local_addr().unwrap();
+    let store = app.store();
+    (Running::spawn(addr, |shutdown| app.run(shutdown)), store)
+}
+
+pub async fn spawn_app(db: TestDatabase) -> TestApp {
+    spawn_app_with(db, &[]).await
 }

@@ -1,8 +1,10 @@
-//! Payments, served for real on port 0, each test on a fresh SQLite file and a fresh
-//! PostgreSQL database.
+//! Payments, served for real on port 0 (with a real accounts service issuing the tokens), each
+//! test on a fresh SQLite file and a fresh PostgreSQL database.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed test should panic
 
+mod create;
 mod helpers;
-mod payments;
+mod idempotency;
+mod lifecycle;
 mod probes;

@@ -1,0 +1,178 @@
+//! The payment lifecycle: statuses, the only transitions allowed, and the sandbox payment methods.
+
+use std::fmt;
+
+/// Where a payment is in its life. Terminal states never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentStatus {
+    /// Accepted, not yet picked up.
+    Pending,
+    /// A processor is talking to the provider.
+    Processing,
+    /// Paid.
+    Succeeded,
+    /// Declined or failed for good.
+    Failed,
+    /// Canceled before processing.
+    Canceled,
+}
+
+/// A transition that the lifecycle does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a {from} payment cannot become {to}")]
+pub struct InvalidTransition {
+    /// Current status.
+    pub from: PaymentStatus,
+    /// Requested status.
+    pub to: PaymentStatus,
+}
+
+impl PaymentStatus {
+    /// The stored and serialized form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Processing => "processing",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Canceled => "canceled",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "pending" => Self::Pending,
+            "processing" => Self::Processing,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "canceled" => Self::Canceled,
+            _ => return None,
+        })
+    }
+
+    /// `pending → processing → succeeded | failed`, `pending → canceled`; nothing else.
+    pub fn transition(self, to: Self) -> Result<Self, InvalidTransition> {
+        use PaymentStatus::*;
+        match (self, to) {
+            (Pending, Processing)
+            | (Processing, Succeeded)
+            | (Processing, Failed)
+            | (Pending, Canceled) => Ok(to),
+            _ => Err(InvalidTransition { from: self, to }),
+        }
+    }
+
+    /// Succeeded, failed or canceled.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Canceled)
+    }
+}
+
+impl fmt::Display for PaymentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The sandbox's payment methods (API.md).
+pub const PAYMENT_METHODS: [&str; 4] = [
+    "pm_card_visa",
+    "pm_card_declined",
+    "pm_card_insufficient_funds",
+    "pm_card_flaky",
+];
+
+/// The method used when none is given.
+pub const DEFAULT_PAYMENT_METHOD: &str = "pm_card_visa";
+
+#[cfg(test)]
+mod tests {
+    use super::PaymentStatus::*;
+    use super::*;
+
+    #[test]
+    fn only_the_lifecycle_transitions_are_allowed() {
+        let all = [Pending, Processing, Succeeded, Failed, Canceled];
+        let allowed = [
+            (Pending, Processing),
+            (Processing, Succeeded),
+            (Processing, Failed),
+            (Pending, Canceled),
+        ];
+        for from in all {
+            for to in all {
+                assert_eq!(
+                    from.transition(to).is_ok(),
+                    allowed.contains(&(from, to)),
+                    "{from} -> {to}"
+                );
+            }
+        }
+        for terminal in [Succeeded, Failed, Canceled] {
+            assert!(terminal.is_terminal());
+            assert!(all.iter().all(|to| terminal.transition(*to).is_err()));
+        }
+        for status in all {
+            assert_eq!(PaymentStatus::parse(status.as_str()), Some(status));
+        }
+    }
+}
+
+/// A payment as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Payment {
+    /// `pay_...`.
+    pub id: String,
+    /// The token subject that created it.
+    pub owner: String,
+    /// Stored status (see [`Payment::status`]).
+    pub status: String,
+    /// Integer minor units.
+    pub amount_minor: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Free text from the client.
+    pub description: String,
+    /// Sandbox method.
+    pub payment_method: String,
+    /// Why it failed (`card_declined`, ...).
+    pub failure_code: Option<String>,
+    /// Human explanation of the failure.
+    pub failure_message: Option<String>,
+    /// Provider calls made so far.
+    pub attempts: i32,
+    /// A processor holds the payment until then (or: not retried before then).
+    pub lease_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Accepted.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Last change.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Payment {
+    /// The status (an unknown stored value would be a bug; it reads as pending).
+    pub fn status(&self) -> PaymentStatus {
+        PaymentStatus::parse(&self.status).unwrap_or(PaymentStatus::Pending)
+    }
+
+    /// The API representation (also the `data` of its events).
+    pub fn to_json(&self) -> serde_json::Value {
+        let amount = super::money::Money::from_minor(self.amount_minor, &self.currency)
+            .map_or_else(|_| self.amount_minor.to_string(), |m| m.to_string());
+        serde_json::json!({
+            "id": self.id,
+            "object": "payment",
+            "status": self.status,
+            "amount": amount,
+            "amount_minor": self.amount_minor,
+            "currency": self.currency,
+            "description": self.description,
+            "payment_method": self.payment_method,
+            "failure_code": self.failure_code,
+            "failure_message": self.failure_message,
+            "created_at": self.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "updated_at": self.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        })
+    }
+}

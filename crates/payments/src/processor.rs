@@ -1,0 +1,221 @@
+//! The processor: workers that take pending payments (several may run against one database,
+//! never on the same payment), call the provider, and record the outcome. Transient provider
+//! errors are retried with capped exponential backoff; a worker that dies leaves a lease that
+//! runs out, after which another worker resumes the payment.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::payment::{Payment, PaymentStatus};
+use crate::provider::{ChargeOutcome, PaymentProvider};
+use crate::store::{Finish, PaymentsStore};
+
+/// How the processor works.
+#[derive(Debug, Clone)]
+pub struct ProcessorSettings {
+    /// Concurrent workers in this process.
+    pub workers: usize,
+    /// How long a claimed payment is held; a longer provider call loses it.
+    pub lease: Duration,
+    /// How often idle workers look for work (they are also woken on new payments).
+    pub poll_interval: Duration,
+    /// First retry delay; doubled each attempt.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Provider calls before a payment fails with `processing_error`.
+    pub max_attempts: u32,
+}
+
+impl ProcessorSettings {
+    /// The delay before attempt `attempt + 1`: base × 2^(attempt−1), capped.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
+        self.retry_base.saturating_mul(factor).min(self.retry_max)
+    }
+}
+
+/// Runs the workers.
+pub struct Processor {
+    store: Arc<dyn PaymentsStore>,
+    provider: Arc<dyn PaymentProvider>,
+    settings: ProcessorSettings,
+    wake: Arc<Notify>,
+}
+
+impl Processor {
+    /// A processor; `wake` is notified when a payment is created.
+    pub fn new(
+        store: Arc<dyn PaymentsStore>,
+        provider: Arc<dyn PaymentProvider>,
+        settings: ProcessorSettings,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            provider,
+            settings,
+            wake,
+        }
+    }
+
+    /// Starts the workers; they stop after their current payment when `shutdown` fires.
+    pub fn spawn(self, shutdown: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        let this = Arc::new(self);
+        (0..this.settings.workers)
+            .map(|worker| {
+                let (this, shutdown) = (this.clone(), shutdown.clone());
+                tokio::spawn(async move { this.work(worker, shutdown).await })
+            })
+            .collect()
+    }
+
+    async fn work(&self, worker: usize, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            match self
+                .store
+                .claim_next_payment(Utc::now(), self.settings.lease)
+                .await
+            {
+                Ok(Some(payment)) => self.process(payment).await,
+                Ok(None) => {
+                    tokio::select! {
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep(self.settings.poll_interval) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(worker, %error, "cannot claim work; backing off");
+                    tokio::select! {
+                        () = tokio::time::sleep(self.settings.poll_interval * 4) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    #[tracing::instrument(name = "process_payment", skip_all, fields(payment_id = %payment.id))]
+    async fn process(&self, payment: Payment) {
+        let attempt = u32::try_from(payment.attempts).unwrap_or(0) + 1;
+        let attempts = i32::try_from(attempt).unwrap_or(i32::MAX);
+        let outcome = self.provider.charge(&payment, attempt).await;
+        let now = Utc::now();
+        let result = match outcome {
+            Ok(ChargeOutcome::Approved) => {
+                self.finish(&payment.id, PaymentStatus::Succeeded, None, attempts)
+                    .await
+            }
+            Ok(ChargeOutcome::Declined { code, message }) => {
+                self.finish(
+                    &payment.id,
+                    PaymentStatus::Failed,
+                    Some((code, message)),
+                    attempts,
+                )
+                .await
+            }
+            Err(error) if attempt >= self.settings.max_attempts => {
+                tracing::warn!(%error, attempt, "giving up on the provider");
+                let message = "The provider failed repeatedly; no charge was made.";
+                self.finish(
+                    &payment.id,
+                    PaymentStatus::Failed,
+                    Some(("processing_error", message)),
+                    attempts,
+                )
+                .await
+            }
+            Err(error) => {
+                let delay = self.settings.backoff(attempt);
+                tracing::info!(%error, attempt, ?delay, "transient provider error; will retry");
+                self.store
+                    .retry_payment_later(&payment.id, attempts, now + delay, now)
+                    .await
+                    .map(drop)
+            }
+        };
+        if let Err(error) = result {
+            // The lease runs out and another attempt picks the payment up.
+            tracing::warn!(%error, "cannot record the outcome; the payment will be retried");
+        }
+    }
+
+    async fn finish(
+        &self,
+        id: &str,
+        status: PaymentStatus,
+        failure: Option<(&str, &str)>,
+        attempts: i32,
+    ) -> Result<(), common::db::StoreError> {
+        // Only processing → succeeded | failed is possible here; the store enforces it too.
+        if PaymentStatus::Processing.transition(status).is_err() {
+            return Ok(());
+        }
+        let finished = self
+            .store
+            .finish_payment(
+                id,
+                Finish {
+                    status,
+                    failure,
+                    attempts,
+                },
+                Utc::now(),
+            )
+            .await?;
+        match finished {
+            Some(payment) => {
+                tracing::info!(status = %payment.status, attempts, "payment processed")
+            }
+            None => tracing::warn!("the payment was no longer processing; outcome dropped"),
+        }
+        Ok(())
+    }
+}
+
+/// Deletes expired idempotency keys every `every`, until `shutdown`.
+pub fn spawn_key_purger(
+    store: Arc<dyn PaymentsStore>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => match store.purge_idempotency_keys(Utc::now()).await {
+                    Ok(0) => {}
+                    Ok(purged) => tracing::info!(purged, "expired idempotency keys purged"),
+                    Err(error) => tracing::warn!(%error, "cannot purge idempotency keys"),
+                },
+                () = shutdown.cancelled() => return,
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let settings = ProcessorSettings {
+            workers: 1,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(100),
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(1),
+            max_attempts: 8,
+        };
+        let delays: Vec<u128> = (1..=6).map(|a| settings.backoff(a).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(settings.backoff(u32::MAX), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,318 @@
+//! The SQL of [`PaymentsStore`](super::PaymentsStore) that both backends share (both accept
+//! `$n` placeholders, `ON CONFLICT` and `RETURNING`). `impl_payments_store!(Type, Variant,
+//! claim_next)` implements the trait for a store whose `pool` field is a pool of that backend;
+//! `claim_next` is the backend's own statement for taking pending work.
+
+macro_rules! impl_payments_store {
+    ($store:ty, $variant:ident, $claim_pending:expr) => {
+        impl $store {
+            async fn insert_event<'c, E>(executor: E, event: &$crate::domain::events::Event, payment: &$crate::domain::payment::Payment) -> Result<(), sqlx::Error>
+            where
+                E: sqlx::Executor<'c, Database = <$store as $crate::store::sql::Backend>::Db>,
+            {
+                sqlx::query(
+                    "INSERT INTO payment_events (id, payment_id, owner, type, event, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&event.id)
+                .bind(&payment.id)
+                .bind(&payment.owner)
+                .bind(&event.kind)
+                .bind(sqlx::types::Json(&event.body))
+                .bind(event.time)
+                .execute(executor)
+                .await
+                .map(drop)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::PaymentsStore for $store {
+            fn database(&self) -> common::db::Pool {
+                common::db::Pool::$variant(self.pool.clone())
+            }
+
+            async fn claim_idempotency_key(
+                &self,
+                principal: &str,
+                key: &str,
+                fingerprint: &str,
+                now: chrono::DateTime<chrono::Utc>,
+                ttl: std::time::Duration,
+                lock_timeout: std::time::Duration,
+            ) -> Result<$crate::store::KeyClaim, common::db::StoreError> {
+                use $crate::store::KeyClaim;
+                sqlx::query("DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND expires_at <= $3")
+                    .bind(principal)
+                    .bind(key)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO idempotency_keys (principal, key, fingerprint, locked_at, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (principal, key) DO NOTHING",
+                )
+                .bind(principal)
+                .bind(key)
+                .bind(fingerprint)
+                .bind(now)
+                .bind(now + ttl)
+                .execute(&self.pool)
+                .await?;
+                if inserted.rows_affected() == 1 {
+                    return Ok(KeyClaim::Proceed);
+                }
+                let row: Option<(String, Option<chrono::DateTime<chrono::Utc>>, Option<i32>, Option<String>, Option<String>)> =
+                    sqlx::query_as(
+                        "SELECT fingerprint, locked_at, response_status, response_body, payment_id \
+                         FROM idempotency_keys WHERE principal = $1 AND key = $2",
+                    )
+                    .bind(principal)
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some((stored_fingerprint, locked_at, status, body, payment_id)) = row else {
+                    // Purged between our insert and our read: the client may simply retry.
+                    return Ok(KeyClaim::InFlight);
+                };
+                if stored_fingerprint != fingerprint {
+                    return Ok(KeyClaim::Mismatch);
+                }
+                if let (Some(status), Some(body)) = (status, body) {
+                    return Ok(KeyClaim::Replay {
+                        status: u16::try_from(status).unwrap_or(500),
+                        body,
+                        payment_id,
+                    });
+                }
+                match locked_at {
+                    Some(locked_at) if (now - locked_at).to_std().is_ok_and(|held| held >= lock_timeout) => {
+                        // The request that held it died: take it over, unless someone else just did.
+                        let taken = sqlx::query(
+                            "UPDATE idempotency_keys SET locked_at = $1 WHERE principal = $2 AND key = $3 \
+                             AND locked_at = $4 AND response_status IS NULL",
+                        )
+                        .bind(now)
+                        .bind(principal)
+                        .bind(key)
+                        .bind(locked_at)
+                        .execute(&self.pool)
+                        .await?;
+                        Ok(if taken.rows_affected() == 1 { KeyClaim::Proceed } else { KeyClaim::InFlight })
+                    }
+                    _ => Ok(KeyClaim::InFlight),
+                }
+            }
+
+            async fn release_idempotency_key(&self, principal: &str, key: &str) -> Result<(), common::db::StoreError> {
+                sqlx::query("DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND response_status IS NULL")
+                    .bind(principal)
+                    .bind(key)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn purge_idempotency_keys(&self, now: chrono::DateTime<chrono::Utc>) -> Result<u64, common::db::StoreError> {
+                let result = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1")
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(result.rows_affected())
+            }
+
+            async fn create_payment(
+                &self,
+                payment: &$crate::domain::payment::Payment,
+                event: &$crate::domain::events::Event,
+                response: Option<$crate::store::SavedResponse<'_>>,
+            ) -> Result<(), common::db::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO payments (id, owner, status, amount_minor, currency, description, payment_method, \
+                     attempts, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8)",
+                )
+                .bind(&payment.id)
+                .bind(&payment.owner)
+                .bind(&payment.status)
+                .bind(payment.amount_minor)
+                .bind(&payment.currency)
+                .bind(&payment.description)
+                .bind(&payment.payment_method)
+                .bind(payment.created_at)
+                .execute(&mut *tx)
+                .await?;
+                Self::insert_event(&mut *tx, event, payment).await?;
+                if let Some(response) = response {
+                    sqlx::query(
+                        "UPDATE idempotency_keys SET response_status = $1, response_body = $2, payment_id = $3, \
+                         locked_at = NULL WHERE principal = $4 AND key = $5",
+                    )
+                    .bind(i32::from(response.status))
+                    .bind(response.body)
+                    .bind(&payment.id)
+                    .bind(response.principal)
+                    .bind(response.key)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn payment(&self, id: &str) -> Result<Option<$crate::domain::payment::Payment>, common::db::StoreError> {
+                Ok(sqlx::query_as("SELECT * FROM payments WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn list_payments(
+                &self,
+                owner: Option<&str>,
+                before: Option<(chrono::DateTime<chrono::Utc>, String)>,
+                limit: i64,
+            ) -> Result<Vec<$crate::domain::payment::Payment>, common::db::StoreError> {
+                let (before_time, before_id) = match before {
+                    Some((time, id)) => (Some(time), Some(id)),
+                    None => (None, None),
+                };
+                Ok(sqlx::query_as(
+                    "SELECT * FROM payments WHERE ($1 IS NULL OR owner = $1) \
+                     AND ($2 IS NULL OR created_at < $2 OR (created_at = $2 AND id < $3)) \
+                     ORDER BY created_at DESC, id DESC LIMIT $4",
+                )
+                .bind(owner)
+                .bind(before_time)
+                .bind(before_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn cancel_payment(
+                &self,
+                id: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Option<$crate::domain::payment::Payment>, common::db::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let canceled: Option<$crate::domain::payment::Payment> = sqlx::query_as(
+                    "UPDATE payments SET status = 'canceled', lease_until = NULL, updated_at = $1 \
+                     WHERE id = $2 AND status = 'pending' RETURNING *",
+                )
+                .bind(now)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(payment) = &canceled {
+                    let event = $crate::domain::events::state_changed(payment, now);
+                    Self::insert_event(&mut *tx, &event, payment).await?;
+                }
+                tx.commit().await?;
+                Ok(canceled)
+            }
+
+            async fn claim_next_payment(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+                lease: std::time::Duration,
+            ) -> Result<Option<$crate::domain::payment::Payment>, common::db::StoreError> {
+                let lease_until = now + lease;
+                let mut tx = self.pool.begin().await?;
+                let pending: Option<$crate::domain::payment::Payment> = sqlx::query_as($claim_pending)
+                    .bind(now)
+                    .bind(lease_until)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(payment) = pending {
+                    let event = $crate::domain::events::state_changed(&payment, now);
+                    Self::insert_event(&mut *tx, &event, &payment).await?;
+                    tx.commit().await?;
+                    return Ok(Some(payment));
+                }
+                let expired: Option<$crate::domain::payment::Payment> = sqlx::query_as(
+                    "UPDATE payments SET lease_until = $2, updated_at = $1 WHERE id = ( \
+                       SELECT id FROM payments WHERE status = 'processing' AND lease_until < $1 \
+                       ORDER BY lease_until LIMIT 1) \
+                     AND status = 'processing' AND lease_until < $1 RETURNING *",
+                )
+                .bind(now)
+                .bind(lease_until)
+                .fetch_optional(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(expired)
+            }
+
+            async fn finish_payment(
+                &self,
+                id: &str,
+                finish: $crate::store::Finish<'_>,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Option<$crate::domain::payment::Payment>, common::db::StoreError> {
+                let (code, message) = finish.failure.unzip();
+                let mut tx = self.pool.begin().await?;
+                let finished: Option<$crate::domain::payment::Payment> = sqlx::query_as(
+                    "UPDATE payments SET status = $1, failure_code = $2, failure_message = $3, attempts = $4, \
+                     lease_until = NULL, updated_at = $5 WHERE id = $6 AND status = 'processing' RETURNING *",
+                )
+                .bind(finish.status.as_str())
+                .bind(code)
+                .bind(message)
+                .bind(finish.attempts)
+                .bind(now)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(payment) = &finished {
+                    let event = $crate::domain::events::state_changed(payment, now);
+                    Self::insert_event(&mut *tx, &event, payment).await?;
+                }
+                tx.commit().await?;
+                Ok(finished)
+            }
+
+            async fn retry_payment_later(
+                &self,
+                id: &str,
+                attempts: i32,
+                retry_at: chrono::DateTime<chrono::Utc>,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), common::db::StoreError> {
+                sqlx::query(
+                    "UPDATE payments SET attempts = $1, lease_until = $2, updated_at = $3 \
+                     WHERE id = $4 AND status = 'processing'",
+                )
+                .bind(attempts)
+                .bind(retry_at)
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn payment_events(&self, payment_id: &str) -> Result<Vec<serde_json::Value>, common::db::StoreError> {
+                let rows: Vec<(sqlx::types::Json<serde_json::Value>,)> =
+                    sqlx::query_as("SELECT event FROM payment_events WHERE payment_id = $1 ORDER BY seq")
+                        .bind(payment_id)
+                        .fetch_all(&self.pool)
+                        .await?;
+                Ok(rows.into_iter().map(|(event,)| event.0).collect())
+            }
+
+            async fn count_payments(&self) -> Result<i64, common::db::StoreError> {
+                let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM payments")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(count)
+            }
+        }
+    };
+}
+
+/// Names a store's database type, for the shared helpers above.
+pub trait Backend {
+    /// The sqlx database.
+    type Db: sqlx::Database;
+}

@@ -1,0 +1,237 @@
+//! Idempotency keys: replays, changed requests, concurrency, crashes and expiry.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{spawn_app_with, start_payments, usd};
+use common::testkit::TestDatabase;
+
+common::both_databases!(
+    a_finished_request_replays_byte_for_byte,
+    the_same_key_with_another_request_is_422,
+    missing_and_invalid_keys_are_400,
+    fifty_concurrent_identical_requests_create_one_payment,
+    a_request_that_died_mid_way_is_recovered_once_after_restart,
+    expired_keys_are_purged_and_then_free,
+);
+
+const NO_PROCESSOR: (&str, &str) = ("PAYMENTS_PROCESSOR_ENABLED", "false");
+
+async fn a_finished_request_replays_byte_for_byte(db: TestDatabase) {
+    let app = spawn_app_with(db, &[NO_PROCESSOR]).await;
+    let token = app.user_token("replay@example.com").await;
+    let first = app.create(&token, "order-1", &usd(json!(12.5))).await;
+    assert_eq!(first.status(), 202);
+    let location = first.headers()["location"].clone();
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first_body = first.bytes().await.unwrap();
+
+    let again = app.create(&token, "order-1", &usd(json!(12.5))).await;
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.headers()["location"], location);
+    assert_eq!(again.bytes().await.unwrap(), first_body, "byte-identical");
+    assert_eq!(app.store.count_payments().await.unwrap(), 1);
+}
+
+async fn the_same_key_with_another_request_is_422(db: TestDatabase) {
+    let app = spawn_app_with(db, &[NO_PROCESSOR]).await;
+    let token = app.user_token("reuse@example.com").await;
+    assert_eq!(app.create(&token, "k", &usd(json!(1))).await.status(), 202);
+    let other_body = app.create(&token, "k", &usd(json!(2))).await;
+    assert_eq!(other_body.status(), 422);
+    assert_eq!(
+        other_body.json::<Value>().await.unwrap()["code"],
+        "idempotency_key_reused"
+    );
+    let other_path = app
+        .client
+        .post(app.url("/payments"))
+        .bearer_auth(&token)
+        .header("idempotency-key", "k")
+        .json(&usd(json!(1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_path.status(), 422, "same body on another path");
+    assert_eq!(app.store.count_payments().await.unwrap(), 1);
+}
+
+async fn missing_and_invalid_keys_are_400(db: TestDatabase) {
+    let app = spawn_app_with(db, &[NO_PROCESSOR]).await;
+    let token = app.user_token("keys@example.com").await;
+    let missing = app
+        .client
+        .post(app.url("/v1/payments"))
+        .bearer_auth(&token)
+        .json(&usd(json!(1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 400);
+    assert_eq!(
+        missing.json::<Value>().await.unwrap()["code"],
+        "missing_idempotency_key"
+    );
+    for bad in [
+        String::new(),
+        "x".repeat(256),
+        "tab\there".to_owned(),
+        "ünï".to_owned(),
+    ] {
+        let response = app
+            .client
+            .post(app.url("/v1/payments"))
+            .bearer_auth(&token)
+            .header(
+                "idempotency-key",
+                reqwest::header::HeaderValue::from_bytes(bad.as_bytes()).unwrap(),
+            )
+            .json(&usd(json!(1)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{bad:?}");
+        assert_eq!(
+            response.json::<Value>().await.unwrap()["code"],
+            "invalid_idempotency_key"
+        );
+    }
+    assert_eq!(
+        app.create(&token, &"x".repeat(255), &usd(json!(1)))
+            .await
+            .status(),
+        202
+    );
+}
+
+async fn fifty_concurrent_identical_requests_create_one_payment(db: TestDatabase) {
+    let app = spawn_app_with(db, &[NO_PROCESSOR]).await;
+    let token = app.user_token("race@example.com").await;
+    let body = usd(json!(42));
+    let requests = (0..50).map(|_| app.create(&token, "same-key", &body));
+    let responses = futures_util::future::join_all(requests).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for response in responses {
+        match response.status().as_u16() {
+            202 => {
+                let body: Value = response.json().await.unwrap();
+                ids.insert(body["id"].as_str().unwrap().to_owned());
+            }
+            409 => {
+                assert_eq!(response.headers()["retry-after"], "1");
+                assert_eq!(
+                    response.json::<Value>().await.unwrap()["code"],
+                    "idempotency_key_in_use"
+                );
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(ids.len(), 1, "every 202 names the same payment");
+    assert_eq!(
+        app.store.count_payments().await.unwrap(),
+        1,
+        "exactly one payment"
+    );
+    let replay = app.create(&token, "same-key", &usd(json!(42))).await;
+    assert_eq!(replay.status(), 202);
+}
+
+/// What a process killed after claiming a key (phase one) and before writing the payment
+/// (phase two) leaves behind: a locked key with no response.
+async fn leave_a_dead_request(
+    app: &crate::helpers::TestApp,
+    principal: &str,
+    key: &str,
+    fingerprint_of: &Value,
+) {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(b"POST\n/v1/payments\n");
+    hasher.update(serde_json::to_vec(fingerprint_of).unwrap());
+    let fingerprint: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let claim = app
+        .store
+        .claim_idempotency_key(
+            principal,
+            key,
+            &fingerprint,
+            chrono::Utc::now(),
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(claim, payments::store::KeyClaim::Proceed);
+}
+
+async fn a_request_that_died_mid_way_is_recovered_once_after_restart(db: TestDatabase) {
+    let mut app = spawn_app_with(
+        db,
+        &[
+            NO_PROCESSOR,
+            ("PAYMENTS_IDEMPOTENCY_LOCK_TIMEOUT_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let token = app.user_token("crash@example.com").await;
+    let me: Value = app
+        .client
+        .get(app.accounts.url("/users/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let body = usd(json!(99));
+    leave_a_dead_request(&app, me["id"].as_str().unwrap(), "crash-key", &body).await;
+
+    // The process is killed and restarted on the same database.
+    let (server, store) = start_payments(&app.db, app.accounts.addr, &app.extra).await;
+    let old = std::mem::replace(&mut app.server, server);
+    old.stop().await.unwrap();
+    app.store = store;
+
+    let while_locked = app.create(&token, "crash-key", &body).await;
+    assert_eq!(while_locked.status(), 409, "the lock is still fresh");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let recovered = app.create(&token, "crash-key", &body).await;
+    assert_eq!(recovered.status(), 202, "taken over after the lock timeout");
+    assert!(recovered.headers().get("idempotent-replayed").is_none());
+    let replay = app.create(&token, "crash-key", &body).await;
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        app.store.count_payments().await.unwrap(),
+        1,
+        "executed exactly once"
+    );
+}
+
+async fn expired_keys_are_purged_and_then_free(db: TestDatabase) {
+    let app = spawn_app_with(db, &[NO_PROCESSOR]).await;
+    let token = app.user_token("expiry@example.com").await;
+    assert_eq!(
+        app.create(&token, "old", &usd(json!(1))).await.status(),
+        202
+    );
+    let tomorrow = chrono::Utc::now() + chrono::Duration::hours(25);
+    assert_eq!(
+        app.store
+            .purge_idempotency_keys(chrono::Utc::now())
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(app.store.purge_idempotency_keys(tomorrow).await.unwrap(), 1);
+    let reused = app.create(&token, "old", &usd(json!(2))).await;
+    assert_eq!(reused.status(), 202, "a purged key is new again");
+    assert_eq!(app.store.count_payments().await.unwrap(), 2);
+}

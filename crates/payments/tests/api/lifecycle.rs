@@ -1,0 +1,265 @@
+//! Processing: the sandbox's outcomes, retries, cancel rules, history, several processors, a
+//! database outage.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{spawn_app, spawn_app_with, start_payments, usd};
+use common::testkit::TestDatabase;
+
+common::both_databases!(
+    each_sandbox_method_ends_as_documented,
+    only_pending_payments_can_be_canceled,
+    every_state_change_is_in_the_history,
+    several_processors_never_take_the_same_payment,
+    a_database_outage_is_a_503_and_nothing_is_half_written,
+    a_restart_resumes_a_payment_its_dead_processor_held,
+);
+
+fn with_method(method: &str) -> Value {
+    json!({"amount": "10.00", "currency": "USD", "description": method, "payment_method": method})
+}
+
+async fn each_sandbox_method_ends_as_documented(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let token = app.user_token("sandbox@example.com").await;
+    let expected = [
+        ("pm_card_visa", "succeeded", Value::Null),
+        ("pm_card_declined", "failed", json!("card_declined")),
+        (
+            "pm_card_insufficient_funds",
+            "failed",
+            json!("insufficient_funds"),
+        ),
+        ("pm_card_flaky", "succeeded", Value::Null),
+    ];
+    for (method, status, failure_code) in expected {
+        let created: Value = app
+            .create(&token, method, &with_method(method))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let settled = app.settled(&token, created["id"].as_str().unwrap()).await;
+        assert_eq!(settled["status"], status, "{method}");
+        assert_eq!(settled["failure_code"], failure_code, "{method}");
+        if status == "failed" {
+            assert!(settled["failure_message"].is_string());
+        }
+        let stored = app
+            .store
+            .payment(created["id"].as_str().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let attempts = if method == "pm_card_flaky" { 3 } else { 1 };
+        assert_eq!(
+            stored.attempts, attempts,
+            "{method}: transient errors retried with backoff"
+        );
+    }
+}
+
+async fn only_pending_payments_can_be_canceled(db: TestDatabase) {
+    let app = spawn_app_with(db, &[("PAYMENTS_PROCESSOR_ENABLED", "false")]).await;
+    let token = app.user_token("cancel@example.com").await;
+    let pending: Value = app
+        .create(&token, "c1", &usd(json!(3)))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let cancel_url = app.url(&format!(
+        "/v1/payments/{}/cancel",
+        pending["id"].as_str().unwrap()
+    ));
+    let canceled = app
+        .client
+        .post(&cancel_url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(canceled.status(), 200);
+    assert_eq!(
+        canceled.json::<Value>().await.unwrap()["status"],
+        "canceled"
+    );
+    let again = app
+        .client
+        .post(&cancel_url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    assert_eq!(
+        again.json::<Value>().await.unwrap()["code"],
+        "invalid_state"
+    );
+
+    // A succeeded payment cannot be canceled either.
+    let (processor, _) = start_payments(&app.db, app.accounts.addr, &[]).await;
+    let done: Value = app
+        .create(&token, "c2", &usd(json!(4)))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let settled = app.settled(&token, done["id"].as_str().unwrap()).await;
+    assert_eq!(settled["status"], "succeeded");
+    let refused = app
+        .client
+        .post(app.url(&format!(
+            "/v1/payments/{}/cancel",
+            done["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 409);
+    assert_eq!(
+        app.settled(&token, done["id"].as_str().unwrap()).await["status"],
+        "succeeded",
+        "terminal states never change"
+    );
+    processor.stop().await.unwrap();
+}
+
+async fn every_state_change_is_in_the_history(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let token = app.user_token("history@example.com").await;
+    let created: Value = app
+        .create(&token, "h1", &with_method("pm_card_declined"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap();
+    app.settled(&token, id).await;
+    let events = app.store.payment_events(id).await.unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "payments.payment.created",
+            "payments.payment.processing",
+            "payments.payment.failed"
+        ]
+    );
+    for event in &events {
+        assert_eq!(event["specversion"], "1.0");
+        assert_eq!(event["source"], "/payments");
+        assert_eq!(event["subject"], id);
+        assert_eq!(event["datacontenttype"], "application/json");
+        assert_eq!(event["data"]["id"], id);
+        assert!(event["id"].as_str().unwrap().starts_with("evt_"));
+    }
+    assert_eq!(events[2]["data"]["failure_code"], "card_declined");
+}
+
+async fn several_processors_never_take_the_same_payment(db: TestDatabase) {
+    let app = spawn_app_with(
+        db,
+        &[
+            ("PAYMENTS_WORKERS", "4"),
+            ("PAYMENTS_SANDBOX_LATENCY_MS", "5"),
+        ],
+    )
+    .await;
+    let (second, _) = start_payments(&app.db, app.accounts.addr, &app.extra).await;
+    let token = app.user_token("many@example.com").await;
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        let created: Value = app
+            .create(&token, &format!("m{n}"), &usd(json!(n + 1)))
+            .await
+            .json()
+            .await
+            .unwrap();
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        assert_eq!(app.settled(&token, id).await["status"], "succeeded");
+        let events = app.store.payment_events(id).await.unwrap();
+        let processing = events
+            .iter()
+            .filter(|e| e["type"] == "payments.payment.processing")
+            .count();
+        let succeeded = events
+            .iter()
+            .filter(|e| e["type"] == "payments.payment.succeeded")
+            .count();
+        assert_eq!((processing, succeeded), (1, 1), "{id} was processed once");
+        let stored = app.store.payment(id).await.unwrap().unwrap();
+        assert_eq!(stored.attempts, 1, "{id} was charged once");
+    }
+    second.stop().await.unwrap();
+}
+
+async fn a_database_outage_is_a_503_and_nothing_is_half_written(db: TestDatabase) {
+    let app = spawn_app_with(db, &[("PAYMENTS_PROCESSOR_ENABLED", "false")]).await;
+    let token = app.user_token("outage@example.com").await;
+    assert_eq!(
+        app.create(&token, "before", &usd(json!(1))).await.status(),
+        202
+    );
+    let recoverable = app.db.take_down(&app.store.database()).await;
+    let during = app.create(&token, "during", &usd(json!(2))).await;
+    assert_eq!(during.status(), 503);
+    assert_eq!(
+        during.json::<Value>().await.unwrap()["code"],
+        "dependency_unavailable"
+    );
+    let read = app.get(&token, "/v1/payments").await;
+    assert_eq!(read.status(), 503);
+    if recoverable {
+        app.db.restore().await;
+        let after = app.create(&token, "during", &usd(json!(2))).await;
+        assert_eq!(
+            after.status(),
+            202,
+            "serves again without a restart; the key was not burnt"
+        );
+        assert_eq!(app.store.count_payments().await.unwrap(), 2);
+    }
+}
+
+async fn a_restart_resumes_a_payment_its_dead_processor_held(db: TestDatabase) {
+    let app = spawn_app_with(db, &[("PAYMENTS_PROCESSOR_ENABLED", "false")]).await;
+    let token = app.user_token("resume@example.com").await;
+    let created: Value = app
+        .create(&token, "r1", &usd(json!(8)))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap();
+    // A processor claims it and dies before calling the provider.
+    let claimed = app
+        .store
+        .claim_next_payment(chrono::Utc::now(), std::time::Duration::from_millis(500))
+        .await
+        .unwrap()
+        .expect("the pending payment");
+    assert_eq!(claimed.id, id);
+    assert_eq!(claimed.status, "processing");
+
+    let (restarted, _) = start_payments(&app.db, app.accounts.addr, &[]).await;
+    let settled = app.settled(&token, id).await;
+    assert_eq!(
+        settled["status"], "succeeded",
+        "resumed once the lease ran out"
+    );
+    let events = app.store.payment_events(id).await.unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "payments.payment.created",
+            "payments.payment.processing",
+            "payments.payment.succeeded"
+        ]
+    );
+    restarted.stop().await.unwrap();
+}
