@@ -93,6 +93,7 @@ impl Application {
             )),
             keys: keys.clone(),
             config: config.clone(),
+            metrics: common::metrics::Metrics::new(),
         };
         bootstrap::ensure_admin(&state).await?;
         let router = http::router(state);

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use tracing::{Instrument, field::Empty};
 
+use crate::metrics::{Metrics, RouteLabel, UNMATCHED_ROUTE};
 use crate::problem::{PROBLEM_JSON, Problem};
 
 /// The header carrying the request id, in and out.
@@ -127,7 +128,7 @@ pub struct PassThrough;
 /// Middleware: request id and trace context in, span and access log around the request,
 /// `X-Request-ID` out, and bare error statuses (axum's 404/405/413, ...) as problem+json.
 pub async fn request_context(
-    State(service): State<&'static str>,
+    State(RequestObserver { service, metrics }): State<RequestObserver>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -154,6 +155,7 @@ pub async fn request_context(
         trace,
     });
 
+    let method = request.method().as_str().to_owned();
     let span = tracing::info_span!(
         "http_request",
         service,
@@ -176,7 +178,13 @@ pub async fn request_context(
 
     let status = response.status().as_u16();
     span.record("http.response.status_code", status);
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    let route = response
+        .extensions()
+        .get::<RouteLabel>()
+        .map_or(UNMATCHED_ROUTE, |r| r.0.as_str());
+    metrics.observe_http(&method, route, status, elapsed);
+    let latency_ms = elapsed * 1000.0;
     span.in_scope(|| {
         if status >= 500 {
             tracing::warn!(latency_ms, "request completed");
@@ -192,12 +200,30 @@ pub async fn request_context(
     response
 }
 
-/// Route-level middleware: records the matched route template on the request span.
+/// Route-level middleware: records the matched route template on the request span and on the
+/// response (for the `http_route` metric label).
 pub async fn record_route(request: Request, next: Next) -> Response {
-    if let Some(path) = request.extensions().get::<MatchedPath>() {
-        tracing::Span::current().record("http.route", path.as_str());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    if let Some(route) = &route {
+        tracing::Span::current().record("http.route", route.as_str());
     }
-    next.run(request).await
+    let mut response = next.run(request).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(RouteLabel(route));
+    }
+    response
+}
+
+/// What the request-context middleware needs: the service's name and its metrics.
+#[derive(Clone)]
+pub struct RequestObserver {
+    /// The service's name, on every span.
+    pub service: &'static str,
+    /// Where request durations are recorded.
+    pub metrics: Metrics,
 }
 
 /// Error responses that are not already JSON (framework defaults) become problem+json,

@@ -11,25 +11,42 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::config::{ConfigError, Env, HttpConfig};
 use crate::db::Pool;
+use crate::metrics::{Metrics, metrics_endpoint};
 use crate::problem::Problem;
-use crate::request::{record_route, request_context};
+use crate::request::{RequestObserver, record_route, request_context};
 use crate::telemetry::{self, LogConfig};
 
 /// Adds what every service's router needs, outermost first: the request context (request id,
 /// trace, span, access log, problem+json for bare errors such as an unknown path's 404), panic
-/// recovery, the body limit, and route templates on spans. Call it last.
-pub fn finish(router: Router, service: &'static str, http: &HttpConfig) -> Router {
+/// recovery, the body limit, route templates on spans and metrics, and `GET /metrics`. Call it last.
+pub fn finish(
+    router: Router,
+    service: &'static str,
+    http: &HttpConfig,
+    metrics: &Metrics,
+) -> Router {
     router
+        .route(
+            "/metrics",
+            get(metrics_endpoint).with_state(metrics.clone()),
+        )
         .route_layer(from_fn(record_route))
         .layer(DefaultBodyLimit::max(http.max_body_bytes))
         .layer(CatchPanicLayer::custom(panic_problem))
-        .layer(from_fn_with_state(service, request_context))
+        .layer(from_fn_with_state(
+            RequestObserver {
+                service,
+                metrics: metrics.clone(),
+            },
+            request_context,
+        ))
 }
 
 fn panic_problem(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {

@@ -258,3 +258,17 @@ async fn reqwest_get(url: &str) -> (u16, String, serde_json::Value) {
     let body = response.json().await.unwrap_or(serde_json::Value::Null);
     (status, content_type, body)
 }
+
+/// The variable naming the NATS server the tests may use.
+pub const TEST_NATS_URL: &str = "TEST_NATS_URL";
+
+/// `TEST_NATS_URL`, or `None` (with a notice) when unset: the test is then skipped.
+pub fn nats_url() -> Option<String> {
+    match std::env::var(TEST_NATS_URL) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("skipped: NATS test; set {TEST_NATS_URL}=nats://127.0.0.1:4222 to run it");
+            None
+        }
+    }
+}

@@ -66,7 +66,12 @@ pub fn router(config: &GatewayConfig) -> Router {
         .merge(common::health::routes(readiness))
         .fallback(forward)
         .with_state(proxy);
-    common::server::finish(routes, SERVICE, &config.http)
+    common::server::finish(
+        routes,
+        SERVICE,
+        &config.http,
+        &common::metrics::Metrics::new(),
+    )
 }
 
 async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {

@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
 use common::Problem;
+use common::metrics::RouteLabel;
 use common::request::{PassThrough, RequestContext, TRACEPARENT};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Uri};
@@ -159,8 +160,19 @@ impl Proxy {
             }
         };
         let upstream_name = target.upstream.name.clone();
+        // The route template the metrics and logs name: `/accounts/{*rest}`, or `{*fallback}`.
+        let route_label = RouteLabel(match target.prefix {
+            Some(prefix) => format!("{prefix}/{{*rest}}"),
+            None => "{*fallback}".to_owned(),
+        });
+        tracing::Span::current().record("http.route", route_label.0.as_str());
         let outgoing = self.outgoing_request(request, uri, target.prefix);
-        match tokio::time::timeout(self.upstream_timeout, self.client.request(outgoing)).await {
+        let mut response = match tokio::time::timeout(
+            self.upstream_timeout,
+            self.client.request(outgoing),
+        )
+        .await
+        {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
@@ -185,7 +197,9 @@ impl Proxy {
                 )
                 .into_response()
             }
-        }
+        };
+        response.extensions_mut().insert(route_label);
+        response
     }
 
     fn outgoing_request(&self, request: Request, uri: Uri, prefix: Option<&str>) -> Request {

@@ -7,6 +7,7 @@ use common::config::{ConfigError, Env, HttpConfig};
 use common::db::DatabaseUrl;
 
 use crate::processor::ProcessorSettings;
+use crate::relay::RelaySettings;
 
 /// Everything the payments service is configured with.
 #[derive(Debug, Clone)]
@@ -33,6 +34,9 @@ pub struct PaymentsConfig {
     /// `PAYMENTS_WORKERS`, `PAYMENTS_LEASE_SECONDS`, `PAYMENTS_POLL_INTERVAL_MS`,
     /// `PAYMENTS_RETRY_BASE_MS`, `PAYMENTS_RETRY_MAX_MS`, `PAYMENTS_MAX_ATTEMPTS`.
     pub processor: ProcessorSettings,
+    /// `NATS_URL` (unset: no broker; events stay in the feed) with `PAYMENTS_STREAM`,
+    /// `PAYMENTS_SUBJECT_PREFIX` and `PAYMENTS_OUTBOX_RETENTION_HOURS` (default 168).
+    pub relay: Option<RelaySettings>,
 }
 
 impl PaymentsConfig {
@@ -59,7 +63,39 @@ impl PaymentsConfig {
             retry_max: Duration::from_millis(positive("PAYMENTS_RETRY_MAX_MS", 30_000)?),
             max_attempts: u32::try_from(positive("PAYMENTS_MAX_ATTEMPTS", 8)?).unwrap_or(8),
         };
+        let relay = match env.get("NATS_URL") {
+            None => None,
+            Some(url) => {
+                if !(url.starts_with("nats://") || url.starts_with("tls://") || url.contains(':')) {
+                    return Err(ConfigError::new("NATS_URL", "expected nats://host:port"));
+                }
+                let stream = env.string_or("PAYMENTS_STREAM", "PAYMENTS");
+                if stream.is_empty() || stream.contains(['.', ' ', '*', '>']) {
+                    return Err(ConfigError::new(
+                        "PAYMENTS_STREAM",
+                        "a stream name has no dots, spaces or wildcards",
+                    ));
+                }
+                let subject_prefix = env.string_or("PAYMENTS_SUBJECT_PREFIX", "payments.payment");
+                if subject_prefix.contains([' ', '*', '>']) || subject_prefix.ends_with('.') {
+                    return Err(ConfigError::new(
+                        "PAYMENTS_SUBJECT_PREFIX",
+                        "expected a subject like payments.payment",
+                    ));
+                }
+                Some(RelaySettings {
+                    nats_url: url.to_owned(),
+                    stream,
+                    subject_prefix,
+                    batch: 100,
+                    retention: Duration::from_secs(
+                        positive("PAYMENTS_OUTBOX_RETENTION_HOURS", 168)? * 3600,
+                    ),
+                })
+            }
+        };
         Ok(Self {
+            relay,
             addr: env.parse_or("PAYMENTS_ADDR", SocketAddr::from(([127, 0, 0, 1], 8082)))?,
             database_url: DatabaseUrl::from_env(env, "PAYMENTS_DATABASE_URL", "payments.db")?,
             http: HttpConfig::from_env(env)?,

@@ -5,6 +5,7 @@ pub mod domain;
 pub mod http;
 pub mod processor;
 pub mod provider;
+pub mod relay;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -32,6 +33,8 @@ pub struct Application {
     store: Arc<dyn PaymentsStore>,
     config: Arc<PaymentsConfig>,
     wake: Arc<Notify>,
+    broker: Option<async_nats::Client>,
+    metrics: common::metrics::Metrics,
 }
 
 impl Application {
@@ -49,11 +52,18 @@ impl Application {
             VerifierSettings::new(config.token_issuer.clone(), SERVICE),
         );
         let wake = Arc::new(Notify::new());
+        let metrics = common::metrics::Metrics::new();
+        let broker = match &config.relay {
+            Some(relay) => Some(relay::connect(&relay.nats_url).await?),
+            None => None,
+        };
         let router = http::router(http::AppState {
             store: store.clone(),
             config: config.clone(),
             verifier: Arc::new(verifier),
             wake: wake.clone(),
+            broker: broker.clone(),
+            metrics: metrics.clone(),
         });
         // The database is closed by `run`, after the processor's workers have stopped too.
         let service =
@@ -63,6 +73,8 @@ impl Application {
             store,
             config,
             wake,
+            broker,
+            metrics,
         })
     }
 
@@ -99,11 +111,27 @@ impl Application {
             Duration::from_secs(600),
             shutdown.clone(),
         );
+        let relay_task = match (&self.config.relay, self.broker.clone()) {
+            (Some(settings), Some(client)) => Some(relay::spawn(
+                self.store.clone(),
+                client,
+                settings.clone(),
+                relay::RelayMetrics::new(&self.metrics),
+                self.wake.clone(),
+                shutdown.clone(),
+            )),
+            _ => None,
+        };
         let served = self.service.run(shutdown).await;
         for worker in workers {
             if let Err(error) = worker.await {
                 tracing::error!(%error, "a processor worker panicked");
             }
+        }
+        if let Some(task) = relay_task
+            && let Err(error) = task.await
+        {
+            tracing::error!(%error, "the outbox relay panicked");
         }
         self.store.database().close().await;
         served

@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use common::auth::{KeySource, TokenVerifier};
 use common::db::DatabaseCheck;
 use common::health::Readiness;
+use common::metrics::Metrics;
 use jsonwebtoken::jwk::JwkSet;
 
 pub use error::ApiError;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub issuer: Arc<Issuer>,
     /// Verifies our own access tokens (from the database's keys, no HTTP).
     pub verifier: Arc<TokenVerifier>,
+    /// This service's metrics.
+    pub metrics: Metrics,
 }
 
 impl FromRef<AppState> for Arc<TokenVerifier> {
@@ -67,7 +70,7 @@ const IMPORT_BODY_LIMIT: usize = 256 * 1024 * 1024;
 /// The complete router, with the shared layers applied.
 pub fn router(state: AppState) -> Router {
     let readiness = Readiness::new().with(Arc::new(DatabaseCheck(state.store.database())));
-    let http = state.config.http.clone();
+    let (http, metrics) = (state.config.http.clone(), state.metrics.clone());
     let api = Router::new()
         .route("/.well-known/jwks.json", get(jwks::jwks))
         .route("/.well-known/openid-configuration", get(jwks::discovery))
@@ -89,5 +92,5 @@ pub fn router(state: AppState) -> Router {
         )
         .with_state(state)
         .merge(common::health::routes(readiness));
-    common::server::finish(api, crate::SERVICE, &http)
+    common::server::finish(api, crate::SERVICE, &http, &metrics)
 }

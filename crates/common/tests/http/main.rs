@@ -62,7 +62,7 @@ async fn spawn(up: Arc<AtomicBool>) -> Running {
         .merge(common::health::routes(
             Readiness::new().with(Arc::new(Switch(up))),
         ));
-    let router = common::server::finish(router, "test", &http);
+    let router = common::server::finish(router, "test", &http, &common::metrics::Metrics::new());
     let listener = common::server::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -226,4 +226,40 @@ async fn readiness_follows_its_checks() {
 
     let alive = client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(alive.status(), 200, "liveness never looks at dependencies");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_method_route_and_status() {
+    let app = spawn(Arc::new(AtomicBool::new(true))).await;
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        client
+            .post(app.url("/greet"))
+            .json(&json!({"name": "ada"}))
+            .send()
+            .await
+            .unwrap();
+    }
+    client.get(app.url("/nowhere")).send().await.unwrap();
+    let response = client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("# TYPE http_server_request_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"http_server_request_duration_seconds_count{http_request_method="POST",http_response_status_code="200",http_route="/greet"} 3"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"http_server_request_duration_seconds_count{http_request_method="GET",http_response_status_code="404",http_route="unmatched"} 1"#),
+        "{text}"
+    );
 }

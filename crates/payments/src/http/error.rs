@@ -32,9 +32,6 @@ pub enum ApiError {
     /// 422 `validation_failed`, listing the fields.
     #[error("validation failed")]
     Validation(Vec<FieldError>),
-    /// 501 `not_implemented`: part of the contract, not built yet.
-    #[error("not implemented: {0}")]
-    NotImplemented(&'static str),
     /// An extractor's own problem (401, 403, 400, 413, 415), passed through.
     #[error("{}", .0.detail)]
     Problem(Box<Problem>),
@@ -80,9 +77,6 @@ impl IntoResponse for ApiError {
                 format!("the payment is {status}; this is not allowed from that state"),
             ),
             Self::Validation(errors) => Problem::validation(errors),
-            Self::NotImplemented(what) => {
-                Problem::not_implemented(format!("{what} is not available yet"))
-            }
             Self::Problem(problem) => *problem,
             Self::Store(error) => Problem::from(error),
         };

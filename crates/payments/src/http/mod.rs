@@ -1,6 +1,7 @@
 //! The payments HTTP API: routes, handlers and their state.
 
 mod error;
+mod events;
 mod payments;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use axum::routing::{get, post};
 use common::auth::TokenVerifier;
 use common::db::DatabaseCheck;
 use common::health::Readiness;
+use common::metrics::Metrics;
 use tokio::sync::Notify;
 
 pub use error::ApiError;
@@ -27,8 +29,12 @@ pub struct AppState {
     pub config: Arc<PaymentsConfig>,
     /// Verifies access tokens against accounts' JWKS.
     pub verifier: Arc<TokenVerifier>,
-    /// Wakes idle processor workers when a payment is accepted.
+    /// Wakes idle processor workers and the relay when a payment is accepted.
     pub wake: Arc<Notify>,
+    /// The NATS connection, when events are published.
+    pub broker: Option<async_nats::Client>,
+    /// This service's metrics.
+    pub metrics: Metrics,
 }
 
 impl FromRef<AppState> for Arc<TokenVerifier> {
@@ -39,15 +45,18 @@ impl FromRef<AppState> for Arc<TokenVerifier> {
 
 /// The complete router, with the shared layers applied.
 pub fn router(state: AppState) -> Router {
-    let readiness = Readiness::new().with(Arc::new(DatabaseCheck(state.store.database())));
-    let http = state.config.http.clone();
+    let mut readiness = Readiness::new().with(Arc::new(DatabaseCheck(state.store.database())));
+    if let Some(broker) = &state.broker {
+        readiness = readiness.with(Arc::new(crate::relay::BrokerCheck(broker.clone())));
+    }
+    let (http, metrics) = (state.config.http.clone(), state.metrics.clone());
     let api = Router::new()
         .route("/payments", post(payments::create))
         .route("/v1/payments", post(payments::create).get(payments::list))
         .route("/v1/payments/{id}", get(payments::get_one))
         .route("/v1/payments/{id}/cancel", post(payments::cancel))
-        .route("/v1/events", get(payments::events))
+        .route("/v1/events", get(events::feed))
         .with_state(state)
         .merge(common::health::routes(readiness));
-    common::server::finish(api, crate::SERVICE, &http)
+    common::server::finish(api, crate::SERVICE, &http, &metrics)
 }

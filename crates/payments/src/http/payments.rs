@@ -20,9 +20,9 @@ use crate::domain::money::{Money, parse_currency};
 use crate::domain::payment::{DEFAULT_PAYMENT_METHOD, PAYMENT_METHODS, Payment, PaymentStatus};
 use crate::store::{KeyClaim, SavedResponse};
 
-const READ: &str = "payments:read";
+pub(super) const READ: &str = "payments:read";
 const WRITE: &str = "payments:write";
-const ADMIN: &str = "payments:admin";
+pub(super) const ADMIN: &str = "payments:admin";
 
 /// The body of `POST /v1/payments`.
 #[derive(Debug, Deserialize)]
@@ -320,9 +320,4 @@ pub async fn cancel(
             Err(ApiError::InvalidState(current.status()))
         }
     }
-}
-
-/// `GET /v1/events`: the event feed arrives with the events milestone.
-pub async fn events() -> ApiError {
-    ApiError::NotImplemented("the event feed")
 }

@@ -63,6 +63,34 @@ pub struct Finish<'a> {
     pub attempts: i32,
 }
 
+/// An event waiting in the outbox.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxEvent {
+    /// Position in the log.
+    pub seq: i64,
+    /// The CloudEvent id (`Nats-Msg-Id`).
+    pub id: String,
+    /// `payments.payment.<state>`.
+    #[sqlx(rename = "type")]
+    pub kind: String,
+    /// The payment it is about.
+    pub payment_id: String,
+    /// The CloudEvent.
+    #[sqlx(json)]
+    pub event: serde_json::Value,
+    /// When the state changed.
+    pub created_at: DateTime<Utc>,
+}
+
+/// What one relay batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayOutcome {
+    /// Published and marked sent.
+    pub sent: usize,
+    /// Taken but not acknowledged (left for the next batch).
+    pub failed: usize,
+}
+
 /// Everything payments keeps in its database.
 #[async_trait::async_trait]
 pub trait PaymentsStore: Send + Sync {
@@ -135,6 +163,26 @@ pub trait PaymentsStore: Send + Sync {
 
     /// The CloudEvents of one payment, oldest first (its history).
     async fn payment_events(&self, payment_id: &str) -> Result<Vec<serde_json::Value>, StoreError>;
+    /// Publishes the oldest unsent events (at most one per payment, so order per payment holds)
+    /// with `publisher`, and marks those it acknowledged as sent.
+    async fn relay_batch(
+        &self,
+        limit: i64,
+        publisher: &dyn crate::relay::EventPublisher,
+        now: DateTime<Utc>,
+    ) -> Result<RelayOutcome, StoreError>;
+    /// Deletes events sent before `before`; returns how many.
+    async fn prune_published_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Events not yet sent.
+    async fn outbox_backlog(&self) -> Result<i64, StoreError>;
+    /// The event feed: `(seq, CloudEvent)` after `after`, oldest first, of `owner` (or all).
+    async fn events_page(
+        &self,
+        owner: Option<&str>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, serde_json::Value)>, StoreError>;
+
     /// How many payments the store holds.
     async fn count_payments(&self) -> Result<i64, StoreError>;
 }

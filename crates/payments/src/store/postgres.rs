@@ -32,5 +32,7 @@ impl_payments_store!(
     "UPDATE payments SET status = 'processing', lease_until = $2, updated_at = $1 WHERE id = ( \
        SELECT id FROM payments WHERE status = 'pending' ORDER BY created_at LIMIT 1 \
        FOR UPDATE SKIP LOCKED) \
-     AND status = 'pending' RETURNING *"
+     AND status = 'pending' RETURNING *",
+    "FOR UPDATE SKIP LOCKED",
+    true
 );

@@ -4,7 +4,7 @@
 //! `claim_next` is the backend's own statement for taking pending work.
 
 macro_rules! impl_payments_store {
-    ($store:ty, $variant:ident, $claim_pending:expr) => {
+    ($store:ty, $variant:ident, $claim_pending:expr, $outbox_lock:literal, $hold_lock_while_publishing:literal) => {
         impl $store {
             async fn insert_event<'c, E>(executor: E, event: &$crate::domain::events::Event, payment: &$crate::domain::payment::Payment) -> Result<(), sqlx::Error>
             where
@@ -299,6 +299,82 @@ macro_rules! impl_payments_store {
                         .fetch_all(&self.pool)
                         .await?;
                 Ok(rows.into_iter().map(|(event,)| event.0).collect())
+            }
+
+            async fn relay_batch(
+                &self,
+                limit: i64,
+                publisher: &dyn $crate::relay::EventPublisher,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<$crate::store::RelayOutcome, common::db::StoreError> {
+                let select = || {
+                    sqlx::query_as::<_, $crate::store::OutboxEvent>(concat!(
+                        "SELECT seq, id, type, payment_id, event, created_at FROM payment_events e \
+                         WHERE published_at IS NULL AND NOT EXISTS ( \
+                           SELECT 1 FROM payment_events earlier WHERE earlier.payment_id = e.payment_id \
+                           AND earlier.published_at IS NULL AND earlier.seq < e.seq) \
+                         ORDER BY seq LIMIT $1 ",
+                        $outbox_lock
+                    ))
+                    .bind(limit)
+                };
+                // PostgreSQL: hold the row locks while publishing, so other relays skip these
+                // rows. SQLite: a write transaction would stop every writer; read, publish, then write.
+                let mut held = if $hold_lock_while_publishing { Some(self.pool.begin().await?) } else { None };
+                let batch = match held.as_mut() {
+                    Some(tx) => select().fetch_all(&mut **tx).await?,
+                    None => select().fetch_all(&self.pool).await?,
+                };
+                if batch.is_empty() {
+                    return Ok($crate::store::RelayOutcome::default());
+                }
+                let acked = publisher.publish(&batch).await;
+                let mut tx = match held {
+                    Some(tx) => tx,
+                    None => self.pool.begin().await?,
+                };
+                for id in &acked {
+                    sqlx::query("UPDATE payment_events SET published_at = $1 WHERE id = $2")
+                        .bind(now)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok($crate::store::RelayOutcome { sent: acked.len(), failed: batch.len() - acked.len() })
+            }
+
+            async fn prune_published_events(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, common::db::StoreError> {
+                let result = sqlx::query("DELETE FROM payment_events WHERE published_at < $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(result.rows_affected())
+            }
+
+            async fn outbox_backlog(&self) -> Result<i64, common::db::StoreError> {
+                let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM payment_events WHERE published_at IS NULL")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(count)
+            }
+
+            async fn events_page(
+                &self,
+                owner: Option<&str>,
+                after: i64,
+                limit: i64,
+            ) -> Result<Vec<(i64, serde_json::Value)>, common::db::StoreError> {
+                let rows: Vec<(i64, sqlx::types::Json<serde_json::Value>)> = sqlx::query_as(
+                    "SELECT seq, event FROM payment_events WHERE ($1 IS NULL OR owner = $1) AND seq > $2 \
+                     ORDER BY seq LIMIT $3",
+                )
+                .bind(owner)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(|(seq, event)| (seq, event.0)).collect())
             }
 
             async fn count_payments(&self) -> Result<i64, common::db::StoreError> {

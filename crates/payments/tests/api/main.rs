@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed test should panic
 
 mod create;
+mod events;
 mod helpers;
 mod idempotency;
 mod lifecycle;

@@ -1,0 +1,123 @@
+//! Prometheus metrics, one registry per service (no globals, so the all-in-one runner's three
+//! services keep theirs apart): the HTTP RED histogram every service records, domain metrics
+//! each service adds, and `GET /metrics` in the Prometheus text format.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Buckets of `http_server_request_duration_seconds` (OpenTelemetry's HTTP defaults).
+pub const HTTP_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// The route label of requests that matched no route (unknown paths).
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// A service's metrics registry and the HTTP histogram.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    http_duration: HistogramVec,
+}
+
+/// The route template a response was served by, for the `http_route` label.
+#[derive(Debug, Clone)]
+pub struct RouteLabel(pub String);
+
+impl Metrics {
+    /// A registry with `http_server_request_duration_seconds`.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_server_request_duration_seconds",
+                "Duration of HTTP server requests, by method, route template and status.",
+            )
+            .buckets(HTTP_BUCKETS.to_vec()),
+            &[
+                "http_request_method",
+                "http_route",
+                "http_response_status_code",
+            ],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let metrics = Self {
+            registry,
+            http_duration,
+        };
+        metrics.register(metrics.http_duration.clone());
+        metrics
+    }
+
+    fn register(&self, collector: impl prometheus::core::Collector + 'static) {
+        if let Err(error) = self.registry.register(Box::new(collector)) {
+            tracing::error!(%error, "metric registration failed");
+        }
+    }
+
+    /// Records one served request.
+    pub fn observe_http(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        self.http_duration
+            .with_label_values(&[method, route, &status.to_string()])
+            .observe(seconds);
+    }
+
+    /// A counter with labels, registered here (`name` must end in `_total`).
+    pub fn counter(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        let counter = IntCounterVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
+        self.register(counter.clone());
+        counter
+    }
+
+    /// A gauge, registered here.
+    pub fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        let gauge = IntGauge::new(name, help)
+            .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
+        self.register(gauge.clone());
+        gauge
+    }
+
+    /// A histogram with labels, registered here.
+    pub fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: Vec<f64>,
+    ) -> HistogramVec {
+        let histogram = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+            .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
+        self.register(histogram.clone());
+        histogram
+    }
+
+    /// Everything, in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(%error, "cannot encode metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `GET /metrics`.
+pub async fn metrics_endpoint(State(metrics): State<Metrics>) -> Response {
+    let mut response = (StatusCode::OK, metrics.render()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,279 @@
+//! The outbox relay: publishes the CloudEvents that state changes wrote to `payment_events` to
+//! NATS JetStream (stream `PAYMENTS`, subject `payments.payment.<state>`, header `Nats-Msg-Id`
+//! = event id), marking a row sent only once its publish is acknowledged. Order per payment is
+//! kept (a batch never holds two events of one payment, and a payment's next event is taken
+//! only once the previous one is sent). While NATS is down, events accumulate and are sent in
+//! order when it is back. Several relays may run at once; JetStream's duplicate window absorbs
+//! a repeat.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use chrono::Utc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{OutboxEvent, PaymentsStore};
+
+/// Where and how events are published.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// `NATS_URL`.
+    pub nats_url: String,
+    /// `PAYMENTS_STREAM`, default `PAYMENTS`.
+    pub stream: String,
+    /// `PAYMENTS_SUBJECT_PREFIX`, default `payments.payment`: events go to `<prefix>.<state>`.
+    pub subject_prefix: String,
+    /// Events per batch.
+    pub batch: i64,
+    /// How long sent events stay in the database (the feed) before they are pruned.
+    pub retention: Duration,
+}
+
+/// Publishes a batch; returns the ids JetStream acknowledged.
+#[async_trait::async_trait]
+pub trait EventPublisher: Send + Sync {
+    /// Publishes `events` and waits for their acknowledgements.
+    async fn publish(&self, events: &[OutboxEvent]) -> Vec<String>;
+}
+
+/// The JetStream publisher.
+pub struct JetStreamPublisher {
+    context: jetstream::Context,
+    subject_prefix: String,
+    metrics: RelayMetrics,
+}
+
+#[async_trait::async_trait]
+impl EventPublisher for JetStreamPublisher {
+    async fn publish(&self, events: &[OutboxEvent]) -> Vec<String> {
+        // Send the whole batch, then collect the acknowledgements (they come back in order).
+        let mut pending = Vec::with_capacity(events.len());
+        for event in events {
+            let state = event.kind.rsplit('.').next().unwrap_or("unknown");
+            let subject = format!("{}.{state}", self.subject_prefix);
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", event.id.as_str());
+            headers.insert("Content-Type", "application/cloudevents+json");
+            let payload = event.event.to_string().into_bytes();
+            match self
+                .context
+                .publish_with_headers(subject, headers, payload.into())
+                .await
+            {
+                Ok(ack) => pending.push((event.id.clone(), ack)),
+                Err(error) => {
+                    tracing::warn!(%error, event_id = %event.id, "publish failed");
+                    break;
+                }
+            }
+        }
+        let mut acked = Vec::with_capacity(pending.len());
+        // `pending` is the prefix of `events` that was sent.
+        for (event, (id, ack)) in events.iter().zip(pending) {
+            match tokio::time::timeout(Duration::from_secs(5), ack).await {
+                Ok(Ok(_)) => {
+                    self.metrics
+                        .published
+                        .with_label_values(&[&event.kind])
+                        .inc();
+                    let lag = (Utc::now() - event.created_at).to_std().unwrap_or_default();
+                    self.metrics
+                        .lag
+                        .with_label_values::<&str>(&[])
+                        .observe(lag.as_secs_f64());
+                    acked.push(id);
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, event_id = %id, "publish not acknowledged")
+                }
+                Err(_) => tracing::warn!(event_id = %id, "publish acknowledgement timed out"),
+            }
+        }
+        self.metrics
+            .failed
+            .with_label_values::<&str>(&[])
+            .inc_by(u64::try_from(events.len() - acked.len()).unwrap_or(0));
+        acked
+    }
+}
+
+/// Connects to NATS without waiting for it: the client keeps reconnecting in the background,
+/// so the service starts (and accepts payments) while the broker is down.
+pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name("payments-relay")
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("NATS_URL {url}: {e}"))
+}
+
+/// Creates the stream, or brings its configuration up to date.
+async fn ensure_stream(
+    context: &jetstream::Context,
+    settings: &RelaySettings,
+) -> Result<(), String> {
+    let config = stream::Config {
+        name: settings.stream.clone(),
+        subjects: vec![format!("{}.*", settings.subject_prefix)],
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        duplicate_window: Duration::from_secs(120),
+        storage: stream::StorageType::File,
+        ..Default::default()
+    };
+    context
+        .create_or_update_stream(config)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Runs the relay until `shutdown`: stream set-up, then batches, backing off while NATS is away.
+pub fn spawn(
+    store: Arc<dyn PaymentsStore>,
+    client: async_nats::Client,
+    settings: RelaySettings,
+    metrics: RelayMetrics,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let context = jetstream::new(client);
+        let publisher = JetStreamPublisher {
+            context: context.clone(),
+            subject_prefix: settings.subject_prefix.clone(),
+            metrics: metrics.clone(),
+        };
+        let mut stream_ready = false;
+        let mut backoff = Duration::from_millis(100);
+        let mut last_prune = std::time::Instant::now() - Duration::from_secs(3600);
+        while !shutdown.is_cancelled() {
+            if !stream_ready {
+                match ensure_stream(&context, &settings).await {
+                    Ok(()) => {
+                        tracing::info!(stream = %settings.stream, "JetStream stream ready");
+                        stream_ready = true;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot set up the JetStream stream; retrying");
+                        pause(&shutdown, &wake, backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            if let Ok(backlog) = store.outbox_backlog().await {
+                metrics.backlog.set(backlog);
+            }
+            match store
+                .relay_batch(settings.batch, &publisher, Utc::now())
+                .await
+            {
+                Ok(outcome) if outcome.failed > 0 => {
+                    tracing::warn!(
+                        sent = outcome.sent,
+                        failed = outcome.failed,
+                        "events not published; retrying"
+                    );
+                    pause(&shutdown, &wake, backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Ok(outcome) => {
+                    backoff = Duration::from_millis(100);
+                    if outcome.sent > 0 {
+                        tracing::debug!(sent = outcome.sent, "events published");
+                    }
+                    if outcome.sent < usize::try_from(settings.batch).unwrap_or(usize::MAX) {
+                        pause(&shutdown, &wake, Duration::from_millis(500)).await;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the outbox; retrying");
+                    pause(&shutdown, &wake, backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+            if last_prune.elapsed() > Duration::from_secs(600) {
+                last_prune = std::time::Instant::now();
+                let before = Utc::now() - settings.retention;
+                match store.prune_published_events(before).await {
+                    Ok(0) => {}
+                    Ok(pruned) => tracing::info!(pruned, "sent events pruned"),
+                    Err(error) => tracing::warn!(%error, "cannot prune sent events"),
+                }
+            }
+        }
+    })
+}
+
+async fn pause(shutdown: &CancellationToken, wake: &Notify, wait: Duration) {
+    tokio::select! {
+        () = tokio::time::sleep(wait) => {}
+        () = wake.notified() => {}
+        () = shutdown.cancelled() => {}
+    }
+}
+
+/// Readiness check `broker`: passes while the NATS connection is up.
+pub struct BrokerCheck(pub async_nats::Client);
+
+#[async_trait::async_trait]
+impl common::health::HealthCheck for BrokerCheck {
+    fn name(&self) -> String {
+        "broker".into()
+    }
+
+    fn component_type(&self) -> &'static str {
+        "component"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        match self.0.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(format!("NATS is {state:?}")),
+        }
+    }
+}
+
+/// The relay's metrics: backlog, published and failed publishes, and publish lag.
+#[derive(Clone)]
+pub struct RelayMetrics {
+    backlog: prometheus::IntGauge,
+    published: prometheus::IntCounterVec,
+    failed: prometheus::IntCounterVec,
+    lag: prometheus::HistogramVec,
+}
+
+impl RelayMetrics {
+    /// Registers the relay's metrics with the service's registry.
+    pub fn new(metrics: &common::metrics::Metrics) -> Self {
+        Self {
+            backlog: metrics.gauge(
+                "payments_outbox_backlog",
+                "Events written but not yet published to NATS.",
+            ),
+            published: metrics.counter(
+                "payments_outbox_published_total",
+                "Events published to NATS and acknowledged.",
+                &["type"],
+            ),
+            failed: metrics.counter(
+                "payments_outbox_publish_failures_total",
+                "Events whose publish was not acknowledged (retried).",
+                &[],
+            ),
+            lag: metrics.histogram(
+                "payments_outbox_publish_lag_seconds",
+                "Time from a state change to its event being acknowledged by NATS.",
+                &[],
+                vec![
+                    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                ],
+            ),
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! Events: the outbox relayed to the real NATS JetStream here (each test on its own stream and
+//! subjects), through an outage, with two relays; and the `/v1/events` feed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use crate::helpers::{TestApp, spawn_app, spawn_app_with, start_payments};
+use common::testkit::{TestDatabase, nats_url, readiness};
+
+common::both_databases!(
+    every_state_change_is_published_once_in_order,
+    a_nats_outage_loses_nothing,
+    two_relays_publish_each_event_once,
+    the_feed_pages_through_the_callers_events,
+);
+
+/// A stream and subjects of this test's own.
+fn nats_settings(nats: &str) -> Vec<(String, String)> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    vec![
+        ("NATS_URL".into(), nats.into()),
+        ("PAYMENTS_STREAM".into(), format!("T{id}")),
+        (
+            "PAYMENTS_SUBJECT_PREFIX".into(),
+            format!("t{id}.payments.payment"),
+        ),
+    ]
+}
+
+fn as_refs(settings: &[(String, String)]) -> Vec<(&str, &str)> {
+    settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+/// Every message of the stream: `(subject, Nats-Msg-Id, CloudEvent)` in stream order.
+async fn read_stream(nats: &str, stream: &str) -> Vec<(String, String, Value)> {
+    let client = async_nats::connect(nats).await.unwrap();
+    let context = async_nats::jetstream::new(client);
+    let mut stream = context.get_stream(stream).await.unwrap();
+    let info = stream.info().await.unwrap().state.clone();
+    let mut messages = Vec::new();
+    for sequence in info.first_sequence..=info.last_sequence {
+        if info.messages == 0 {
+            break;
+        }
+        let message = stream.get_raw_message(sequence).await.unwrap();
+        let id = message.headers.get("Nats-Msg-Id").unwrap().to_string();
+        messages.push((
+            message.subject.to_string(),
+            id,
+            serde_json::from_slice(&message.payload).unwrap(),
+        ));
+    }
+    let _ = context
+        .delete_stream(stream.cached_info().config.name.clone())
+        .await;
+    messages
+}
+
+async fn drained(app: &TestApp) {
+    for _ in 0..300 {
+        if app.store.outbox_backlog().await.unwrap() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the outbox did not drain");
+}
+
+/// The stream holds exactly the database's events, once each, in order per payment.
+async fn assert_stream_matches(
+    app: &TestApp,
+    nats: &str,
+    settings: &[(String, String)],
+    payments: &[String],
+) {
+    drained(app).await;
+    let stream = &settings[1].1;
+    let prefix = &settings[2].1;
+    let messages = read_stream(nats, stream).await;
+    let ids: BTreeSet<&str> = messages.iter().map(|(_, id, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), messages.len(), "no event twice");
+    let mut expected = 0;
+    for payment in payments {
+        let history = app.store.payment_events(payment).await.unwrap();
+        expected += history.len();
+        let published: Vec<&Value> = messages
+            .iter()
+            .filter(|(_, _, e)| e["subject"] == payment.as_str())
+            .map(|(_, _, e)| e)
+            .collect();
+        assert_eq!(
+            published,
+            history.iter().collect::<Vec<_>>(),
+            "{payment}: every event, in order"
+        );
+    }
+    assert_eq!(messages.len(), expected);
+    for (subject, id, event) in &messages {
+        assert_eq!(
+            id,
+            event["id"].as_str().unwrap(),
+            "Nats-Msg-Id is the event id"
+        );
+        let state = event["type"].as_str().unwrap().rsplit('.').next().unwrap();
+        assert_eq!(subject, &format!("{prefix}.{state}"));
+    }
+}
+
+async fn create_and_settle(app: &TestApp, token: &str, count: usize, tag: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for n in 0..count {
+        let method = ["pm_card_visa", "pm_card_declined", "pm_card_flaky"][n % 3];
+        let body = json!({"amount": n + 1, "currency": "USD", "payment_method": method});
+        let response = app.create(token, &format!("{tag}-{n}"), &body).await;
+        assert_eq!(response.status(), 202);
+        ids.push(
+            response.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for id in &ids {
+        app.settled(token, id).await;
+    }
+    ids
+}
+
+async fn every_state_change_is_published_once_in_order(db: TestDatabase) {
+    let Some(nats) = nats_url() else { return };
+    let settings = nats_settings(&nats);
+    let app = spawn_app_with(db, &as_refs(&settings)).await;
+    let token = app.user_token("events@example.com").await;
+    let ids = create_and_settle(&app, &token, 6, "e").await;
+    let (status, body) = readiness(&app.url("")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["checks"]["broker"][0]["status"], "pass");
+    assert_stream_matches(&app, &nats, &settings, &ids).await;
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"payments_outbox_published_total{type="payments.payment.created"} 6"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("payments_outbox_publish_lag_seconds_count"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE payments_outbox_backlog gauge"),
+        "{metrics}"
+    );
+}
+
+/// A TCP proxy to NATS that can be cut, so one test can take "NATS" away from its relay
+/// without stopping the server other tests use.
+struct Cuttable {
+    addr: std::net::SocketAddr,
+    up: Arc<AtomicBool>,
+    links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Cuttable {
+    async fn to(target: &str) -> Self {
+        let target = target.trim_start_matches("nats://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let links = Arc::new(Mutex::new(Vec::new()));
+        let (accept_up, accept_links) = (up.clone(), links.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !accept_up.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let target = target.clone();
+                accept_links.lock().await.push(tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                }));
+            }
+        });
+        Self { addr, up, links }
+    }
+
+    async fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+        if !up {
+            for link in self.links.lock().await.drain(..) {
+                link.abort();
+            }
+        }
+    }
+}
+
+async fn a_nats_outage_loses_nothing(db: TestDatabase) {
+    let Some(nats) = nats_url() else { return };
+    let proxy = Cuttable::to(&nats).await;
+    let mut settings = nats_settings(&nats);
+    settings[0].1 = format!("nats://{}", proxy.addr);
+    let app = spawn_app_with(db, &as_refs(&settings)).await;
+    let token = app.user_token("outage@example.com").await;
+    let before = create_and_settle(&app, &token, 3, "before").await;
+    drained(&app).await;
+
+    proxy.set_up(false).await;
+    let during = create_and_settle(&app, &token, 9, "during").await;
+    assert!(
+        app.store.outbox_backlog().await.unwrap() > 0,
+        "events accumulate while NATS is away"
+    );
+    let (status, body) = readiness(&app.url("")).await;
+    assert_eq!(status, 503, "readiness reports the broker: {body}");
+    assert_eq!(body["checks"]["broker"][0]["status"], "fail");
+    assert_eq!(body["checks"]["database"][0]["status"], "pass");
+
+    proxy.set_up(true).await;
+    let mut all = before;
+    all.extend(during);
+    let mut checked = settings.clone();
+    checked[0].1 = nats.clone();
+    assert_stream_matches(&app, &nats, &checked, &all).await;
+}
+
+async fn two_relays_publish_each_event_once(db: TestDatabase) {
+    let Some(nats) = nats_url() else { return };
+    let settings = nats_settings(&nats);
+    let app = spawn_app_with(db, &as_refs(&settings)).await;
+    let (second, _) = start_payments(&app.db, app.accounts.addr, &app.extra).await;
+    let token = app.user_token("relays@example.com").await;
+    let ids = create_and_settle(&app, &token, 12, "r").await;
+    assert_stream_matches(&app, &nats, &settings, &ids).await;
+    second.stop().await.unwrap();
+}
+
+async fn the_feed_pages_through_the_callers_events(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let alice = app.user_token("feed-a@example.com").await;
+    let bob = app.user_token("feed-b@example.com").await;
+    let mine = create_and_settle(&app, &alice, 4, "a").await;
+    create_and_settle(&app, &bob, 2, "b").await;
+
+    let mut seen: Vec<Value> = Vec::new();
+    let mut after = "0".to_owned();
+    loop {
+        let page: Value = app
+            .get(&alice, &format!("/v1/events?limit=3&after={after}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        seen.extend(page["data"].as_array().unwrap().iter().cloned());
+        after = page["next"].as_str().unwrap().to_owned();
+        if !page["has_more"].as_bool().unwrap() {
+            break;
+        }
+    }
+    let mut expected = Vec::new();
+    let mut per_payment: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for id in &mine {
+        let history = app.store.payment_events(id).await.unwrap();
+        expected.extend(history.iter().map(|e| e["id"].clone()));
+        per_payment.insert(id.clone(), history);
+    }
+    let seen_ids: BTreeSet<String> = seen
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    let expected_ids: BTreeSet<String> = expected
+        .iter()
+        .map(|e| e.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(seen_ids, expected_ids, "exactly Alice's events");
+    assert_eq!(seen.len(), expected.len());
+    for (id, history) in per_payment {
+        let order: Vec<&Value> = seen
+            .iter()
+            .filter(|e| e["subject"] == id.as_str())
+            .collect();
+        assert_eq!(order, history.iter().collect::<Vec<_>>(), "oldest first");
+    }
+    let empty: Value = app
+        .get(&alice, &format!("/v1/events?after={after}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(empty["data"], json!([]));
+    assert_eq!(
+        empty["next"],
+        after.as_str(),
+        "polling from the end keeps the cursor"
+    );
+
+    let admin = app.admin_token().await;
+    let all: Value = app
+        .get(&admin, "/v1/events?limit=500")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        all["data"].as_array().unwrap().len() > seen.len(),
+        "payments:admin sees all"
+    );
+    for bad in [
+        "/v1/events?limit=0",
+        "/v1/events?limit=501",
+        "/v1/events?after=-1",
+        "/v1/events?after=x",
+    ] {
+        assert_eq!(app.get(&alice, bad).await.status(), 422, "{bad}");
+    }
+}
