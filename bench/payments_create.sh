@@ -17,7 +17,7 @@ for db in bench_accounts bench_payments; do
 done
 cargo build --release --locked --quiet
 dir=$(mktemp -d)
-GATEWAY_ADDR=127.0.0.1:28080 ACCOUNTS_ADDR=127.0.0.1:28081 PAYMENTS_ADDR=127.0.0.1:28082 RUST_LOG=warn \
+GATEWAY_ADDR=127.0.0.1:28080 ACCOUNTS_ADDR=127.0.0.1:28081 PAYMENTS_ADDR=127.0.0.1:28082 RUST_LOG=warn GATEWAY_RATE_LIMIT_RPS=0 \
   ACCOUNTS_DATABASE_URL="$pg/bench_accounts" PAYMENTS_DATABASE_URL="$pg/bench_payments" \
   PAYMENTS_PROCESSOR_ENABLED=false DATA_DIR="$dir/data" ./target/release/stack >"$dir/log" 2>&1 &
 pid=$!

@@ -45,6 +45,7 @@ impl Stack {
         payments_config.jwks_url = format!("{accounts_url}.well-known/jwks.json");
         let payments = payments::Application::build(payments_config).await?;
         let mut gateway_config = config.gateway;
+        gateway_config.jwks_url = format!("{accounts_url}.well-known/jwks.json");
         gateway_config.set_upstream("accounts", accounts_url);
         gateway_config.set_upstream("payments", local_url(payments.local_addr()?)?);
         let gateway = gateway::Application::build(gateway_config).await?;

@@ -24,6 +24,10 @@ impl TestStack {
 /// Starts the stack. SQLite: nothing but `DATA_DIR` is set, as on a new laptop. PostgreSQL:
 /// accounts and payments each get their own database.
 async fn spawn_stack(db: TestDatabase) -> TestStack {
+    spawn_stack_with(db, &[]).await
+}
+
+async fn spawn_stack_with(db: TestDatabase, extra: &[(&str, &str)]) -> TestStack {
     let data_dir = tempfile::tempdir().unwrap();
     let mut env = Env::from_pairs([
         ("GATEWAY_ADDR", "127.0.0.1:0".to_owned()),
@@ -31,6 +35,9 @@ async fn spawn_stack(db: TestDatabase) -> TestStack {
         ("PAYMENTS_ADDR", "127.0.0.1:0".to_owned()),
         ("DATA_DIR", data_dir.path().display().to_string()),
     ]);
+    for (name, value) in extra {
+        env = env.with(*name, *value);
+    }
     let mut databases = Vec::new();
     if db.is_postgres() {
         let payments_db = TestDatabase::postgres()
@@ -60,6 +67,7 @@ common::both_databases!(
     users_me,
     unknown_paths_are_404_problems,
     a_payment_through_the_gateway,
+    rate_limits_follow_the_token_subject,
     the_stack_shuts_down_cleanly,
 );
 
@@ -133,29 +141,10 @@ async fn users_me(db: TestDatabase) {
         "the service saw the gateway's request id"
     );
 
-    let signed_up = client
-        .post(stack.url("/accounts/v1/users"))
-        .json(&serde_json::json!({"email": "e2e@example.com", "password": "password-123"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(signed_up.status(), 201);
-    let tokens: Value = client
-        .post(stack.url("/accounts/v1/token"))
-        .form(&[
-            ("grant_type", "password"),
-            ("username", "e2e@example.com"),
-            ("password", "password-123"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let token = user_token(&stack, "e2e@example.com").await;
     let me = client
         .get(stack.url("/accounts/users/me"))
-        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .bearer_auth(&token)
         .send()
         .await
         .unwrap();
@@ -191,30 +180,10 @@ async fn unknown_paths_are_404_problems(db: TestDatabase) {
 async fn a_payment_through_the_gateway(db: TestDatabase) {
     let stack = spawn_stack(db).await;
     let client = reqwest::Client::new();
-    let signed_up = client
-        .post(stack.url("/accounts/v1/users"))
-        .json(&serde_json::json!({"email": "shop@example.com", "password": "password-123"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(signed_up.status(), 201);
-    let tokens: Value = client
-        .post(stack.url("/accounts/v1/token"))
-        .form(&[
-            ("grant_type", "password"),
-            ("username", "shop@example.com"),
-            ("password", "password-123"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = tokens["access_token"].as_str().unwrap();
+    let token = user_token(&stack, "shop@example.com").await;
     let response = client
         .post(stack.url("/payments/payments"))
-        .bearer_auth(token)
+        .bearer_auth(&token)
         .header("idempotency-key", "e2e-1")
         .json(&serde_json::json!({"amount": 100.00, "currency": "USD", "description": "Test payment"}))
         .send()
@@ -232,7 +201,7 @@ async fn a_payment_through_the_gateway(db: TestDatabase) {
     for _ in 0..100 {
         let read: Value = client
             .get(stack.url(&location))
-            .bearer_auth(token)
+            .bearer_auth(&token)
             .send()
             .await
             .unwrap()
@@ -265,5 +234,62 @@ async fn the_stack_shuts_down_cleanly(db: TestDatabase) {
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "the gateway no longer listens"
+    );
+}
+
+/// Signs a user up and logs in through the gateway; returns the access token.
+async fn user_token(stack: &TestStack, email: &str) -> String {
+    let client = reqwest::Client::new();
+    let signed_up = client
+        .post(stack.url("/accounts/v1/users"))
+        .json(&serde_json::json!({"email": email, "password": "password-123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_up.status(), 201);
+    let tokens: Value = client
+        .post(stack.url("/accounts/v1/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", email),
+            ("password", "password-123"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    tokens["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn rate_limits_follow_the_token_subject(db: TestDatabase) {
+    let stack = spawn_stack_with(
+        db,
+        &[
+            ("GATEWAY_RATE_LIMIT_RPS", "1"),
+            ("GATEWAY_RATE_LIMIT_BURST", "5"),
+        ],
+    )
+    .await;
+    let alice = user_token(&stack, "limit-a@example.com").await;
+    let bob = user_token(&stack, "limit-b@example.com").await;
+    let client = reqwest::Client::new();
+    let me = |token: &str| {
+        client
+            .get(stack.url("/accounts/users/me"))
+            .bearer_auth(token.to_owned())
+            .send()
+    };
+    for _ in 0..5 {
+        assert_eq!(me(&alice).await.unwrap().status(), 200);
+    }
+    let limited = me(&alice).await.unwrap();
+    assert_eq!(limited.status(), 429, "Alice spent her burst");
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_eq!(
+        me(&bob).await.unwrap().status(),
+        200,
+        "Bob, from the same IP, has his own"
     );
 }

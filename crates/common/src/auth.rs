@@ -152,8 +152,8 @@ impl KeySource for HttpJwks {
 pub struct VerifierSettings {
     /// Expected `iss`.
     pub issuer: String,
-    /// An audience that must be in `aud`.
-    pub audience: String,
+    /// Audiences of which `aud` must contain at least one.
+    pub audiences: Vec<String>,
     /// Clock skew allowed on `exp` and `nbf`.
     pub leeway: Duration,
     /// How long a fetched key set is used before it is fetched again.
@@ -167,7 +167,7 @@ impl VerifierSettings {
     pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
         Self {
             issuer: issuer.into(),
-            audience: audience.into(),
+            audiences: vec![audience.into()],
             leeway: Duration::from_secs(30),
             max_age: Duration::from_secs(300),
             min_refetch_interval: Duration::from_secs(5),
@@ -232,7 +232,7 @@ impl TokenVerifier {
         validation.leeway = self.settings.leeway.as_secs();
         validation.validate_nbf = true;
         validation.set_issuer(&[&self.settings.issuer]);
-        validation.set_audience(&[&self.settings.audience]);
+        validation.set_audience(&self.settings.audiences);
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
         decode::<AccessClaims>(token, &key.key, &validation)
             .map(|data| data.claims)

@@ -82,6 +82,14 @@ impl Metrics {
         gauge
     }
 
+    /// A gauge with labels, registered here.
+    pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::IntGaugeVec {
+        let gauge = prometheus::IntGaugeVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
+        self.register(gauge.clone());
+        gauge
+    }
+
     /// A histogram with labels, registered here.
     pub fn histogram(
         &self,

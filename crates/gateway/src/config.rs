@@ -1,9 +1,13 @@
 //! Gateway configuration, read once from the environment.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use common::config::{ConfigError, Env, HttpConfig};
+
+use crate::breaker::BreakerSettings;
+use crate::limit::RateLimitSettings;
 
 /// A path prefix and the upstream that serves it (the prefix is stripped before forwarding).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +35,23 @@ pub struct GatewayConfig {
     pub upstream_timeout: Duration,
     /// Shared HTTP settings.
     pub http: HttpConfig,
+    /// `GATEWAY_RATE_LIMIT_RPS` / `GATEWAY_RATE_LIMIT_BURST` per client (default 1000 / 2000;
+    /// `0` switches limiting off).
+    pub rate_limit: Option<RateLimitSettings>,
+    /// `GATEWAY_REDIS_URL`: share rate limits between gateways through Redis.
+    pub redis_url: Option<String>,
+    /// `GATEWAY_REDIS_PREFIX` (default `gateway:ratelimit:`): the keys' prefix, so several
+    /// environments can share one Redis.
+    pub redis_prefix: String,
+    /// `GATEWAY_JWKS_URL`: accounts' keys, to limit per token subject (default the local accounts).
+    pub jwks_url: String,
+    /// `ACCOUNTS_ISSUER`: the `iss` of tokens the gateway recognizes.
+    pub token_issuer: String,
+    /// `GATEWAY_BREAKER_FAILURES`, `GATEWAY_BREAKER_COOLDOWN_MS`.
+    pub breaker: BreakerSettings,
+    /// `GATEWAY_RETRIES` (default 2): retries of connection failures, for safe methods and
+    /// requests with an `Idempotency-Key` only.
+    pub retries: u32,
 }
 
 impl GatewayConfig {
@@ -59,7 +80,47 @@ impl GatewayConfig {
             }
             Ok(Duration::from_millis(value))
         };
+        let rps: u32 = env.parse_or("GATEWAY_RATE_LIMIT_RPS", 1000)?;
+        let burst: u32 = env.parse_or("GATEWAY_RATE_LIMIT_BURST", rps.saturating_mul(2))?;
+        let rate_limit = match (NonZeroU32::new(rps), NonZeroU32::new(burst)) {
+            (Some(rps), Some(burst)) => Some(RateLimitSettings { rps, burst }),
+            _ => None,
+        };
+        let redis_url = env.get("GATEWAY_REDIS_URL").map(str::to_owned);
+        if let Some(url) = &redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::new(
+                "GATEWAY_REDIS_URL",
+                "expected redis://host:port",
+            ));
+        }
+        let failures: u32 = env.parse_or("GATEWAY_BREAKER_FAILURES", 5)?;
+        if failures == 0 {
+            return Err(ConfigError::new(
+                "GATEWAY_BREAKER_FAILURES",
+                "must be above 0",
+            ));
+        }
         Ok(Self {
+            rate_limit,
+            redis_url,
+            redis_prefix: env.string_or("GATEWAY_REDIS_PREFIX", "gateway:ratelimit:"),
+            jwks_url: env.string_or(
+                "GATEWAY_JWKS_URL",
+                "http://127.0.0.1:8081/.well-known/jwks.json",
+            ),
+            token_issuer: env
+                .string_or("ACCOUNTS_ISSUER", "http://localhost:8080/accounts")
+                .trim_end_matches('/')
+                .to_owned(),
+            breaker: BreakerSettings {
+                consecutive_failures: failures,
+                window: 20,
+                failure_rate: 0.5,
+                cooldown: millis("GATEWAY_BREAKER_COOLDOWN_MS", 5000)?,
+            },
+            retries: env.parse_or("GATEWAY_RETRIES", 2)?,
             addr: env.parse_or("GATEWAY_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
             routes,
             fallback,
@@ -107,6 +168,13 @@ mod tests {
         assert_eq!(config.routes.len(), 2);
         assert_eq!(config.routes[0].upstream.as_str(), "http://127.0.0.1:8081/");
         assert!(config.fallback.is_none());
+        assert_eq!(
+            config.rate_limit.map(|r| (r.rps.get(), r.burst.get())),
+            Some((1000, 2000))
+        );
+        let off =
+            GatewayConfig::from_env(&Env::from_pairs([("GATEWAY_RATE_LIMIT_RPS", "0")])).unwrap();
+        assert!(off.rate_limit.is_none());
     }
 
     #[test]
@@ -115,6 +183,9 @@ mod tests {
             ("GATEWAY_FALLBACK_URL", "not a url"),
             ("GATEWAY_PAYMENTS_URL", "https://payments"),
             ("GATEWAY_UPSTREAM_TIMEOUT_MS", "0"),
+            ("GATEWAY_RATE_LIMIT_RPS", "lots"),
+            ("GATEWAY_REDIS_URL", "localhost:6379"),
+            ("GATEWAY_BREAKER_FAILURES", "0"),
         ] {
             let env = Env::from_pairs([(name, value)]);
             assert_eq!(GatewayConfig::from_env(&env).unwrap_err().variable, name);

@@ -1,28 +1,36 @@
 //! Forwarding: prefix routing with the prefix stripped, pooled keep-alive connections,
-//! hop-by-hop headers removed, `X-Forwarded-*` and `traceparent` set, bodies streamed.
+//! hop-by-hop headers removed, `X-Forwarded-*` and `traceparent` set, bodies streamed, a
+//! circuit breaker per upstream, retries where they are safe, `Location` rewritten.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use common::Problem;
+use common::metrics::Metrics;
 use common::metrics::RouteLabel;
 use common::request::{PassThrough, RequestContext, TRACEPARENT};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{StatusCode, Uri};
+use http::{Method, StatusCode, Uri};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::breaker::{Breaker, BreakerSettings};
 use crate::config::GatewayConfig;
 
-/// An upstream: where requests go and under which name they are reported.
+/// An upstream: where requests go, under which name they are reported, and its breaker.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// Name in logs and readiness.
+    /// Name in logs, metrics and readiness.
     pub name: String,
+    /// Its circuit breaker.
+    pub breaker: Arc<Breaker>,
     /// `http://host:port`, no path.
     origin: String,
     /// Base path of the upstream, without a trailing slash (usually empty).
@@ -31,7 +39,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// An upstream at `url` (`http://host:port[/base]`).
-    pub fn new(name: &str, url: &url::Url) -> Self {
+    pub fn new(name: &str, url: &url::Url, breaker: BreakerSettings) -> Self {
         let host = url.host_str().unwrap_or("localhost");
         let origin = match url.port() {
             Some(port) => format!("http://{host}:{port}"),
@@ -39,6 +47,7 @@ impl Upstream {
         };
         Self {
             name: name.to_owned(),
+            breaker: Arc::new(Breaker::new(breaker)),
             origin,
             base_path: url.path().trim_end_matches('/').to_owned(),
         }
@@ -68,6 +77,8 @@ pub struct Proxy {
     client: Client<HttpConnector, Body>,
     upstream_timeout: Duration,
     max_body_bytes: usize,
+    retries: u32,
+    metrics: ProxyMetrics,
 }
 
 /// Where a request goes: the upstream, the path to ask it for, and the prefix that was removed.
@@ -79,7 +90,7 @@ struct Target<'a> {
 
 impl Proxy {
     /// Builds the routes and one keep-alive connection pool shared by all upstreams.
-    pub fn new(config: &GatewayConfig) -> Self {
+    pub fn new(config: &GatewayConfig, metrics: &Metrics) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
@@ -93,7 +104,7 @@ impl Proxy {
             .iter()
             .map(|r| Route {
                 prefix: r.prefix.trim_end_matches('/').to_owned(),
-                upstream: Upstream::new(&r.name, &r.upstream),
+                upstream: Upstream::new(&r.name, &r.upstream, config.breaker),
             })
             .collect();
         // Longest prefix first, so `/a/b` wins over `/a`.
@@ -103,16 +114,23 @@ impl Proxy {
             fallback: config
                 .fallback
                 .as_ref()
-                .map(|url| Upstream::new("fallback", url)),
+                .map(|url| Upstream::new("fallback", url, config.breaker)),
             client,
             upstream_timeout: config.upstream_timeout,
             max_body_bytes: config.http.max_body_bytes,
+            retries: config.retries,
+            metrics: ProxyMetrics::new(metrics),
         }
     }
 
     /// The prefix-routed upstreams (the fallback excluded), for readiness.
     pub fn upstreams(&self) -> impl Iterator<Item = &Upstream> {
         self.routes.iter().map(|r| &r.upstream)
+    }
+
+    /// Every upstream, the fallback included.
+    pub fn all_upstreams(&self) -> impl Iterator<Item = &Upstream> {
+        self.upstreams().chain(self.fallback.iter())
     }
 
     /// The shared client, for readiness probes.
@@ -140,8 +158,24 @@ impl Proxy {
         })
     }
 
-    /// Forwards `request` to its upstream and streams the answer back.
+    /// The route template a path is served by (`/accounts/{*rest}`), if any.
+    pub fn route_of(&self, path: &str) -> Option<RouteLabel> {
+        self.resolve(path).map(|target| {
+            RouteLabel(match target.prefix {
+                Some(prefix) => format!("{prefix}/{{*rest}}"),
+                None => "{*fallback}".to_owned(),
+            })
+        })
+    }
+
+    /// Forwards `request` to its upstream and streams the answer back: 404 for no route, 400
+    /// for dot segments, 413 over the body limit, 503 `circuit_open` while the upstream's
+    /// breaker is open, 502 when it cannot be reached, 504 when it is too slow. Connection
+    /// failures are retried for safe methods and requests with an `Idempotency-Key`.
     pub async fn forward(&self, request: Request) -> Response {
+        if has_dot_segments(request.uri().path()) {
+            return Problem::malformed("the path may not contain . or .. segments").into_response();
+        }
         let Some(target) = self.resolve(request.uri().path()) else {
             return Problem::not_found(format!("no route for {}", request.uri().path()))
                 .into_response();
@@ -153,56 +187,141 @@ impl Proxy {
             Some(query) => format!("{}?{query}", target.path),
             None => target.path.clone(),
         };
-        let uri = match target.upstream.uri(&path_and_query) {
-            Ok(uri) => uri,
-            Err(_) => {
-                return Problem::malformed("the request path cannot be forwarded").into_response();
-            }
+        let Ok(uri) = target.upstream.uri(&path_and_query) else {
+            return Problem::malformed("the request path cannot be forwarded").into_response();
         };
-        let upstream_name = target.upstream.name.clone();
-        // The route template the metrics and logs name: `/accounts/{*rest}`, or `{*fallback}`.
-        let route_label = RouteLabel(match target.prefix {
-            Some(prefix) => format!("{prefix}/{{*rest}}"),
-            None => "{*fallback}".to_owned(),
-        });
-        tracing::Span::current().record("http.route", route_label.0.as_str());
-        let outgoing = self.outgoing_request(request, uri, target.prefix);
-        let mut response = match tokio::time::timeout(
-            self.upstream_timeout,
-            self.client.request(outgoing),
-        )
-        .await
-        {
-            Ok(Ok(response)) => {
-                let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                parts.extensions.insert(PassThrough);
-                Response::from_parts(parts, Body::new(body))
+        let upstream = target.upstream;
+        if let Err(wait) = upstream.breaker.try_acquire() {
+            self.metrics.outcome(upstream, "circuit_open");
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "circuit_open",
+                format!(
+                    "the {} service is failing; not calling it for now",
+                    upstream.name
+                ),
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)))
+            .into_response();
+        }
+        let retryable = matches!(
+            *request.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS
+        ) || request.headers().contains_key("idempotency-key");
+        let (head, body) = self.outgoing_request(request, uri, target.prefix);
+        let response = if retryable {
+            // Retrying needs the body again: these requests are small (safe methods have none).
+            match axum::body::to_bytes(body, self.max_body_bytes).await {
+                Ok(bytes) => self.send_with_retries(upstream, &head, bytes).await,
+                Err(_) => {
+                    return Problem::from_status(StatusCode::PAYLOAD_TOO_LARGE).into_response();
+                }
             }
-            Ok(Err(error)) => {
-                tracing::warn!(upstream = %upstream_name, error = %error_chain(&error), "upstream request failed");
-                Problem::new(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_unavailable",
-                    format!("the {upstream_name} service could not be reached"),
-                )
-                .into_response()
-            }
-            Err(_) => {
-                tracing::warn!(upstream = %upstream_name, timeout = ?self.upstream_timeout, "upstream timed out");
-                Problem::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    format!("the {upstream_name} service did not answer in time"),
-                )
-                .into_response()
-            }
+        } else {
+            self.send(upstream, head.request(Body::new(body))).await
         };
-        response.extensions_mut().insert(route_label);
-        response
+        match response {
+            Ok(response) => self.pass_through(upstream, response, target.prefix),
+            Err(failure) => failure,
+        }
     }
 
-    fn outgoing_request(&self, request: Request, uri: Uri, prefix: Option<&str>) -> Request {
+    async fn send_with_retries(
+        &self,
+        upstream: &Upstream,
+        head: &Head,
+        body: Bytes,
+    ) -> Result<hyper::Response<Incoming>, Response> {
+        let mut attempt = 0;
+        loop {
+            let request = head.request(Body::from(body.clone()));
+            match tokio::time::timeout(self.upstream_timeout, self.client.request(request)).await {
+                Ok(Err(error)) if error.is_connect() && attempt < self.retries => {
+                    attempt += 1;
+                    tracing::info!(upstream = %upstream.name, attempt, error = %error_chain(&error), "retrying");
+                    self.metrics.outcome(upstream, "retried");
+                    tokio::time::sleep(Duration::from_millis(25 << attempt)).await;
+                }
+                other => return self.settle(upstream, other),
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        upstream: &Upstream,
+        request: Request,
+    ) -> Result<hyper::Response<Incoming>, Response> {
+        let result =
+            tokio::time::timeout(self.upstream_timeout, self.client.request(request)).await;
+        self.settle(upstream, result)
+    }
+
+    /// Records the outcome with the breaker and metrics; failures become 502/504 problems.
+    fn settle(
+        &self,
+        upstream: &Upstream,
+        result: Result<
+            Result<hyper::Response<Incoming>, hyper_util::client::legacy::Error>,
+            tokio::time::error::Elapsed,
+        >,
+    ) -> Result<hyper::Response<Incoming>, Response> {
+        let name = &upstream.name;
+        match result {
+            Ok(Ok(response)) => {
+                let failed = response.status().is_server_error();
+                upstream.breaker.record(!failed);
+                self.metrics
+                    .outcome(upstream, if failed { "server_error" } else { "ok" });
+                Ok(response)
+            }
+            Ok(Err(error)) => {
+                upstream.breaker.record(false);
+                self.metrics.outcome(upstream, "unreachable");
+                tracing::warn!(upstream = %name, error = %error_chain(&error), "upstream request failed");
+                Err(Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_unavailable",
+                    format!("the {name} service could not be reached"),
+                )
+                .into_response())
+            }
+            Err(_) => {
+                upstream.breaker.record(false);
+                self.metrics.outcome(upstream, "timeout");
+                tracing::warn!(upstream = %name, timeout = ?self.upstream_timeout, "upstream timed out");
+                Err(Problem::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    format!("the {name} service did not answer in time"),
+                )
+                .into_response())
+            }
+        }
+    }
+
+    /// The upstream's response as ours: hop-by-hop headers removed, a relative `Location`
+    /// given the prefix back, left as is otherwise (not turned into a problem).
+    fn pass_through(
+        &self,
+        upstream: &Upstream,
+        response: hyper::Response<Incoming>,
+        prefix: Option<&str>,
+    ) -> Response {
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let (Some(prefix), Some(location)) = (prefix, parts.headers.get(header::LOCATION))
+            && let Some(rewritten) = rewrite_location(location, prefix)
+        {
+            parts.headers.insert(header::LOCATION, rewritten);
+        }
+        self.metrics.breaker_state(upstream);
+        parts.extensions.insert(PassThrough);
+        Response::from_parts(parts, Body::new(body))
+    }
+
+    fn outgoing_request(&self, request: Request, uri: Uri, prefix: Option<&str>) -> (Head, Body) {
         let peer = request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
@@ -238,10 +357,92 @@ impl Proxy {
         if let Some(trace) = trace {
             headers.insert(TRACEPARENT, trace.to_header());
         }
-        parts.uri = uri;
-        parts.version = http::Version::HTTP_11;
-        let body = Body::new(http_body_util::Limited::new(body, self.max_body_bytes));
-        Request::from_parts(parts, body)
+        let head = Head {
+            method: parts.method,
+            uri,
+            headers: parts.headers,
+        };
+        (
+            head,
+            Body::new(http_body_util::Limited::new(body, self.max_body_bytes)),
+        )
+    }
+}
+
+/// What is sent upstream, reusable for retries.
+struct Head {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn request(&self, body: Body) -> Request {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+/// Whether a path has `.` or `..` segments (also percent-encoded), which could step out of
+/// the prefix that chose the upstream.
+fn has_dot_segments(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let decoded = segment.replace("%2e", ".").replace("%2E", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
+/// `/v1/payments/1` from an upstream behind `/payments` becomes `/payments/v1/payments/1`;
+/// absolute URLs and locations already under the prefix are left alone.
+fn rewrite_location(location: &HeaderValue, prefix: &str) -> Option<HeaderValue> {
+    let text = location.to_str().ok()?;
+    if !text.starts_with('/')
+        || text.starts_with("//")
+        || text == prefix
+        || text.starts_with(&format!("{prefix}/"))
+    {
+        return None;
+    }
+    HeaderValue::from_str(&format!("{prefix}{text}")).ok()
+}
+
+/// Per-upstream metrics.
+#[derive(Clone)]
+struct ProxyMetrics {
+    requests: prometheus::IntCounterVec,
+    breaker: prometheus::IntGaugeVec,
+}
+
+impl ProxyMetrics {
+    fn new(metrics: &Metrics) -> Self {
+        Self {
+            requests: metrics.counter(
+                "gateway_upstream_requests_total",
+                "Requests to upstreams by outcome (ok, server_error, unreachable, timeout, retried, circuit_open).",
+                &["upstream", "outcome"],
+            ),
+            breaker: metrics.gauge_vec(
+                "gateway_circuit_breaker_state",
+                "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open.",
+                &["upstream"],
+            ),
+        }
+    }
+
+    fn outcome(&self, upstream: &Upstream, outcome: &str) {
+        self.requests
+            .with_label_values(&[upstream.name.as_str(), outcome])
+            .inc();
+        self.breaker_state(upstream);
+    }
+
+    fn breaker_state(&self, upstream: &Upstream) {
+        self.breaker
+            .with_label_values(&[upstream.name.as_str()])
+            .set(upstream.breaker.state().code());
     }
 }
 
@@ -305,7 +506,7 @@ mod tests {
         if let Some(url) = fallback {
             env = env.with("GATEWAY_FALLBACK_URL", url);
         }
-        Proxy::new(&GatewayConfig::from_env(&env).unwrap())
+        Proxy::new(&GatewayConfig::from_env(&env).unwrap(), &Metrics::new())
     }
 
     #[test]
@@ -335,6 +536,31 @@ mod tests {
             "http://127.0.0.1:9000/legacy/admin/login/?next=/"
         );
         assert!(target.prefix.is_none());
+    }
+
+    #[test]
+    fn dot_segments_are_found_even_encoded() {
+        for path in ["/accounts/../payments", "/a/./b", "/a/%2e%2E/b", "/.."] {
+            assert!(has_dot_segments(path), "{path}");
+        }
+        for path in ["/accounts/v1/users", "/a/..b/c", "/a/.well-known/x", "/"] {
+            assert!(!has_dot_segments(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn relative_locations_get_the_prefix_back() {
+        let rewrite = |l: &str| {
+            rewrite_location(&HeaderValue::from_str(l).unwrap(), "/payments")
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            rewrite("/v1/payments/p1").as_deref(),
+            Some("/payments/v1/payments/p1")
+        );
+        assert_eq!(rewrite("/payments/v1/payments/p1"), None);
+        assert_eq!(rewrite("https://elsewhere/x"), None);
+        assert_eq!(rewrite("//elsewhere/x"), None);
     }
 
     #[test]

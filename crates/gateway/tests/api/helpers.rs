@@ -51,6 +51,12 @@ pub async fn spawn_upstream() -> Running {
             get(|| async { (StatusCode::IM_A_TEAPOT, "short and stout") }),
         )
         .route(
+            "/created",
+            axum::routing::post(|| async {
+                (StatusCode::CREATED, [("location", "/v1/things/1")], "made")
+            }),
+        )
+        .route(
             "/big",
             get(|| async { Bytes::from(vec![b'x'; 3 * 1024 * 1024]) }),
         )
@@ -99,4 +105,54 @@ pub async fn echoed(gateway: &Running, path: &str) -> Value {
     let response = reqwest::get(gateway.url(path)).await.unwrap();
     assert_eq!(response.status(), 200, "GET {path}");
     response.json().await.unwrap()
+}
+
+/// An upstream whose every request fails with 500 while `failing` is set; `hits` counts what
+/// reached it.
+pub struct Flaky {
+    pub server: Running,
+    pub failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+pub async fn spawn_flaky_upstream() -> Flaky {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let failing = Arc::new(AtomicBool::new(false));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (f, h) = (failing.clone(), hits.clone());
+    let router = Router::new().fallback(any(move || {
+        let (f, h) = (f.clone(), h.clone());
+        async move {
+            h.fetch_add(1, Ordering::SeqCst);
+            if f.load(Ordering::SeqCst) {
+                (StatusCode::INTERNAL_SERVER_ERROR, "broken")
+            } else {
+                (StatusCode::OK, "fine")
+            }
+        }
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Running::spawn(addr, move |shutdown| async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        Ok(())
+    });
+    Flaky {
+        server,
+        failing,
+        hits,
+    }
+}
+
+/// The gateway's own metrics text.
+pub async fn gateway_metrics(gateway: &Running) -> String {
+    reqwest::get(gateway.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }

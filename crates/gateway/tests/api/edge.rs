@@ -1,0 +1,291 @@
+//! The edge's protections: rate limits (in process, and shared through the real Redis here),
+//! circuit breakers, retries, dot segments, `Location` rewriting, per-upstream metrics.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use common::testkit::Running;
+
+use crate::helpers::{
+    closed_port, gateway_metrics, spawn_flaky_upstream, spawn_gateway, spawn_upstream,
+};
+
+async fn get_status(gateway: &Running, path: &str) -> u16 {
+    reqwest::get(gateway.url(path))
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_is_refused_with_429_and_ratelimit_headers() {
+    let upstream = spawn_upstream().await;
+    let limits = [
+        ("GATEWAY_RATE_LIMIT_RPS", "1".to_owned()),
+        ("GATEWAY_RATE_LIMIT_BURST", "3".to_owned()),
+    ];
+    let gateway = spawn_gateway(upstream.addr, upstream.addr, &limits).await;
+    let client = reqwest::Client::new();
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let response = client.get(gateway.url("/accounts/x")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["ratelimit-policy"],
+            "\"default\";q=3;w=3"
+        );
+        remaining.push(response.headers()["ratelimit"].to_str().unwrap().to_owned());
+    }
+    assert!(
+        remaining[0].starts_with("\"default\";r=2;t="),
+        "{remaining:?}"
+    );
+    assert!(
+        remaining[2].starts_with("\"default\";r=0;t="),
+        "{remaining:?}"
+    );
+    let limited = client.get(gateway.url("/payments/y")).send().await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert_eq!(limited.headers()["retry-after"], "1");
+    assert!(limited.headers().contains_key("ratelimit-policy"));
+    assert_eq!(
+        limited.headers()["content-type"],
+        "application/problem+json"
+    );
+    assert_eq!(
+        limited.json::<Value>().await.unwrap()["code"],
+        "rate_limited"
+    );
+    // The gateway's own probes are not limited.
+    assert_eq!(get_status(&gateway, "/healthz").await, 200);
+    assert!(
+        gateway_metrics(&gateway)
+            .await
+            .contains("gateway_rate_limited_total 1")
+    );
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(get_status(&gateway, "/accounts/x").await, 200, "refilled");
+
+    let unlimited = spawn_gateway(
+        upstream.addr,
+        upstream.addr,
+        &[("GATEWAY_RATE_LIMIT_RPS", "0".to_owned())],
+    )
+    .await;
+    for _ in 0..20 {
+        let response = client
+            .get(unlimited.url("/accounts/x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(!response.headers().contains_key("ratelimit"));
+    }
+}
+
+#[tokio::test]
+async fn two_gateways_share_one_limit_through_redis() {
+    let Some(redis) = std::env::var("TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!("skipped: Redis test; set TEST_REDIS_URL=redis://127.0.0.1:6379 to run it");
+        return;
+    };
+    let upstream = spawn_upstream().await;
+    let settings = [
+        ("GATEWAY_RATE_LIMIT_RPS", "1".to_owned()),
+        ("GATEWAY_RATE_LIMIT_BURST", "4".to_owned()),
+        ("GATEWAY_REDIS_URL", redis),
+        (
+            "GATEWAY_REDIS_PREFIX",
+            format!("test:{}:", uuid::Uuid::new_v4().simple()),
+        ),
+    ];
+    let first = spawn_gateway(upstream.addr, upstream.addr, &settings).await;
+    let second = spawn_gateway(upstream.addr, upstream.addr, &settings).await;
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        let gateway = if n % 2 == 0 { &first } else { &second };
+        statuses.push(
+            client
+                .get(gateway.url("/accounts/x"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 429, 429],
+        "one budget for both gateways"
+    );
+}
+
+#[tokio::test]
+async fn the_breaker_opens_answers_without_the_upstream_half_opens_and_closes() {
+    let flaky = spawn_flaky_upstream().await;
+    let settings = [
+        ("GATEWAY_BREAKER_FAILURES", "3".to_owned()),
+        ("GATEWAY_BREAKER_COOLDOWN_MS", "400".to_owned()),
+        ("GATEWAY_RATE_LIMIT_RPS", "0".to_owned()),
+    ];
+    let gateway = spawn_gateway(flaky.server.addr, closed_port().await, &settings).await;
+    let client = reqwest::Client::new();
+    let get = || client.get(gateway.url("/accounts/anything")).send();
+
+    flaky.failing.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        assert_eq!(
+            get().await.unwrap().status(),
+            500,
+            "upstream errors pass through"
+        );
+    }
+    let hits = flaky.hits.load(Ordering::SeqCst);
+    let open = get().await.unwrap();
+    assert_eq!(open.status(), 503);
+    assert_eq!(open.headers()["retry-after"], "1");
+    assert_eq!(open.json::<Value>().await.unwrap()["code"], "circuit_open");
+    assert_eq!(
+        flaky.hits.load(Ordering::SeqCst),
+        hits,
+        "the upstream was not called"
+    );
+    assert!(
+        gateway_metrics(&gateway)
+            .await
+            .contains(r#"gateway_circuit_breaker_state{upstream="accounts"} 1"#)
+    );
+
+    // Cool-down over, still failing: the trial fails and the breaker opens again.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(
+        get().await.unwrap().status(),
+        500,
+        "the half-open trial reaches the upstream"
+    );
+    assert_eq!(get().await.unwrap().status(), 503, "open again");
+
+    // Recovered: the next trial succeeds and the breaker closes.
+    flaky.failing.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(get().await.unwrap().status(), 200);
+    for _ in 0..5 {
+        assert_eq!(get().await.unwrap().status(), 200, "closed");
+    }
+    assert!(
+        gateway_metrics(&gateway)
+            .await
+            .contains(r#"gateway_circuit_breaker_state{upstream="accounts"} 0"#)
+    );
+}
+
+#[tokio::test]
+async fn only_safe_or_idempotent_requests_are_retried() {
+    let settings = [
+        ("GATEWAY_BREAKER_FAILURES", "100".to_owned()),
+        ("GATEWAY_RATE_LIMIT_RPS", "0".to_owned()),
+    ];
+    let gateway = spawn_gateway(closed_port().await, closed_port().await, &settings).await;
+    let client = reqwest::Client::new();
+    assert_eq!(get_status(&gateway, "/accounts/x").await, 502);
+    let retried = |text: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with(
+                    r#"gateway_upstream_requests_total{outcome="retried",upstream="accounts"}"#,
+                )
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(|n| n.parse::<u32>().unwrap())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        retried(&gateway_metrics(&gateway).await),
+        2,
+        "a GET is retried twice"
+    );
+    assert_eq!(
+        client
+            .post(gateway.url("/accounts/x"))
+            .body("x")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        502
+    );
+    assert_eq!(
+        retried(&gateway_metrics(&gateway).await),
+        2,
+        "a plain POST is not retried"
+    );
+    let keyed = client
+        .post(gateway.url("/accounts/x"))
+        .header("idempotency-key", "k")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keyed.status(), 502);
+    assert_eq!(
+        retried(&gateway_metrics(&gateway).await),
+        4,
+        "a POST with an Idempotency-Key is"
+    );
+}
+
+#[tokio::test]
+async fn dot_segments_are_refused() {
+    let upstream = spawn_upstream().await;
+    let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
+    // Sent raw: reqwest would normalize the path.
+    for path in [
+        "/accounts/../payments/x",
+        "/accounts/%2e%2e/payments",
+        "/payments/./x",
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+        assert!(answer.contains("malformed_request"));
+    }
+}
+
+#[tokio::test]
+async fn a_relative_location_is_rewritten_to_work_through_the_gateway() {
+    let upstream = spawn_upstream().await;
+    let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
+    let response = reqwest::Client::new()
+        .post(gateway.url("/payments/created"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["location"], "/payments/v1/things/1");
+    let metrics = gateway_metrics(&gateway).await;
+    assert!(
+        metrics.contains(r#"http_server_request_duration_seconds_count{http_request_method="POST",http_response_status_code="201",http_route="/payments/{*rest}"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"gateway_upstream_requests_total{outcome="ok",upstream="payments"} 1"#),
+        "{metrics}"
+    );
+}
