@@ -12,6 +12,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -130,6 +131,12 @@ pub async fn serve(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> std::io::Result<()> {
+    // Responses go out at once (no Nagle delay behind an unacknowledged segment).
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -219,10 +226,13 @@ where
             return ExitCode::from(2);
         }
     };
-    if let Err(error) = telemetry::init(&log) {
-        eprintln!("{service}: {error}");
-        return ExitCode::from(2);
-    }
+    let log_guard = match telemetry::init(&log) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("{service}: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -234,7 +244,7 @@ where
         let shutdown = shutdown_on_signal();
         start(config, shutdown).await
     });
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(
@@ -244,7 +254,11 @@ where
             eprintln!("{service}: {error:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The runtime first (its tasks may still log), then the log writer, which writes out the rest.
+    drop(runtime);
+    drop(log_guard);
+    code
 }
 
 /// `GET /healthz` on a local address; true on 200. A wildcard address is probed on loopback.

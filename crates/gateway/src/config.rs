@@ -18,6 +18,41 @@ pub struct RouteConfig {
     pub name: String,
     /// Base URL of the upstream, e.g. `http://127.0.0.1:8081`.
     pub upstream: url::Url,
+    /// Whether the gateway's `/readyz` requires this upstream's `/readyz` to answer 200.
+    pub readiness: bool,
+}
+
+/// The routes file (`GATEWAY_ROUTES_FILE`): more prefix routes, and the fallback.
+///
+/// ```toml
+/// fallback = "http://monolith:8000"
+///
+/// [[routes]]
+/// prefix = "/reports"
+/// upstream = "http://reports:8083"
+/// name = "reports"     # optional: the prefix without its slashes
+/// readiness = false    # optional (default true): leave it out of the gateway's /readyz
+/// ```
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoutesFile {
+    fallback: Option<String>,
+    #[serde(default)]
+    routes: Vec<FileRoute>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    prefix: String,
+    upstream: String,
+    name: Option<String>,
+    #[serde(default = "yes")]
+    readiness: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Everything the gateway is configured with.
@@ -25,9 +60,12 @@ pub struct RouteConfig {
 pub struct GatewayConfig {
     /// `GATEWAY_ADDR`, default `0.0.0.0:8080`.
     pub addr: SocketAddr,
-    /// Prefix routes: `/accounts` → `GATEWAY_ACCOUNTS_URL`, `/payments` → `GATEWAY_PAYMENTS_URL`.
+    /// Prefix routes: `/accounts` → `GATEWAY_ACCOUNTS_URL`, `/payments` → `GATEWAY_PAYMENTS_URL`,
+    /// and those of `GATEWAY_ROUTES_FILE` (a file route with the same prefix replaces one of
+    /// these two).
     pub routes: Vec<RouteConfig>,
-    /// `GATEWAY_FALLBACK_URL`: where every other path goes (the monolith); unset → 404.
+    /// `GATEWAY_FALLBACK_URL` (or `fallback` in the routes file; the variable wins): where
+    /// every other path goes (the monolith); unset → 404.
     pub fallback: Option<url::Url>,
     /// `GATEWAY_CONNECT_TIMEOUT_MS`, default 1000.
     pub connect_timeout: Duration,
@@ -49,6 +87,9 @@ pub struct GatewayConfig {
     pub token_issuer: String,
     /// `GATEWAY_BREAKER_FAILURES`, `GATEWAY_BREAKER_COOLDOWN_MS`.
     pub breaker: BreakerSettings,
+    /// `GATEWAY_WORKERS`: worker threads, each with its own runtime and upstream connections
+    /// (default: one per CPU).
+    pub workers: usize,
     /// `GATEWAY_RETRIES` (default 2): retries of connection failures, for safe methods and
     /// requests with an `Idempotency-Key` only.
     pub retries: u32,
@@ -57,22 +98,32 @@ pub struct GatewayConfig {
 impl GatewayConfig {
     /// Reads and checks the configuration.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let routes = vec![
+        let mut routes = vec![
             RouteConfig {
                 prefix: "/accounts".into(),
                 name: "accounts".into(),
                 upstream: upstream_url(env, "GATEWAY_ACCOUNTS_URL", "http://127.0.0.1:8081")?,
+                readiness: true,
             },
             RouteConfig {
                 prefix: "/payments".into(),
                 name: "payments".into(),
                 upstream: upstream_url(env, "GATEWAY_PAYMENTS_URL", "http://127.0.0.1:8082")?,
+                readiness: true,
             },
         ];
-        let fallback = match env.get("GATEWAY_FALLBACK_URL") {
+        let mut fallback = match env.get("GATEWAY_FALLBACK_URL") {
             Some(_) => Some(upstream_url(env, "GATEWAY_FALLBACK_URL", "")?),
             None => None,
         };
+        if let Some(path) = env.get("GATEWAY_ROUTES_FILE") {
+            let file = read_routes_file(std::path::Path::new(path))?;
+            for route in file.routes {
+                routes.retain(|r| r.prefix != route.prefix);
+                routes.push(route);
+            }
+            fallback = fallback.or(file.fallback);
+        }
         let millis = |name: &str, default: u64| -> Result<Duration, ConfigError> {
             let value: u64 = env.parse_or(name, default)?;
             if value == 0 {
@@ -102,7 +153,13 @@ impl GatewayConfig {
                 "must be above 0",
             ));
         }
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let workers: usize = env.parse_or("GATEWAY_WORKERS", cpus)?;
+        if workers == 0 {
+            return Err(ConfigError::new("GATEWAY_WORKERS", "must be above 0"));
+        }
         Ok(Self {
+            workers,
             rate_limit,
             redis_url,
             redis_prefix: env.string_or("GATEWAY_REDIS_PREFIX", "gateway:ratelimit:"),
@@ -138,21 +195,62 @@ impl GatewayConfig {
     }
 }
 
+/// The checked contents of a routes file.
+struct FileRoutes {
+    routes: Vec<RouteConfig>,
+    fallback: Option<url::Url>,
+}
+
+fn read_routes_file(path: &std::path::Path) -> Result<FileRoutes, ConfigError> {
+    const VARIABLE: &str = "GATEWAY_ROUTES_FILE";
+    let at = |message: String| ConfigError::new(VARIABLE, format!("{}: {message}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| at(e.to_string()))?;
+    let file: RoutesFile = toml::from_str(&text).map_err(|e| at(e.to_string()))?;
+    let mut routes: Vec<RouteConfig> = Vec::new();
+    for route in file.routes {
+        let prefix = route.prefix.trim_end_matches('/').to_owned();
+        let valid = prefix.starts_with('/')
+            && !prefix.contains(['?', '#', '%'])
+            && !prefix.split('/').any(|s| s == "." || s == "..");
+        if !valid {
+            return Err(at(format!(
+                "route prefix {:?}: expected a path such as \"/reports\" (the fallback serves \"/\")",
+                route.prefix
+            )));
+        }
+        if routes.iter().any(|r| r.prefix == prefix) {
+            return Err(at(format!("route prefix {prefix:?} appears twice")));
+        }
+        let field = format!("routes[{prefix}].upstream");
+        let upstream = parse_upstream(&route.upstream).map_err(|e| at(format!("{field}: {e}")))?;
+        routes.push(RouteConfig {
+            name: route
+                .name
+                .unwrap_or_else(|| prefix.trim_start_matches('/').replace('/', "-")),
+            prefix,
+            upstream,
+            readiness: route.readiness,
+        });
+    }
+    let fallback = file
+        .fallback
+        .map(|raw| parse_upstream(&raw).map_err(|e| at(format!("fallback: {e}"))))
+        .transpose()?;
+    Ok(FileRoutes { routes, fallback })
+}
+
 fn upstream_url(env: &Env, name: &str, default: &str) -> Result<url::Url, ConfigError> {
-    let raw = env.string_or(name, default);
-    let url =
-        url::Url::parse(&raw).map_err(|e| ConfigError::new(name, format!("not a URL: {e}")))?;
+    parse_upstream(&env.string_or(name, default)).map_err(|message| ConfigError::new(name, message))
+}
+
+/// An upstream's base URL: `http://host[:port][/base-path]`.
+fn parse_upstream(raw: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
     if url.scheme() != "http" {
-        return Err(ConfigError::new(
-            name,
-            "only http:// upstreams are supported",
-        ));
+        return Err("only http:// upstreams are supported".into());
     }
     if url.host_str().is_none() || url.query().is_some() || url.fragment().is_some() {
-        return Err(ConfigError::new(
-            name,
-            "expected http://host[:port][/base-path]",
-        ));
+        return Err("expected http://host[:port][/base-path]".into());
     }
     Ok(url)
 }
@@ -186,9 +284,121 @@ mod tests {
             ("GATEWAY_RATE_LIMIT_RPS", "lots"),
             ("GATEWAY_REDIS_URL", "localhost:6379"),
             ("GATEWAY_BREAKER_FAILURES", "0"),
+            ("GATEWAY_WORKERS", "0"),
         ] {
             let env = Env::from_pairs([(name, value)]);
             assert_eq!(GatewayConfig::from_env(&env).unwrap_err().variable, name);
         }
+    }
+
+    fn with_routes_file(text: &str) -> (tempfile::NamedTempFile, Env) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        let env = Env::from_pairs([("GATEWAY_ROUTES_FILE", file.path().to_str().unwrap())]);
+        (file, env)
+    }
+
+    #[test]
+    fn a_routes_file_adds_routes_replaces_a_prefix_and_sets_the_fallback() {
+        let (_file, env) = with_routes_file(
+            r#"
+            fallback = "http://monolith:8000"
+
+            [[routes]]
+            prefix = "/reports/v2/"
+            upstream = "http://reports:8083/base"
+            readiness = false
+
+            [[routes]]
+            prefix = "/payments"
+            upstream = "http://payments-canary:8082"
+            name = "payments-canary"
+            "#,
+        );
+        let config = GatewayConfig::from_env(&env).unwrap();
+        let routes: Vec<_> = config
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    r.prefix.as_str(),
+                    r.name.as_str(),
+                    r.upstream.as_str(),
+                    r.readiness,
+                )
+            })
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                ("/accounts", "accounts", "http://127.0.0.1:8081/", true),
+                (
+                    "/reports/v2",
+                    "reports-v2",
+                    "http://reports:8083/base",
+                    false
+                ),
+                (
+                    "/payments",
+                    "payments-canary",
+                    "http://payments-canary:8082/",
+                    true
+                ),
+            ]
+        );
+        assert_eq!(config.fallback.unwrap().as_str(), "http://monolith:8000/");
+
+        let env = env.with("GATEWAY_FALLBACK_URL", "http://other:9000");
+        let config = GatewayConfig::from_env(&env).unwrap();
+        assert_eq!(
+            config.fallback.unwrap().as_str(),
+            "http://other:9000/",
+            "the variable wins over the file"
+        );
+    }
+
+    #[test]
+    fn a_bad_routes_file_is_a_clear_error() {
+        for (text, expected) in [
+            ("[[routes]]\nprefix = \"/x\"\n", "missing field `upstream`"),
+            (
+                "[[routes]]\nprefix = \"/x\"\nupstream = \"http://x\"\nweight = 3\n",
+                "unknown field `weight`",
+            ),
+            (
+                "[[routes]]\nprefix = \"x\"\nupstream = \"http://x\"\n",
+                "route prefix \"x\"",
+            ),
+            (
+                "[[routes]]\nprefix = \"/\"\nupstream = \"http://x\"\n",
+                "route prefix \"/\"",
+            ),
+            (
+                "[[routes]]\nprefix = \"/x\"\nupstream = \"https://x\"\n",
+                "routes[/x].upstream: only http://",
+            ),
+            (
+                "[[routes]]\nprefix = \"/x\"\nupstream = \"http://x\"\n[[routes]]\nprefix = \"/x/\"\nupstream = \"http://y\"\n",
+                "appears twice",
+            ),
+            ("fallback = 3", "invalid type"),
+            ("routes = [", "TOML parse error"),
+        ] {
+            let (_file, env) = with_routes_file(text);
+            let error = GatewayConfig::from_env(&env).unwrap_err();
+            assert_eq!(error.variable, "GATEWAY_ROUTES_FILE");
+            assert!(
+                error.message.contains(expected),
+                "{text}: {}",
+                error.message
+            );
+        }
+        let missing = Env::from_pairs([("GATEWAY_ROUTES_FILE", "/nonexistent/routes.toml")]);
+        let error = GatewayConfig::from_env(&missing).unwrap_err();
+        assert!(
+            error.message.contains("/nonexistent/routes.toml"),
+            "{}",
+            error.message
+        );
     }
 }

@@ -9,6 +9,7 @@ pub mod proxy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -16,7 +17,6 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use common::auth::{HttpJwks, TokenVerifier, VerifierSettings};
 use common::health::{HealthCheck, Readiness};
-use common::server::Service;
 use http::HeaderValue;
 use limit::{Decision, Limiter, RateLimitSettings};
 use tokio_util::sync::CancellationToken;
@@ -29,7 +29,10 @@ pub const SERVICE: &str = "gateway";
 
 /// A built gateway: listener bound, not yet serving.
 pub struct Application {
-    service: Service,
+    listener: tokio::net::TcpListener,
+    gateway: Gateway,
+    workers: usize,
+    grace: Duration,
 }
 
 impl Application {
@@ -45,76 +48,172 @@ impl Application {
             )),
             _ => None,
         };
-        let router = router(&config, redis);
+        let listener = common::server::bind(config.addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on GATEWAY_ADDR {}: {e}", config.addr))?;
         Ok(Self {
-            service: Service::bind(SERVICE, "GATEWAY_ADDR", config.addr, router, &config.http)
-                .await?,
+            listener,
+            gateway: Gateway::new(&config, redis),
+            workers: config.workers,
+            grace: config.http.shutdown_grace,
         })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.service.local_addr()
+        self.listener.local_addr()
     }
 
     /// Serves until `shutdown` fires and in-flight requests have finished.
+    ///
+    /// Like nginx's worker processes, each of the `GATEWAY_WORKERS` threads runs a
+    /// single-threaded runtime that accepts from the shared listening socket and keeps its own
+    /// upstream connections, so a request never changes threads on its way through; breakers,
+    /// rate limits, metrics and the key cache are shared by all of them.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        self.service.run(shutdown).await
+        let addr = self.listener.local_addr()?;
+        tracing::info!(service = SERVICE, %addr, workers = self.workers, "listening");
+        let listener = self.listener.into_std()?;
+        // A worker that fails stops the others; the caller's token is left alone.
+        let stop = shutdown.child_token();
+        let mut finished = Vec::with_capacity(self.workers);
+        for index in 0..self.workers {
+            let listener = listener.try_clone()?;
+            let router = self.gateway.router();
+            let stop = stop.clone();
+            let grace = self.grace;
+            let (done, finished_rx) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name(format!("gateway-worker-{index}"))
+                .spawn(move || {
+                    let result = serve_worker(listener, router, stop.clone(), grace);
+                    if result.is_err() {
+                        stop.cancel();
+                    }
+                    let _ = done.send(result);
+                })?;
+            finished.push(finished_rx);
+        }
+        drop(listener);
+        let mut result = Ok(());
+        for worker in finished {
+            let outcome = worker
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a gateway worker panicked")));
+            if let Err(error) = outcome {
+                stop.cancel();
+                result = Err(error);
+            }
+        }
+        tracing::info!(service = SERVICE, "stopped");
+        result
     }
 }
 
-/// The gateway's router: its own probes and metrics, and the proxy for every other path.
-/// `redis`, when given, holds the rate limits shared by every gateway.
-pub fn router(
-    config: &GatewayConfig,
-    redis: Option<(redis::aio::ConnectionManager, String)>,
-) -> Router {
-    let metrics = common::metrics::Metrics::new();
-    let proxy = Arc::new(Proxy::new(config, &metrics));
-    let readiness = proxy
-        .upstreams()
-        .fold(Readiness::new(), |readiness, upstream| {
-            readiness.with(Arc::new(UpstreamCheck {
-                upstream: upstream.clone(),
-                proxy: proxy.clone(),
-            }))
-        });
-    let mut settings = VerifierSettings::new(config.token_issuer.clone(), "accounts");
-    settings.audiences.push("payments".to_owned());
-    let edge = Arc::new(Edge {
-        proxy,
-        limiter: config
-            .rate_limit
-            .map(|settings| Arc::new(Limiter::new(settings, redis))),
-        verifier: TokenVerifier::new(Arc::new(HttpJwks::new(config.jwks_url.clone())), settings),
-        rate_limited: metrics.counter(
-            "gateway_rate_limited_total",
-            "Requests refused with 429 by the rate limiter.",
-            &[],
-        ),
-    });
-    if let Some(limiter) = edge.limiter.clone() {
-        // Forget idle clients now and then, so the in-process table stays small.
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(std::time::Duration::from_secs(60));
-            loop {
-                interval.tick().await;
-                limiter.shrink();
-            }
-        });
+/// One worker thread: a single-threaded runtime serving `router` on `listener`.
+fn serve_worker(
+    listener: std::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        common::server::serve(listener, router, shutdown, grace)
+            .await
+            .map_err(|e| anyhow::anyhow!("gateway server failed: {e}"))
+    })
+}
+
+/// What every worker shares: routes and their breakers, the rate limiter, the token verifier,
+/// metrics and readiness. Each worker's [`Gateway::router`] adds a connection pool of its own.
+#[derive(Clone)]
+pub struct Gateway {
+    edge: Edge,
+    readiness: Readiness,
+    metrics: common::metrics::Metrics,
+    http: common::config::HttpConfig,
+}
+
+impl Gateway {
+    /// The shared state. `redis`, when given, holds the rate limits shared by every gateway.
+    pub fn new(
+        config: &GatewayConfig,
+        redis: Option<(redis::aio::ConnectionManager, String)>,
+    ) -> Self {
+        let metrics = common::metrics::Metrics::new();
+        let proxy = Arc::new(Proxy::new(config, &metrics));
+        let readiness = proxy
+            .upstreams()
+            .fold(Readiness::new(), |readiness, upstream| {
+                readiness.with(Arc::new(UpstreamCheck {
+                    upstream: upstream.clone(),
+                    proxy: proxy.clone(),
+                }))
+            });
+        let mut settings = VerifierSettings::new(config.token_issuer.clone(), "accounts");
+        settings.audiences.push("payments".to_owned());
+        let edge = Edge {
+            proxy,
+            limiter: config
+                .rate_limit
+                .map(|settings| Arc::new(Limiter::new(settings, redis))),
+            verifier: Arc::new(TokenVerifier::new(
+                Arc::new(HttpJwks::new(config.jwks_url.clone())),
+                settings,
+            )),
+            rate_limited: metrics.counter(
+                "gateway_rate_limited_total",
+                "Requests refused with 429 by the rate limiter.",
+                &[],
+            ),
+        };
+        if let Some(limiter) = &edge.limiter {
+            // Forget idle clients now and then, so the in-process table stays small.
+            let limiter = Arc::downgrade(limiter);
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    interval.tick().await;
+                    match limiter.upgrade() {
+                        Some(limiter) => limiter.shrink(),
+                        None => break,
+                    }
+                }
+            });
+        }
+        Self {
+            edge,
+            readiness,
+            metrics,
+            http: config.http.clone(),
+        }
     }
-    let routes = Router::new()
-        .merge(common::health::routes(readiness))
-        .fallback(forward)
-        .with_state(edge);
-    common::server::finish(routes, SERVICE, &config.http, &metrics)
+
+    /// A router for one worker: its own probes and metrics, and the proxy (with a connection
+    /// pool of its own) for every other path.
+    pub fn router(&self) -> Router {
+        let edge = Edge {
+            proxy: Arc::new(self.edge.proxy.with_own_pool()),
+            ..self.edge.clone()
+        };
+        let routes = Router::new()
+            .merge(common::health::routes(self.readiness.clone()))
+            .fallback(forward)
+            .with_state(Arc::new(edge));
+        common::server::finish(routes, SERVICE, &self.http, &self.metrics)
+    }
 }
 
 /// The edge: rate limiting in front of the proxy.
+#[derive(Clone)]
 struct Edge {
     proxy: Arc<Proxy>,
     limiter: Option<Arc<Limiter>>,
-    verifier: TokenVerifier,
+    verifier: Arc<TokenVerifier>,
     rate_limited: prometheus::IntCounterVec,
 }
 

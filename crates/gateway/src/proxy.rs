@@ -67,6 +67,7 @@ impl Upstream {
 struct Route {
     prefix: String,
     upstream: Upstream,
+    readiness: bool,
 }
 
 /// The forwarding half of the gateway: its routes and its connection pool.
@@ -75,10 +76,23 @@ pub struct Proxy {
     routes: Vec<Route>,
     fallback: Option<Upstream>,
     client: Client<HttpConnector, Body>,
+    connect_timeout: Duration,
     upstream_timeout: Duration,
     max_body_bytes: usize,
     retries: u32,
     metrics: ProxyMetrics,
+}
+
+/// A keep-alive connection pool for every upstream.
+fn new_client(connect_timeout: Duration) -> Client<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(connector)
 }
 
 /// Where a request goes: the upstream, the path to ask it for, and the prefix that was removed.
@@ -91,20 +105,13 @@ struct Target<'a> {
 impl Proxy {
     /// Builds the routes and one keep-alive connection pool shared by all upstreams.
     pub fn new(config: &GatewayConfig, metrics: &Metrics) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
         let mut routes: Vec<Route> = config
             .routes
             .iter()
             .map(|r| Route {
                 prefix: r.prefix.trim_end_matches('/').to_owned(),
                 upstream: Upstream::new(&r.name, &r.upstream, config.breaker),
+                readiness: r.readiness,
             })
             .collect();
         // Longest prefix first, so `/a/b` wins over `/a`.
@@ -115,7 +122,8 @@ impl Proxy {
                 .fallback
                 .as_ref()
                 .map(|url| Upstream::new("fallback", url, config.breaker)),
-            client,
+            client: new_client(config.connect_timeout),
+            connect_timeout: config.connect_timeout,
             upstream_timeout: config.upstream_timeout,
             max_body_bytes: config.http.max_body_bytes,
             retries: config.retries,
@@ -123,14 +131,29 @@ impl Proxy {
         }
     }
 
-    /// The prefix-routed upstreams (the fallback excluded), for readiness.
+    /// The prefix-routed upstreams that readiness depends on (the fallback excluded).
     pub fn upstreams(&self) -> impl Iterator<Item = &Upstream> {
-        self.routes.iter().map(|r| &r.upstream)
+        self.routes
+            .iter()
+            .filter(|r| r.readiness)
+            .map(|r| &r.upstream)
     }
 
     /// Every upstream, the fallback included.
     pub fn all_upstreams(&self) -> impl Iterator<Item = &Upstream> {
-        self.upstreams().chain(self.fallback.iter())
+        self.routes
+            .iter()
+            .map(|r| &r.upstream)
+            .chain(self.fallback.iter())
+    }
+
+    /// The same routes, breakers and metrics with a connection pool of its own: each worker
+    /// thread keeps its upstream connections on its own runtime.
+    pub fn with_own_pool(&self) -> Self {
+        Self {
+            client: new_client(self.connect_timeout),
+            ..self.clone()
+        }
     }
 
     /// The shared client, for readiness probes.

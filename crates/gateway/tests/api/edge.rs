@@ -23,15 +23,18 @@ async fn get_status(gateway: &Running, path: &str) -> u16 {
 #[tokio::test]
 async fn a_client_over_its_rate_is_refused_with_429_and_ratelimit_headers() {
     let upstream = spawn_upstream().await;
+    // Several workers: the limit is the gateway's, not a worker's (each request comes on a
+    // new connection, which any worker may accept).
     let limits = [
         ("GATEWAY_RATE_LIMIT_RPS", "1".to_owned()),
         ("GATEWAY_RATE_LIMIT_BURST", "3".to_owned()),
+        ("GATEWAY_WORKERS", "4".to_owned()),
     ];
     let gateway = spawn_gateway(upstream.addr, upstream.addr, &limits).await;
     let client = reqwest::Client::new();
     let mut remaining = Vec::new();
     for _ in 0..3 {
-        let response = client.get(gateway.url("/accounts/x")).send().await.unwrap();
+        let response = reqwest::get(gateway.url("/accounts/x")).await.unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(
             response.headers()["ratelimit-policy"],

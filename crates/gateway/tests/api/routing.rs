@@ -198,3 +198,61 @@ async fn other_paths_go_to_the_fallback_when_one_is_configured() {
     let routed = echoed(&gateway, "/accounts/x").await;
     assert_ne!(routed["peer_port"], seen["peer_port"]);
 }
+
+#[tokio::test]
+async fn routes_from_a_file_add_upstreams_longest_prefix_first() {
+    let services = spawn_upstream().await;
+    let reports = spawn_upstream().await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        format!(
+            r#"
+            [[routes]]
+            prefix = "/reports"
+            upstream = "http://{reports}/api"
+
+            [[routes]]
+            prefix = "/accounts/legacy"
+            upstream = "http://{reports}/old"
+
+            [[routes]]
+            prefix = "/search"
+            upstream = "http://{closed}"
+            readiness = false
+            "#,
+            reports = reports.addr,
+            closed = closed_port().await,
+        ),
+    )
+    .unwrap();
+    let gateway = spawn_gateway(
+        services.addr,
+        services.addr,
+        &[(
+            "GATEWAY_ROUTES_FILE",
+            file.path().to_str().unwrap().to_owned(),
+        )],
+    )
+    .await;
+    let seen = echoed(&gateway, "/reports/monthly?year=2026").await;
+    assert_eq!(seen["path"], "/api/monthly");
+    assert_eq!(seen["query"], "year=2026");
+    assert_eq!(seen["headers"]["x-forwarded-prefix"], "/reports");
+    let legacy = echoed(&gateway, "/accounts/legacy/users").await;
+    assert_eq!(legacy["path"], "/old/users", "the longer prefix wins");
+    let plain = echoed(&gateway, "/accounts/users").await;
+    assert_eq!(plain["path"], "/users");
+    let down = reqwest::get(gateway.url("/search/q")).await.unwrap();
+    assert_eq!(down.status(), 502);
+    let ready = reqwest::get(gateway.url("/readyz")).await.unwrap();
+    assert_eq!(
+        ready.status(),
+        200,
+        "a route with readiness = false does not hold the gateway back"
+    );
+    let body: Value = ready.json().await.unwrap();
+    let checks = body["checks"].as_object().unwrap();
+    assert!(checks.contains_key("upstream:reports"), "{body}");
+    assert!(!checks.contains_key("upstream:search"), "{body}");
+}

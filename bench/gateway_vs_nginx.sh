@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The gateway against nginx (Debian's package) as the equivalent reverse proxy, and against no
+# proxy at all, in front of one trivial upstream (nginx answering `200 ok` from memory), with the
+# same load generator in one run. Release build. Needs nginx and wrk (apt-get install nginx wrk).
+#
+# Both proxies do the same work per request: keep-alive to the upstream (nginx: `keepalive 64`,
+# HTTP/1.1), X-Forwarded-For/-Proto/-Host and a request id set, an access log line written to
+# a file, hop-by-hop headers dropped. The gateway's rate limiter is measured both off and on
+# (a limit high enough never to refuse), since nginx does not limit unless told to.
+#
+# Usage: bench/gateway_vs_nginx.sh [seconds] [connections] [rounds]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-10}
+connections=${2:-64}
+rounds=${3:-3}
+for tool in nginx wrk; do
+  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] \
+    || { echo "$tool is not installed (apt-get install nginx wrk)" >&2; exit 1; }
+done
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release --locked --quiet -p gateway
+dir=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  "$nginx_bin" -p "$dir/upstream" -c nginx.conf -s quit 2>/dev/null || true
+  "$nginx_bin" -p "$dir/proxy" -c nginx.conf -s quit 2>/dev/null || true
+  sleep 0.5
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+mkdir -p "$dir/upstream/logs" "$dir/proxy/logs"
+# The trivial upstream: one worker, answers from memory, no log.
+cat >"$dir/upstream/nginx.conf" <<CONF
+worker_processes 1;
+pid $dir/upstream/nginx.pid;
+error_log $dir/upstream/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:29001 reuseport backlog=4096;
+    location / { return 200 "ok\n"; }
+  }
+}
+CONF
+# nginx as the reverse proxy, one worker per core, like the gateway's one runtime thread per core.
+cat >"$dir/proxy/nginx.conf" <<CONF
+worker_processes auto;
+pid $dir/proxy/nginx.pid;
+error_log $dir/proxy/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  log_format main '\$remote_addr "\$request" \$status \$body_bytes_sent \$request_time \$request_id';
+  access_log $dir/proxy/logs/access.log main buffer=64k;
+  keepalive_requests 1000000;
+  upstream backend {
+    server 127.0.0.1:29001;
+    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:29002 reuseport backlog=4096;
+    location /accounts/ {
+      proxy_pass http://backend/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$host;
+      proxy_set_header X-Request-ID \$request_id;
+    }
+  }
+}
+CONF
+"$nginx_bin" -p "$dir/upstream" -c nginx.conf
+"$nginx_bin" -p "$dir/proxy" -c nginx.conf
+
+start_gateway() { # start_gateway <port> <rate limit rps>
+  GATEWAY_ADDR=127.0.0.1:$1 GATEWAY_ACCOUNTS_URL=http://127.0.0.1:29001 \
+    GATEWAY_PAYMENTS_URL=http://127.0.0.1:29001 GATEWAY_RATE_LIMIT_RPS=$2 \
+    ./target/release/gateway >"$dir/gateway-$1.log" 2>&1 &
+  pids+=($!)
+}
+start_gateway 29003 0
+start_gateway 29004 100000000
+for port in 29001 29002 29003 29004; do
+  for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$port/accounts/" >/dev/null && break; sleep 0.2; done
+  curl -fs "http://127.0.0.1:$port/accounts/" >/dev/null || { echo "nothing answers on :$port" >&2; exit 1; }
+done
+
+targets=(
+  "direct         http://127.0.0.1:29001/accounts/"
+  "nginx          http://127.0.0.1:29002/accounts/"
+  "gateway        http://127.0.0.1:29003/accounts/"
+  "gateway+limit  http://127.0.0.1:29004/accounts/"
+)
+echo "GET through each proxy to a trivial upstream: wrk -t2 -c${connections} -d${seconds}s, ${rounds} rounds"
+echo "$(nproc) cores; $("$nginx_bin" -v 2>&1); $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)"
+for round in $(seq 1 "$rounds"); do
+  for target in "${targets[@]}"; do
+    set -- $target
+    wrk -t2 -c"$connections" -d"${seconds}s" --latency "$2" >"$dir/wrk.txt"
+    rps=$(awk '/Requests\/sec/ {print $2}' "$dir/wrk.txt")
+    p50=$(awk '$1 == "50%" {print $2}' "$dir/wrk.txt")
+    p99=$(awk '$1 == "99%" {print $2}' "$dir/wrk.txt")
+    bad=$(awk '/Non-2xx/ {print $NF}' "$dir/wrk.txt")
+    printf 'round %s  %-14s %10s req/s   p50 %8s   p99 %8s   non-2xx %s\n' \
+      "$round" "$1" "$rps" "$p50" "$p99" "${bad:-0}"
+  done
+done
