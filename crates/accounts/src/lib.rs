@@ -84,6 +84,7 @@ impl Application {
         // Our own keys come from our own database: refetch eagerly.
         settings.max_age = Duration::from_secs(5);
         settings.min_refetch_interval = Duration::from_millis(250);
+        let metrics = common::metrics::Metrics::new();
         let state = http::AppState {
             store: store.clone(),
             issuer: Arc::new(Issuer::new(store.clone(), keys.clone(), config.clone())),
@@ -93,7 +94,8 @@ impl Application {
             )),
             keys: keys.clone(),
             config: config.clone(),
-            metrics: common::metrics::Metrics::new(),
+            token_metrics: http::TokenMetrics::new(&metrics),
+            metrics,
         };
         bootstrap::ensure_admin(&state).await?;
         let router = http::router(state);

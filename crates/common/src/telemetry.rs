@@ -129,16 +129,7 @@ pub fn init(config: &LogConfig) -> Result<LogGuard, ConfigError> {
     let writer = BufferedStdout(buffer.clone());
     let registry = tracing_subscriber::registry().with(filter);
     let result = match config.format {
-        LogFormat::Json => {
-            let mut layer = json_subscriber::JsonLayer::new(writer);
-            layer
-                .with_timer("timestamp", tracing_subscriber::fmt::time::SystemTime)
-                .with_level("level")
-                .with_target("target")
-                .with_flattened_event()
-                .with_top_level_flattened_span_list();
-            registry.with(layer).try_init()
-        }
+        LogFormat::Json => registry.with(json_layer(writer)).try_init(),
         LogFormat::Pretty => registry
             .with(tracing_subscriber::fmt::layer().with_writer(writer))
             .try_init(),
@@ -146,6 +137,23 @@ pub fn init(config: &LogConfig) -> Result<LogGuard, ConfigError> {
     // An already-installed subscriber (tests, the all-in-one runner) is fine.
     drop(result);
     Ok(LogGuard(buffer))
+}
+
+/// The JSON line format: `timestamp`, `level`, `target`, `message`, the event's fields and
+/// those of every enclosing span (`request_id`, `trace_id`, `span_id`, ...) at the top level.
+pub fn json_layer<S, W>(writer: W) -> json_subscriber::JsonLayer<S, W>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + 'static,
+{
+    let mut layer = json_subscriber::JsonLayer::new(writer);
+    layer
+        .with_timer("timestamp", tracing_subscriber::fmt::time::SystemTime)
+        .with_level("level")
+        .with_target("target")
+        .with_flattened_event()
+        .with_top_level_flattened_span_list();
+    layer
 }
 
 fn flush(buffer: &Mutex<BufWriter<Stdout>>) {

@@ -6,6 +6,7 @@
 //! fail. CI always sets it.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -270,5 +271,68 @@ pub fn nats_url() -> Option<String> {
             eprintln!("skipped: NATS test; set {TEST_NATS_URL}=nats://127.0.0.1:4222 to run it");
             None
         }
+    }
+}
+
+/// Log lines captured in the production JSON format, for tests that read what a request logs.
+#[derive(Clone, Default)]
+pub struct CapturedLog(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLog {
+    /// Captures everything logged on this thread (at every level) until the guard is dropped:
+    /// use it in a current-thread test, where the server under test runs on the same thread.
+    pub fn install() -> (Self, tracing::subscriber::DefaultGuard) {
+        use tracing_subscriber::layer::SubscriberExt;
+        let log = Self::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::EnvFilter::new("trace"))
+            .with(crate::telemetry::json_layer(log.clone()));
+        let guard = tracing::subscriber::set_default(subscriber);
+        (log, guard)
+    }
+
+    /// Everything captured so far.
+    pub fn text(&self) -> String {
+        let bytes = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// The captured lines, parsed.
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        self.text()
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+            })
+            .collect()
+    }
+}
+
+/// One log line's hold on the capture.
+pub struct CapturedLine<'a>(std::sync::MutexGuard<'a, Vec<u8>>);
+
+impl std::io::Write for CapturedLine<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
+    type Writer = CapturedLine<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        CapturedLine(
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 }

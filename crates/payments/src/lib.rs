@@ -101,6 +101,7 @@ impl Application {
                 provider,
                 self.config.processor.clone(),
                 self.wake.clone(),
+                processor::ProcessorMetrics::new(&self.metrics),
             )
             .spawn(shutdown.clone())
         } else {

@@ -39,12 +39,44 @@ impl ProcessorSettings {
     }
 }
 
+/// What the processor counts.
+#[derive(Clone)]
+pub struct ProcessorMetrics {
+    processed: prometheus::IntCounterVec,
+    provider_errors: prometheus::IntCounterVec,
+}
+
+impl ProcessorMetrics {
+    /// Registers `payments_processed_total{outcome}` and `payments_provider_errors_total`.
+    pub fn new(metrics: &common::metrics::Metrics) -> Self {
+        let processed = metrics.counter(
+            "payments_processed_total",
+            "Payments that reached a final state, by outcome (succeeded, declined, processing_error).",
+            &["outcome"],
+        );
+        for outcome in ["succeeded", "declined", "processing_error"] {
+            processed.with_label_values(&[outcome]);
+        }
+        let provider_errors = metrics.counter(
+            "payments_provider_errors_total",
+            "Transient provider errors (each one retried later, or the last one failing the payment).",
+            &[],
+        );
+        provider_errors.with_label_values::<&str>(&[]);
+        Self {
+            processed,
+            provider_errors,
+        }
+    }
+}
+
 /// Runs the workers.
 pub struct Processor {
     store: Arc<dyn PaymentsStore>,
     provider: Arc<dyn PaymentProvider>,
     settings: ProcessorSettings,
     wake: Arc<Notify>,
+    metrics: ProcessorMetrics,
 }
 
 impl Processor {
@@ -54,12 +86,14 @@ impl Processor {
         provider: Arc<dyn PaymentProvider>,
         settings: ProcessorSettings,
         wake: Arc<Notify>,
+        metrics: ProcessorMetrics,
     ) -> Self {
         Self {
             store,
             provider,
             settings,
             wake,
+            metrics,
         }
     }
 
@@ -105,6 +139,12 @@ impl Processor {
         let attempt = u32::try_from(payment.attempts).unwrap_or(0) + 1;
         let attempts = i32::try_from(attempt).unwrap_or(i32::MAX);
         let outcome = self.provider.charge(&payment, attempt).await;
+        if outcome.is_err() {
+            self.metrics
+                .provider_errors
+                .with_label_values::<&str>(&[])
+                .inc();
+        }
         let now = Utc::now();
         let result = match outcome {
             Ok(ChargeOutcome::Approved) => {
@@ -171,7 +211,13 @@ impl Processor {
             .await?;
         match finished {
             Some(payment) => {
-                tracing::info!(status = %payment.status, attempts, "payment processed")
+                let outcome = match failure {
+                    None => "succeeded",
+                    Some(("processing_error", _)) => "processing_error",
+                    Some(_) => "declined",
+                };
+                self.metrics.processed.with_label_values(&[outcome]).inc();
+                tracing::info!(status = %payment.status, attempts, outcome, "payment processed")
             }
             None => tracing::warn!("the payment was no longer processing; outcome dropped"),
         }

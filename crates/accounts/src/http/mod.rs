@@ -41,6 +41,58 @@ pub struct AppState {
     pub verifier: Arc<TokenVerifier>,
     /// This service's metrics.
     pub metrics: Metrics,
+    /// Logins and issued tokens, registered in `metrics`.
+    pub token_metrics: TokenMetrics,
+}
+
+/// What the token endpoint counts.
+#[derive(Clone)]
+pub struct TokenMetrics {
+    logins: prometheus::IntCounterVec,
+    issued: prometheus::IntCounterVec,
+}
+
+/// The grants the token endpoint knows (anything else is counted as `other`).
+const GRANTS: [&str; 3] = ["password", "refresh_token", "client_credentials"];
+
+impl TokenMetrics {
+    /// Registers `accounts_logins_total{outcome}` and `accounts_tokens_issued_total{grant_type}`.
+    pub fn new(metrics: &Metrics) -> Self {
+        let logins = metrics.counter(
+            "accounts_logins_total",
+            "Password logins by outcome: success, invalid_credentials, throttled, error.",
+            &["outcome"],
+        );
+        for outcome in ["success", "invalid_credentials", "throttled", "error"] {
+            logins.with_label_values(&[outcome]);
+        }
+        let issued = metrics.counter(
+            "accounts_tokens_issued_total",
+            "Access tokens issued, by grant type.",
+            &["grant_type"],
+        );
+        for grant in GRANTS {
+            issued.with_label_values(&[grant]);
+        }
+        Self { logins, issued }
+    }
+
+    /// Counts one answer of the token endpoint to a `grant_type` request.
+    pub fn token_request(&self, grant_type: Option<&str>, result: Result<(), &str>) {
+        let grant = grant_type.filter(|g| GRANTS.contains(g));
+        if let (Some(grant), Ok(())) = (grant, result) {
+            self.issued.with_label_values(&[grant]).inc();
+        }
+        if grant == Some("password") {
+            let outcome = match result {
+                Ok(()) => "success",
+                Err("invalid_grant") => "invalid_credentials",
+                Err("temporarily_unavailable") => "throttled",
+                Err(_) => "error",
+            };
+            self.logins.with_label_values(&[outcome]).inc();
+        }
+    }
 }
 
 impl FromRef<AppState> for Arc<TokenVerifier> {

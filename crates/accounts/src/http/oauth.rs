@@ -27,6 +27,11 @@ pub struct OAuthError {
 }
 
 impl OAuthError {
+    /// The RFC 6749 `error` code (`invalid_grant`, ...).
+    pub fn code(&self) -> &'static str {
+        self.error
+    }
+
     fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
         Self {
             status,

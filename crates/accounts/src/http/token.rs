@@ -52,13 +52,19 @@ pub async fn token(
     headers: HeaderMap,
     OAuthBody(request): OAuthBody<TokenRequest>,
 ) -> Result<Response, OAuthError> {
-    let issued = match request.grant_type.as_deref() {
-        Some("password") => password_grant(&state, &headers, &request).await?,
-        Some("refresh_token") => refresh_grant(&state, &request).await?,
-        Some("client_credentials") => client_credentials_grant(&state, &headers, &request).await?,
-        Some(other) => return Err(OAuthError::unsupported_grant_type(other)),
-        None => return Err(OAuthError::invalid_request("grant_type is required")),
+    let grant_type = request.grant_type.as_deref();
+    let result = match grant_type {
+        Some("password") => password_grant(&state, &headers, &request).await,
+        Some("refresh_token") => refresh_grant(&state, &request).await,
+        Some("client_credentials") => client_credentials_grant(&state, &headers, &request).await,
+        Some(other) => Err(OAuthError::unsupported_grant_type(other)),
+        None => Err(OAuthError::invalid_request("grant_type is required")),
     };
+    state.token_metrics.token_request(
+        grant_type,
+        result.as_ref().map(drop).map_err(OAuthError::code),
+    );
+    let issued = result?;
     let mut response = axum::Json(issued).into_response();
     no_store(response.headers_mut());
     Ok(response)

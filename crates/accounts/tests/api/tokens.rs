@@ -15,6 +15,7 @@ common::both_databases!(
     malformed_token_requests_get_rfc_6749_errors,
     scopes_are_granted_within_the_role,
     revocation_and_introspection,
+    logins_and_issued_tokens_are_counted,
 );
 
 async fn error_of(response: reqwest::Response) -> (u16, String) {
@@ -460,4 +461,44 @@ async fn revocation_and_introspection(db: TestDatabase) {
     )
     .await;
     assert_eq!(status, 400);
+}
+
+async fn logins_and_issued_tokens_are_counted(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    assert_eq!(
+        app.sign_up("count@example.com", "password-123")
+            .await
+            .status(),
+        201
+    );
+    let tokens = app.login("count@example.com", "password-123").await;
+    let wrong = app
+        .token(&[
+            ("grant_type", "password"),
+            ("username", "count@example.com"),
+            ("password", "wrong-password"),
+        ])
+        .await;
+    assert_eq!(wrong.status(), 400);
+    let refreshed = app
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+        ])
+        .await;
+    assert_eq!(refreshed.status(), 200);
+    assert_eq!(app.token(&[("grant_type", "magic")]).await.status(), 400);
+
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    for series in [
+        r#"accounts_logins_total{outcome="success"} 1"#,
+        r#"accounts_logins_total{outcome="invalid_credentials"} 1"#,
+        r#"accounts_logins_total{outcome="throttled"} 0"#,
+        r#"accounts_tokens_issued_total{grant_type="password"} 1"#,
+        r#"accounts_tokens_issued_total{grant_type="refresh_token"} 1"#,
+        r#"accounts_tokens_issued_total{grant_type="client_credentials"} 0"#,
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
+    assert!(!metrics.contains("magic"), "unknown grants add no series");
 }

@@ -57,6 +57,29 @@ async fn each_sandbox_method_ends_as_documented(db: TestDatabase) {
             "{method}: transient errors retried with backoff"
         );
     }
+    // Counted just after the outcome is stored: allow the processor a moment.
+    let expected = [
+        r#"payments_processed_total{outcome="succeeded"} 2"#,
+        r#"payments_processed_total{outcome="declined"} 2"#,
+        r#"payments_processed_total{outcome="processing_error"} 0"#,
+        "payments_provider_errors_total 2",
+    ];
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = reqwest::get(app.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if expected.iter().all(|series| metrics.contains(series)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for series in expected {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
 }
 
 async fn only_pending_payments_can_be_canceled(db: TestDatabase) {
