@@ -336,3 +336,52 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
         )
     }
 }
+
+/// A TCP proxy to a server that a test can cut and restore, to take a dependency (NATS, Redis)
+/// away from the service under test without stopping the server other tests use.
+pub struct Cuttable {
+    /// Where the proxy listens: give the service this address instead of the server's.
+    pub addr: std::net::SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    links: Arc<tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Cuttable {
+    /// A proxy to `target` (`host:port`, or a URL such as `nats://host:port`).
+    pub async fn to(target: &str) -> std::io::Result<Self> {
+        let target = target
+            .split_once("://")
+            .map_or(target, |(_, rest)| rest)
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let links = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+        let (accept_up, accept_links) = (up.clone(), links.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !accept_up.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let target = target.clone();
+                accept_links.lock().await.push(tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                }));
+            }
+        });
+        Ok(Self { addr, up, links })
+    }
+
+    /// Cuts (`false`: open connections are dropped, new ones refused) or restores the link.
+    pub async fn set_up(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+        if !up {
+            for link in self.links.lock().await.drain(..) {
+                link.abort();
+            }
+        }
+    }
+}

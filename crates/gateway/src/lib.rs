@@ -160,7 +160,7 @@ impl Gateway {
             proxy,
             limiter: config
                 .rate_limit
-                .map(|settings| Arc::new(Limiter::new(settings, redis))),
+                .map(|settings| Arc::new(Limiter::new(settings, redis, &metrics))),
             verifier: Arc::new(TokenVerifier::new(
                 Arc::new(HttpJwks::new(config.jwks_url.clone())),
                 settings,

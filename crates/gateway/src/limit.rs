@@ -52,9 +52,12 @@ pub struct Limiter {
 
 impl Limiter {
     /// An in-process limiter, or a Redis-backed one when `redis` is given.
+    /// With Redis, `gateway_rate_limit_redis_up` in `metrics` tells whether limits are shared
+    /// (1) or kept in process while Redis does not answer (0).
     pub fn new(
         settings: RateLimitSettings,
         redis: Option<(redis::aio::ConnectionManager, String)>,
+        metrics: &common::metrics::Metrics,
     ) -> Self {
         let quota = Quota::per_second(settings.rps).allow_burst(settings.burst);
         let local: DefaultKeyedRateLimiter<String> = RateLimiter::keyed(quota);
@@ -65,6 +68,15 @@ impl Limiter {
                 connection,
                 prefix,
                 script: Arc::new(redis::Script::new(GCRA_LUA)),
+                down_until: std::sync::Mutex::new(None),
+                up: {
+                    let up = metrics.gauge(
+                        "gateway_rate_limit_redis_up",
+                        "1 while rate limits are kept in Redis (shared by every gateway), 0 while Redis does not answer and they are kept in process.",
+                    );
+                    up.set(1);
+                    up
+                },
             }),
         }
     }
@@ -76,12 +88,15 @@ impl Limiter {
 
     /// Counts one request of `client` and decides.
     pub async fn check(&self, client: &str) -> Decision {
-        if let Some(redis) = &self.redis {
+        if let Some(redis) = &self.redis
+            && redis.available()
+        {
             match redis.check(client, self.settings).await {
-                Ok(decision) => return decision,
-                Err(error) => {
-                    tracing::warn!(%error, "Redis rate limiter unavailable; limiting in process")
+                Ok(decision) => {
+                    redis.succeeded();
+                    return decision;
                 }
+                Err(error) => redis.failed(&error),
             }
         }
         self.check_local(client)
@@ -135,6 +150,44 @@ struct RedisGcra {
     connection: redis::aio::ConnectionManager,
     prefix: String,
     script: Arc<redis::Script>,
+    /// Set when Redis failed: until then requests are limited in process without asking it.
+    down_until: std::sync::Mutex<Option<std::time::Instant>>,
+    up: prometheus::IntGauge,
+}
+
+/// How long the gateway limits in process after Redis failed before asking it again.
+pub const REDIS_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+impl RedisGcra {
+    fn down_until(&self) -> std::sync::MutexGuard<'_, Option<std::time::Instant>> {
+        self.down_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether to ask Redis now (not within [`REDIS_RETRY_AFTER`] of a failure).
+    fn available(&self) -> bool {
+        self.down_until()
+            .is_none_or(|until| std::time::Instant::now() >= until)
+    }
+
+    fn succeeded(&self) {
+        if self.down_until().take().is_some() {
+            self.up.set(1);
+            tracing::info!("Redis rate limiter is back; limits are shared again");
+        }
+    }
+
+    fn failed(&self, error: &redis::RedisError) {
+        let was_up = self
+            .down_until()
+            .replace(std::time::Instant::now() + REDIS_RETRY_AFTER)
+            .is_none();
+        if was_up {
+            self.up.set(0);
+            tracing::warn!(%error, "Redis rate limiter unavailable; limiting in process until it is back");
+        }
+    }
 }
 
 impl RedisGcra {
@@ -174,7 +227,7 @@ pub async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionMa
     let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("GATEWAY_REDIS_URL: {e}"))?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Duration::from_secs(2))
-        .set_response_timeout(Duration::from_secs(1));
+        .set_response_timeout(Duration::from_millis(250));
     redis::aio::ConnectionManager::new_with_config(client, config)
         .await
         .map_err(|e| anyhow::anyhow!("GATEWAY_REDIS_URL {url}: {e}"))
@@ -191,6 +244,7 @@ mod tests {
                 burst: NonZeroU32::new(burst).unwrap(),
             },
             None,
+            &common::metrics::Metrics::new(),
         )
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use common::testkit::Running;
+use common::testkit::{Cuttable, Running};
 
 use crate::helpers::{
     closed_port, gateway_metrics, spawn_flaky_upstream, spawn_gateway, spawn_upstream,
@@ -130,6 +130,72 @@ async fn two_gateways_share_one_limit_through_redis() {
         [200, 200, 200, 200, 429, 429],
         "one budget for both gateways"
     );
+}
+
+#[tokio::test]
+async fn a_redis_outage_falls_back_to_limits_in_process_and_recovers() {
+    let Some(redis) = std::env::var("TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!("skipped: Redis test; set TEST_REDIS_URL=redis://127.0.0.1:6379 to run it");
+        return;
+    };
+    let proxy = Cuttable::to(&redis).await.unwrap();
+    let upstream = spawn_upstream().await;
+    let settings = [
+        ("GATEWAY_RATE_LIMIT_RPS", "1".to_owned()),
+        ("GATEWAY_RATE_LIMIT_BURST", "2".to_owned()),
+        ("GATEWAY_REDIS_URL", format!("redis://{}", proxy.addr)),
+        (
+            "GATEWAY_REDIS_PREFIX",
+            format!("test:{}:", uuid::Uuid::new_v4().simple()),
+        ),
+    ];
+    let gateway = spawn_gateway(upstream.addr, upstream.addr, &settings).await;
+    let burst = || async {
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            statuses.push(get_status(&gateway, "/accounts/x").await);
+        }
+        statuses
+    };
+    let redis_up = || async {
+        gateway_metrics(&gateway)
+            .await
+            .lines()
+            .find(|l| l.starts_with("gateway_rate_limit_redis_up "))
+            .map(str::to_owned)
+    };
+    assert_eq!(burst().await, [200, 200, 429], "limited through Redis");
+    assert_eq!(
+        redis_up().await.as_deref(),
+        Some("gateway_rate_limit_redis_up 1")
+    );
+
+    proxy.set_up(false).await;
+    assert_eq!(
+        burst().await,
+        [200, 200, 429],
+        "Redis away: still served, limited in process"
+    );
+    assert_eq!(
+        redis_up().await.as_deref(),
+        Some("gateway_rate_limit_redis_up 0")
+    );
+
+    proxy.set_up(true).await;
+    let mut recovered = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let status = get_status(&gateway, "/accounts/x").await;
+        assert!(status == 200 || status == 429, "{status}");
+        if redis_up().await.as_deref() == Some("gateway_rate_limit_redis_up 1") {
+            recovered = true;
+            break;
+        }
+    }
+    assert!(recovered, "limits are shared again once Redis answers");
 }
 
 #[tokio::test]

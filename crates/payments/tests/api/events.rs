@@ -2,15 +2,12 @@
 //! subjects), through an outage, with two relays; and the `/v1/events` feed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with, start_payments};
-use common::testkit::{TestDatabase, nats_url, readiness};
+use common::testkit::{Cuttable, TestDatabase, nats_url, readiness};
 
 common::both_databases!(
     every_state_change_is_published_once_in_order,
@@ -167,51 +164,9 @@ async fn every_state_change_is_published_once_in_order(db: TestDatabase) {
     );
 }
 
-/// A TCP proxy to NATS that can be cut, so one test can take "NATS" away from its relay
-/// without stopping the server other tests use.
-struct Cuttable {
-    addr: std::net::SocketAddr,
-    up: Arc<AtomicBool>,
-    links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-}
-
-impl Cuttable {
-    async fn to(target: &str) -> Self {
-        let target = target.trim_start_matches("nats://").to_owned();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let up = Arc::new(AtomicBool::new(true));
-        let links = Arc::new(Mutex::new(Vec::new()));
-        let (accept_up, accept_links) = (up.clone(), links.clone());
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !accept_up.load(Ordering::SeqCst) {
-                    continue; // dropped: refused
-                }
-                let target = target.clone();
-                accept_links.lock().await.push(tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                }));
-            }
-        });
-        Self { addr, up, links }
-    }
-
-    async fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::SeqCst);
-        if !up {
-            for link in self.links.lock().await.drain(..) {
-                link.abort();
-            }
-        }
-    }
-}
-
 async fn a_nats_outage_loses_nothing(db: TestDatabase) {
     let Some(nats) = nats_url() else { return };
-    let proxy = Cuttable::to(&nats).await;
+    let proxy = Cuttable::to(&nats).await.unwrap();
     let mut settings = nats_settings(&nats);
     settings[0].1 = format!("nats://{}", proxy.addr);
     let app = spawn_app_with(db, &as_refs(&settings)).await;
