@@ -274,6 +274,20 @@ pub fn nats_url() -> Option<String> {
     }
 }
 
+/// The variable naming the Redis server for tests.
+pub const TEST_REDIS_URL: &str = "TEST_REDIS_URL";
+
+/// `TEST_REDIS_URL`, or `None` (with a notice) when unset: the test is then skipped.
+pub fn redis_url() -> Option<String> {
+    match std::env::var(TEST_REDIS_URL) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("skipped: Redis test; set {TEST_REDIS_URL}=redis://127.0.0.1:6379 to run it");
+            None
+        }
+    }
+}
+
 /// Log lines captured in the production JSON format, for tests that read what a request logs.
 #[derive(Clone, Default)]
 pub struct CapturedLog(Arc<std::sync::Mutex<Vec<u8>>>);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use common::testkit::{Cuttable, Running};
+use common::testkit::{Cuttable, Running, redis_url};
 
 use crate::helpers::{
     closed_port, gateway_metrics, spawn_flaky_upstream, spawn_gateway, spawn_upstream,
@@ -92,13 +92,7 @@ async fn a_client_over_its_rate_is_refused_with_429_and_ratelimit_headers() {
 
 #[tokio::test]
 async fn two_gateways_share_one_limit_through_redis() {
-    let Some(redis) = std::env::var("TEST_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        eprintln!("skipped: Redis test; set TEST_REDIS_URL=redis://127.0.0.1:6379 to run it");
-        return;
-    };
+    let Some(redis) = redis_url() else { return };
     let upstream = spawn_upstream().await;
     let settings = [
         ("GATEWAY_RATE_LIMIT_RPS", "1".to_owned()),
@@ -134,13 +128,7 @@ async fn two_gateways_share_one_limit_through_redis() {
 
 #[tokio::test]
 async fn a_redis_outage_falls_back_to_limits_in_process_and_recovers() {
-    let Some(redis) = std::env::var("TEST_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        eprintln!("skipped: Redis test; set TEST_REDIS_URL=redis://127.0.0.1:6379 to run it");
-        return;
-    };
+    let Some(redis) = redis_url() else { return };
     let proxy = Cuttable::to(&redis).await.unwrap();
     let upstream = spawn_upstream().await;
     let settings = [
