@@ -265,10 +265,15 @@ pub const TEST_NATS_URL: &str = "TEST_NATS_URL";
 
 /// `TEST_NATS_URL`, or `None` (with a notice) when unset: the test is then skipped.
 pub fn nats_url() -> Option<String> {
-    match std::env::var(TEST_NATS_URL) {
+    server_url("NATS", TEST_NATS_URL, "nats://127.0.0.1:4222")
+}
+
+/// The value of `variable`, or `None` with a notice that the `server` test is skipped.
+fn server_url(server: &str, variable: &str, example: &str) -> Option<String> {
+    match std::env::var(variable) {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            eprintln!("skipped: NATS test; set {TEST_NATS_URL}=nats://127.0.0.1:4222 to run it");
+            eprintln!("skipped: {server} test; set {variable}={example} to run it");
             None
         }
     }
@@ -279,13 +284,7 @@ pub const TEST_REDIS_URL: &str = "TEST_REDIS_URL";
 
 /// `TEST_REDIS_URL`, or `None` (with a notice) when unset: the test is then skipped.
 pub fn redis_url() -> Option<String> {
-    match std::env::var(TEST_REDIS_URL) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!("skipped: Redis test; set {TEST_REDIS_URL}=redis://127.0.0.1:6379 to run it");
-            None
-        }
-    }
+    server_url("Redis", TEST_REDIS_URL, "redis://127.0.0.1:6379")
 }
 
 /// Log lines captured in the production JSON format, for tests that read what a request logs.
