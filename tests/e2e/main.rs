@@ -8,6 +8,8 @@ use common::testkit::{Running, TestDatabase, assert_live, readiness as get_readi
 use serde_json::Value;
 use stack::{Stack, StackConfig};
 
+mod traces;
+
 /// A running stack and the databases it owns.
 struct TestStack {
     gateway: Running,

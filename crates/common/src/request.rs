@@ -97,6 +97,20 @@ impl TraceParent {
         }
     }
 
+    /// This span as a remote parent for OpenTelemetry.
+    pub fn remote_context(&self) -> opentelemetry::Context {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+        };
+        opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from_bytes(self.trace_id.to_be_bytes()),
+            SpanId::from_bytes(self.span_id.to_be_bytes()),
+            TraceFlags::new(self.flags),
+            true,
+            TraceState::default(),
+        ))
+    }
+
     /// The trace id as 32 lowercase hex digits.
     pub fn trace_id_hex(&self) -> String {
         format!("{:032x}", self.trace_id)
@@ -110,6 +124,31 @@ impl TraceParent {
         );
         HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
+}
+
+/// Starts `span` as an exported OpenTelemetry span, child of `parent` (a caller's
+/// `traceparent`) if given, and returns its ids; `None` when spans are not exported.
+pub fn exported_trace(span: &tracing::Span, parent: Option<TraceParent>) -> Option<TraceParent> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if let Some(parent) = parent {
+        // Fails only when export is off (no layer) or the span is filtered out.
+        let _ = span.set_parent(parent.remote_context());
+    }
+    let context = span.context();
+    let exported = context.span().span_context().clone();
+    exported.is_valid().then(|| TraceParent {
+        trace_id: u128::from_be_bytes(exported.trace_id().to_bytes()),
+        span_id: u64::from_be_bytes(exported.span_id().to_bytes()),
+        flags: exported.trace_flags().to_u8(),
+    })
+}
+
+/// Renames `span`'s exported OpenTelemetry span (a no-op when spans are not exported).
+pub fn rename_exported(span: &tracing::Span, name: String) {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    span.context().span().update_name(name);
 }
 
 /// What the request-context middleware learned, available to handlers as an extension.
@@ -140,13 +179,37 @@ pub async fn request_context(
         .filter(|v| is_sane_request_id(v))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let trace = request
+    let incoming = request
         .headers()
         .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
-        .map(|parent| parent.child())
-        .unwrap_or_else(TraceParent::new_root);
+        .and_then(TraceParent::parse);
+    let method = request.method().as_str().to_owned();
+    // `otel.*`: the exported span's kind and, on a 5xx, its error status. Its name becomes
+    // `{method} {route}` once the route is known.
+    let span = tracing::info_span!(
+        "http_request",
+        otel.kind = "server",
+        otel.status_code = Empty,
+        service,
+        request_id = %request_id,
+        trace_id = Empty,
+        span_id = Empty,
+        http.request.method = %request.method(),
+        url.path = %request.uri().path(),
+        http.route = Empty,
+        http.response.status_code = Empty,
+        enduser.id = Empty,
+    );
+    // With trace export on, the exported span's ids are the ones logged and forwarded;
+    // without it, this hop's span gets ids of its own in the caller's trace (or a new one).
+    let trace = exported_trace(&span, incoming).unwrap_or_else(|| {
+        incoming
+            .map(|parent| parent.child())
+            .unwrap_or_else(TraceParent::new_root)
+    });
+    span.record("trace_id", trace.trace_id_hex());
+    span.record("span_id", format!("{:016x}", trace.span_id));
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         request.headers_mut().insert(X_REQUEST_ID, value);
     }
@@ -155,19 +218,6 @@ pub async fn request_context(
         trace,
     });
 
-    let method = request.method().as_str().to_owned();
-    let span = tracing::info_span!(
-        "http_request",
-        service,
-        request_id = %request_id,
-        trace_id = %trace.trace_id_hex(),
-        span_id = %format!("{:016x}", trace.span_id),
-        http.request.method = %request.method(),
-        url.path = %request.uri().path(),
-        http.route = Empty,
-        http.response.status_code = Empty,
-        enduser.id = Empty,
-    );
     let response = REQUEST_ID
         .scope(request_id.clone(), async move {
             let response = next.run(request).await;
@@ -178,12 +228,23 @@ pub async fn request_context(
 
     let status = response.status().as_u16();
     span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "error");
+    }
     let elapsed = started.elapsed().as_secs_f64();
     let route = response
         .extensions()
         .get::<RouteLabel>()
         .map_or(UNMATCHED_ROUTE, |r| r.0.as_str());
     metrics.observe_http(&method, route, status, elapsed);
+    rename_exported(
+        &span,
+        if route == UNMATCHED_ROUTE {
+            method.clone()
+        } else {
+            format!("{method} {route}")
+        },
+    );
     let latency_ms = elapsed * 1000.0;
     span.in_scope(|| {
         if status >= 500 {

@@ -226,7 +226,7 @@ where
             return ExitCode::from(2);
         }
     };
-    let log_guard = match telemetry::init(&log) {
+    let log_guard = match telemetry::init(&log, service) {
         Ok(guard) => guard,
         Err(error) => {
             eprintln!("{service}: {error}");

@@ -21,13 +21,119 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Logging configuration: `LOG_FORMAT` and `RUST_LOG`.
+/// Logging configuration: `LOG_FORMAT` and `RUST_LOG`, and trace export (`OTEL_*`).
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     /// Line format.
     pub format: LogFormat,
     /// An `EnvFilter` directive, `info` by default.
     pub filter: String,
+    /// Where spans are exported, if anywhere.
+    pub traces: Option<TraceExport>,
+}
+
+/// OTLP trace export, configured by the standard OpenTelemetry variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceExport {
+    /// The OTLP/HTTP traces URL: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces`.
+    pub endpoint: String,
+    /// `OTEL_SERVICE_NAME`, else the service's own name.
+    pub service_name: Option<String>,
+}
+
+impl TraceExport {
+    /// Reads the `OTEL_*` variables: export is on when an endpoint is set, unless
+    /// `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`. Only `http/protobuf` is spoken.
+    pub fn from_env(env: &Env) -> Result<Option<Self>, ConfigError> {
+        if env.flag_or("OTEL_SDK_DISABLED", false)?
+            || env
+                .get("OTEL_TRACES_EXPORTER")
+                .is_some_and(|e| e.eq_ignore_ascii_case("none"))
+        {
+            return Ok(None);
+        }
+        for variable in [
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ] {
+            if let Some(protocol) = env.get(variable)
+                && protocol != "http/protobuf"
+            {
+                return Err(ConfigError::new(
+                    variable,
+                    format!(
+                        "{protocol:?} is not supported; use http/protobuf (the collector's port 4318)"
+                    ),
+                ));
+            }
+        }
+        let endpoint = match (
+            env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            env.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ) {
+            (Some(traces), _) => ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces.to_owned()),
+            (None, Some(base)) => (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("{}/v1/traces", base.trim_end_matches('/')),
+            ),
+            (None, None) => return Ok(None),
+        };
+        let (variable, endpoint) = endpoint;
+        match url::Url::parse(&endpoint) {
+            Ok(url) if url.scheme() == "http" || url.scheme() == "https" => {}
+            _ => {
+                return Err(ConfigError::new(
+                    variable,
+                    format!("expected an http:// URL, got {endpoint:?}"),
+                ));
+            }
+        }
+        Ok(Some(Self {
+            endpoint,
+            service_name: env.get("OTEL_SERVICE_NAME").map(str::to_owned),
+        }))
+    }
+
+    /// A tracer provider exporting in batches to the endpoint. Build it outside any async
+    /// runtime (its HTTP client runs on a thread of its own).
+    pub fn provider(
+        &self,
+        service: &str,
+    ) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, ConfigError> {
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(self.endpoint.clone())
+            .build()
+            .map_err(|e| ConfigError::new("OTEL_EXPORTER_OTLP_ENDPOINT", e.to_string()))?;
+        let name = self
+            .service_name
+            .clone()
+            .unwrap_or_else(|| service.to_owned());
+        Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name(name)
+                    .build(),
+            )
+            .build())
+    }
+}
+
+/// The `tracing` layer that turns spans into OpenTelemetry spans for `provider`.
+pub fn otel_layer<S>(
+    provider: &opentelemetry_sdk::trace::SdkTracerProvider,
+    service: &'static str,
+) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use opentelemetry::trace::TracerProvider as _;
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(service))
+        .with_tracked_inactivity(false)
 }
 
 impl LogConfig {
@@ -49,13 +155,20 @@ impl LogConfig {
         };
         let filter = env.string_or("RUST_LOG", "info");
         EnvFilter::try_new(&filter).map_err(|e| ConfigError::new("RUST_LOG", e.to_string()))?;
-        Ok(Self { format, filter })
+        Ok(Self {
+            format,
+            filter,
+            traces: TraceExport::from_env(env)?,
+        })
     }
 }
 
 /// Writes out what is still buffered when dropped: hold it until the process is about to exit.
 #[must_use = "dropping the guard flushes the log; hold it until exit"]
-pub struct LogGuard(Buffer);
+pub struct LogGuard {
+    buffer: Buffer,
+    traces: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
 
 type Buffer = Arc<Mutex<BufWriter<Stdout>>>;
 
@@ -95,7 +208,12 @@ impl Write for Line<'_> {
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
-        flush(&self.0);
+        if let Some(provider) = self.traces.take()
+            && let Err(error) = provider.shutdown()
+        {
+            tracing::warn!(%error, "not every span could be exported");
+        }
+        flush(&self.buffer);
     }
 }
 
@@ -108,7 +226,7 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// stdout, which goes out when it is full, every [`FLUSH_INTERVAL`], and when the [`LogGuard`]
 /// is dropped (as nginx's `access_log ... buffer=64k flush=...`): under load thousands of
 /// lines leave in one `write` instead of one each.
-pub fn init(config: &LogConfig) -> Result<LogGuard, ConfigError> {
+pub fn init(config: &LogConfig, service: &'static str) -> Result<LogGuard, ConfigError> {
     let filter = EnvFilter::try_new(&config.filter)
         .map_err(|e| ConfigError::new("RUST_LOG", e.to_string()))?;
     let buffer = Arc::new(Mutex::new(BufWriter::with_capacity(
@@ -127,7 +245,16 @@ pub fn init(config: &LogConfig) -> Result<LogGuard, ConfigError> {
         })
         .map_err(|e| ConfigError::new("RUST_LOG", format!("cannot start the log flusher: {e}")))?;
     let writer = BufferedStdout(buffer.clone());
-    let registry = tracing_subscriber::registry().with(filter);
+    let traces = config
+        .traces
+        .as_ref()
+        .map(|export| export.provider(service))
+        .transpose()?;
+    let registry = tracing_subscriber::registry().with(filter).with(
+        traces
+            .as_ref()
+            .map(|provider| otel_layer(provider, service)),
+    );
     let result = match config.format {
         LogFormat::Json => registry.with(json_layer(writer)).try_init(),
         LogFormat::Pretty => registry
@@ -136,7 +263,7 @@ pub fn init(config: &LogConfig) -> Result<LogGuard, ConfigError> {
     };
     // An already-installed subscriber (tests, the all-in-one runner) is fine.
     drop(result);
-    Ok(LogGuard(buffer))
+    Ok(LogGuard { buffer, traces })
 }
 
 /// The JSON line format: `timestamp`, `level`, `target`, `message`, the event's fields and
@@ -162,4 +289,68 @@ fn flush(buffer: &Mutex<BufWriter<Stdout>>) {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     // Nowhere to report a failing stdout; the next flush tries again.
     let _ = buffer.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn export(pairs: &[(&str, &str)]) -> Result<Option<TraceExport>, ConfigError> {
+        TraceExport::from_env(&Env::from_pairs(pairs.iter().copied()))
+    }
+
+    #[test]
+    fn trace_export_follows_the_standard_variables() {
+        assert_eq!(export(&[]).unwrap(), None, "off without an endpoint");
+        let base = export(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(base.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(base.service_name, None);
+        let traces = export(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://tempo:4318/otlp/v1/traces",
+            ),
+            ("OTEL_SERVICE_NAME", "payments-eu"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(traces.endpoint, "http://tempo:4318/otlp/v1/traces");
+        assert_eq!(traces.service_name.as_deref(), Some("payments-eu"));
+        for off in [
+            ("OTEL_SDK_DISABLED", "true"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+        ] {
+            assert_eq!(
+                export(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), off]).unwrap(),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn unsupported_trace_export_settings_name_their_variable() {
+        for (pairs, variable) in [
+            (
+                vec![
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ],
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ),
+            (
+                vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")],
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ),
+            (
+                vec![("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "not a url")],
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            ),
+        ] {
+            assert_eq!(export(&pairs).unwrap_err().variable, variable);
+        }
+    }
 }

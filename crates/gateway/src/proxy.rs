@@ -13,13 +13,15 @@ use bytes::Bytes;
 use common::Problem;
 use common::metrics::Metrics;
 use common::metrics::RouteLabel;
-use common::request::{PassThrough, RequestContext, TRACEPARENT};
+use common::request::{PassThrough, RequestContext, TRACEPARENT, TraceParent};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::breaker::{Breaker, BreakerSettings};
 use crate::config::GatewayConfig;
@@ -232,18 +234,43 @@ impl Proxy {
             *request.method(),
             Method::GET | Method::HEAD | Method::OPTIONS
         ) || request.headers().contains_key("idempotency-key");
-        let (head, body) = self.outgoing_request(request, uri, target.prefix);
-        let response = if retryable {
-            // Retrying needs the body again: these requests are small (safe methods have none).
-            match axum::body::to_bytes(body, self.max_body_bytes).await {
-                Ok(bytes) => self.send_with_retries(upstream, &head, bytes).await,
-                Err(_) => {
-                    return Problem::from_status(StatusCode::PAYLOAD_TOO_LARGE).into_response();
+        // The client span of the call upstream: the upstream's server span is its child.
+        let span = tracing::info_span!(
+            "upstream_request",
+            otel.name = %request.method(),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            upstream = %upstream.name,
+            http.request.method = %request.method(),
+            server.address = uri.host().unwrap_or_default(),
+            server.port = uri.port_u16(),
+            http.response.status_code = Empty,
+        );
+        let trace = common::request::exported_trace(&span, None);
+        let (head, body) = self.outgoing_request(request, uri, target.prefix, trace);
+        let response = async {
+            if retryable {
+                // Retrying needs the body again: these requests are small (safe methods have none).
+                match axum::body::to_bytes(body, self.max_body_bytes).await {
+                    Ok(bytes) => self.send_with_retries(upstream, &head, bytes).await,
+                    Err(_) => {
+                        Err(Problem::from_status(StatusCode::PAYLOAD_TOO_LARGE).into_response())
+                    }
                 }
+            } else {
+                self.send(upstream, head.request(Body::new(body))).await
             }
-        } else {
-            self.send(upstream, head.request(Body::new(body))).await
+        }
+        .instrument(span.clone())
+        .await;
+        let status = match &response {
+            Ok(response) => response.status(),
+            Err(failure) => failure.status(),
         };
+        span.record("http.response.status_code", status.as_u16());
+        if status.is_server_error() {
+            span.record("otel.status_code", "error");
+        }
         match response {
             Ok(response) => self.pass_through(upstream, response, target.prefix),
             Err(failure) => failure,
@@ -344,15 +371,25 @@ impl Proxy {
         Response::from_parts(parts, Body::new(body))
     }
 
-    fn outgoing_request(&self, request: Request, uri: Uri, prefix: Option<&str>) -> (Head, Body) {
+    /// The request to send upstream; `trace` is the exported client span, if spans are
+    /// exported (else the gateway's own span is the upstream's parent).
+    fn outgoing_request(
+        &self,
+        request: Request,
+        uri: Uri,
+        prefix: Option<&str>,
+        trace: Option<TraceParent>,
+    ) -> (Head, Body) {
         let peer = request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| addr.ip());
-        let trace = request
-            .extensions()
-            .get::<RequestContext>()
-            .map(|ctx| ctx.trace);
+        let trace = trace.or_else(|| {
+            request
+                .extensions()
+                .get::<RequestContext>()
+                .map(|ctx| ctx.trace)
+        });
         let (mut parts, body) = request.into_parts();
         let original_host = parts.headers.get(header::HOST).cloned();
         strip_hop_by_hop(&mut parts.headers);

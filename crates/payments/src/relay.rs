@@ -48,6 +48,16 @@ pub struct JetStreamPublisher {
 
 #[async_trait::async_trait]
 impl EventPublisher for JetStreamPublisher {
+    #[tracing::instrument(
+        name = "publish",
+        skip_all,
+        fields(
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.destination.name = %format!("{}.*", self.subject_prefix),
+            messaging.batch.message_count = events.len(),
+        )
+    )]
     async fn publish(&self, events: &[OutboxEvent]) -> Vec<String> {
         // Send the whole batch, then collect the acknowledgements (they come back in order).
         let mut pending = Vec::with_capacity(events.len());

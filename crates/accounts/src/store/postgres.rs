@@ -21,4 +21,4 @@ impl PgStore {
     }
 }
 
-impl_accounts_store!(PgStore, Postgres);
+impl_accounts_store!(PgStore, Postgres, "postgresql");

@@ -3,13 +3,14 @@
 //! `pool` field is a pool of either backend.
 
 macro_rules! impl_accounts_store {
-    ($store:ty, $variant:ident) => {
+    ($store:ty, $variant:ident, $system:literal) => {
         #[async_trait::async_trait]
         impl $crate::store::AccountsStore for $store {
             fn database(&self) -> common::db::Pool {
                 common::db::Pool::$variant(self.pool.clone())
             }
 
+            #[tracing::instrument(name = "db published_keys", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "published_keys"))]
             async fn published_keys(
                 &self,
                 now: chrono::DateTime<chrono::Utc>,
@@ -22,6 +23,7 @@ macro_rules! impl_accounts_store {
                     .collect())
             }
 
+            #[tracing::instrument(name = "db live_signing_keys", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "live_signing_keys"))]
             async fn live_signing_keys(
                 &self,
                 now: chrono::DateTime<chrono::Utc>,
@@ -36,6 +38,7 @@ macro_rules! impl_accounts_store {
                 .await?)
             }
 
+            #[tracing::instrument(name = "db rotate_signing_key", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "rotate_signing_key"))]
             async fn rotate_signing_key(
                 &self,
                 key: &$crate::store::SigningKeyRecord,
@@ -69,6 +72,7 @@ macro_rules! impl_accounts_store {
                 Ok(())
             }
 
+            #[tracing::instrument(name = "db insert_user", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "insert_user"))]
             async fn insert_user(
                 &self,
                 user: &$crate::store::UserRecord,
@@ -91,6 +95,7 @@ macro_rules! impl_accounts_store {
                 Ok(())
             }
 
+            #[tracing::instrument(name = "db user_by_email", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "user_by_email"))]
             async fn user_by_email(
                 &self,
                 email_normalized: &str,
@@ -101,6 +106,7 @@ macro_rules! impl_accounts_store {
                     .await?)
             }
 
+            #[tracing::instrument(name = "db user_by_id", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "user_by_id"))]
             async fn user_by_id(
                 &self,
                 id: &str,
@@ -111,6 +117,7 @@ macro_rules! impl_accounts_store {
                     .await?)
             }
 
+            #[tracing::instrument(name = "db set_password_hash", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "set_password_hash"))]
             async fn set_password_hash(
                 &self,
                 id: &str,
@@ -126,6 +133,7 @@ macro_rules! impl_accounts_store {
                 Ok(())
             }
 
+            #[tracing::instrument(name = "db any_admin", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "any_admin"))]
             async fn any_admin(&self) -> Result<bool, common::db::StoreError> {
                 let row: Option<(String,)> =
                     sqlx::query_as("SELECT id FROM users WHERE role = 'admin' LIMIT 1")
@@ -134,6 +142,7 @@ macro_rules! impl_accounts_store {
                 Ok(row.is_some())
             }
 
+            #[tracing::instrument(name = "db insert_client", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "insert_client"))]
             async fn insert_client(
                 &self,
                 client: &$crate::store::ClientRecord,
@@ -153,6 +162,7 @@ macro_rules! impl_accounts_store {
                 Ok(())
             }
 
+            #[tracing::instrument(name = "db client_by_id", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "client_by_id"))]
             async fn client_by_id(
                 &self,
                 client_id: &str,
@@ -163,6 +173,7 @@ macro_rules! impl_accounts_store {
                     .await?)
             }
 
+            #[tracing::instrument(name = "db insert_refresh_token", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "insert_refresh_token"))]
             async fn insert_refresh_token(
                 &self,
                 token: &$crate::store::RefreshTokenRecord,
@@ -184,6 +195,7 @@ macro_rules! impl_accounts_store {
                 Ok(())
             }
 
+            #[tracing::instrument(name = "db refresh_token_by_hash", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "refresh_token_by_hash"))]
             async fn refresh_token_by_hash(
                 &self,
                 hash: &str,
@@ -194,6 +206,7 @@ macro_rules! impl_accounts_store {
                     .await?)
             }
 
+            #[tracing::instrument(name = "db mark_refresh_token_used", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "mark_refresh_token_used"))]
             async fn mark_refresh_token_used(
                 &self,
                 id: &str,
@@ -210,6 +223,7 @@ macro_rules! impl_accounts_store {
                 Ok(result.rows_affected() == 1)
             }
 
+            #[tracing::instrument(name = "db revoke_refresh_family", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "revoke_refresh_family"))]
             async fn revoke_refresh_family(
                 &self,
                 family_id: &str,
@@ -226,6 +240,7 @@ macro_rules! impl_accounts_store {
                 Ok(())
             }
 
+            #[tracing::instrument(name = "db throttle", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "throttle"))]
             async fn throttle(
                 &self,
                 key: &str,
@@ -236,6 +251,7 @@ macro_rules! impl_accounts_store {
                     .await?)
             }
 
+            #[tracing::instrument(name = "db set_throttle", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "set_throttle"))]
             async fn set_throttle(
                 &self,
                 key: &str,
@@ -257,6 +273,7 @@ macro_rules! impl_accounts_store {
                 Ok(())
             }
 
+            #[tracing::instrument(name = "db clear_throttle", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "clear_throttle"))]
             async fn clear_throttle(&self, key: &str) -> Result<(), common::db::StoreError> {
                 sqlx::query("DELETE FROM login_throttle WHERE key = $1")
                     .bind(key)
@@ -265,6 +282,7 @@ macro_rules! impl_accounts_store {
                 Ok(())
             }
 
+            #[tracing::instrument(name = "db revoke_access_token", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "revoke_access_token"))]
             async fn revoke_access_token(
                 &self,
                 jti: &str,
@@ -281,6 +299,7 @@ macro_rules! impl_accounts_store {
                 Ok(())
             }
 
+            #[tracing::instrument(name = "db access_token_revoked", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "access_token_revoked"))]
             async fn access_token_revoked(&self, jti: &str) -> Result<bool, common::db::StoreError> {
                 let row: Option<(String,)> =
                     sqlx::query_as("SELECT jti FROM revoked_access_tokens WHERE jti = $1")

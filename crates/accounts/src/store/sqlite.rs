@@ -23,4 +23,4 @@ impl SqliteStore {
     }
 }
 
-impl_accounts_store!(SqliteStore, Sqlite);
+impl_accounts_store!(SqliteStore, Sqlite, "sqlite");

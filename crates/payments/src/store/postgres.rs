@@ -29,6 +29,7 @@ impl super::sql::Backend for PgStore {
 impl_payments_store!(
     PgStore,
     Postgres,
+    "postgresql",
     "UPDATE payments SET status = 'processing', lease_until = $2, updated_at = $1 WHERE id = ( \
        SELECT id FROM payments WHERE status = 'pending' ORDER BY created_at LIMIT 1 \
        FOR UPDATE SKIP LOCKED) \

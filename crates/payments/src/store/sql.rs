@@ -4,7 +4,7 @@
 //! `claim_next` is the backend's own statement for taking pending work.
 
 macro_rules! impl_payments_store {
-    ($store:ty, $variant:ident, $claim_pending:expr, $outbox_lock:literal, $hold_lock_while_publishing:literal) => {
+    ($store:ty, $variant:ident, $system:literal, $claim_pending:expr, $outbox_lock:literal, $hold_lock_while_publishing:literal) => {
         impl $store {
             async fn insert_event<'c, E>(executor: E, event: &$crate::domain::events::Event, payment: &$crate::domain::payment::Payment) -> Result<(), sqlx::Error>
             where
@@ -32,6 +32,7 @@ macro_rules! impl_payments_store {
                 common::db::Pool::$variant(self.pool.clone())
             }
 
+            #[tracing::instrument(name = "db claim_idempotency_key", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "claim_idempotency_key"))]
             async fn claim_idempotency_key(
                 &self,
                 principal: &str,
@@ -104,6 +105,7 @@ macro_rules! impl_payments_store {
                 }
             }
 
+            #[tracing::instrument(name = "db release_idempotency_key", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "release_idempotency_key"))]
             async fn release_idempotency_key(&self, principal: &str, key: &str) -> Result<(), common::db::StoreError> {
                 sqlx::query("DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND response_status IS NULL")
                     .bind(principal)
@@ -113,6 +115,7 @@ macro_rules! impl_payments_store {
                 Ok(())
             }
 
+            #[tracing::instrument(name = "db purge_idempotency_keys", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "purge_idempotency_keys"))]
             async fn purge_idempotency_keys(&self, now: chrono::DateTime<chrono::Utc>) -> Result<u64, common::db::StoreError> {
                 let result = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1")
                     .bind(now)
@@ -121,6 +124,7 @@ macro_rules! impl_payments_store {
                 Ok(result.rows_affected())
             }
 
+            #[tracing::instrument(name = "db create_payment", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "create_payment"))]
             async fn create_payment(
                 &self,
                 payment: &$crate::domain::payment::Payment,
@@ -160,6 +164,7 @@ macro_rules! impl_payments_store {
                 Ok(())
             }
 
+            #[tracing::instrument(name = "db payment", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "payment"))]
             async fn payment(&self, id: &str) -> Result<Option<$crate::domain::payment::Payment>, common::db::StoreError> {
                 Ok(sqlx::query_as("SELECT * FROM payments WHERE id = $1")
                     .bind(id)
@@ -167,6 +172,7 @@ macro_rules! impl_payments_store {
                     .await?)
             }
 
+            #[tracing::instrument(name = "db list_payments", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "list_payments"))]
             async fn list_payments(
                 &self,
                 owner: Option<&str>,
@@ -190,6 +196,7 @@ macro_rules! impl_payments_store {
                 .await?)
             }
 
+            #[tracing::instrument(name = "db cancel_payment", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "cancel_payment"))]
             async fn cancel_payment(
                 &self,
                 id: &str,
@@ -212,6 +219,7 @@ macro_rules! impl_payments_store {
                 Ok(canceled)
             }
 
+            #[tracing::instrument(name = "db claim_next_payment", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "claim_next_payment"))]
             async fn claim_next_payment(
                 &self,
                 now: chrono::DateTime<chrono::Utc>,
@@ -244,6 +252,7 @@ macro_rules! impl_payments_store {
                 Ok(expired)
             }
 
+            #[tracing::instrument(name = "db finish_payment", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "finish_payment"))]
             async fn finish_payment(
                 &self,
                 id: &str,
@@ -272,6 +281,7 @@ macro_rules! impl_payments_store {
                 Ok(finished)
             }
 
+            #[tracing::instrument(name = "db retry_payment_later", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "retry_payment_later"))]
             async fn retry_payment_later(
                 &self,
                 id: &str,
@@ -292,6 +302,7 @@ macro_rules! impl_payments_store {
                 Ok(())
             }
 
+            #[tracing::instrument(name = "db payment_events", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "payment_events"))]
             async fn payment_events(&self, payment_id: &str) -> Result<Vec<serde_json::Value>, common::db::StoreError> {
                 let rows: Vec<(sqlx::types::Json<serde_json::Value>,)> =
                     sqlx::query_as("SELECT event FROM payment_events WHERE payment_id = $1 ORDER BY seq")
@@ -301,6 +312,7 @@ macro_rules! impl_payments_store {
                 Ok(rows.into_iter().map(|(event,)| event.0).collect())
             }
 
+            #[tracing::instrument(name = "db relay_batch", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "relay_batch"))]
             async fn relay_batch(
                 &self,
                 limit: i64,
@@ -344,6 +356,7 @@ macro_rules! impl_payments_store {
                 Ok($crate::store::RelayOutcome { sent: acked.len(), failed: batch.len() - acked.len() })
             }
 
+            #[tracing::instrument(name = "db prune_published_events", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "prune_published_events"))]
             async fn prune_published_events(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, common::db::StoreError> {
                 let result = sqlx::query("DELETE FROM payment_events WHERE published_at < $1")
                     .bind(before)
@@ -352,6 +365,7 @@ macro_rules! impl_payments_store {
                 Ok(result.rows_affected())
             }
 
+            #[tracing::instrument(name = "db outbox_backlog", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "outbox_backlog"))]
             async fn outbox_backlog(&self) -> Result<i64, common::db::StoreError> {
                 let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM payment_events WHERE published_at IS NULL")
                     .fetch_one(&self.pool)
@@ -359,6 +373,7 @@ macro_rules! impl_payments_store {
                 Ok(count)
             }
 
+            #[tracing::instrument(name = "db events_page", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "events_page"))]
             async fn events_page(
                 &self,
                 owner: Option<&str>,
@@ -377,6 +392,7 @@ macro_rules! impl_payments_store {
                 Ok(rows.into_iter().map(|(seq, event)| (seq, event.0)).collect())
             }
 
+            #[tracing::instrument(name = "db count_payments", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "count_payments"))]
             async fn count_payments(&self) -> Result<i64, common::db::StoreError> {
                 let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM payments")
                     .fetch_one(&self.pool)

@@ -31,6 +31,7 @@ impl super::sql::Backend for SqliteStore {
 impl_payments_store!(
     SqliteStore,
     Sqlite,
+    "sqlite",
     "UPDATE payments SET status = 'processing', lease_until = $2, updated_at = $1 WHERE id = ( \
        SELECT id FROM payments WHERE status = 'pending' ORDER BY created_at LIMIT 1) \
      AND status = 'pending' RETURNING *",
