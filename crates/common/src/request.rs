@@ -131,6 +131,9 @@ impl TraceParent {
 pub fn exported_trace(span: &tracing::Span, parent: Option<TraceParent>) -> Option<TraceParent> {
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if !crate::telemetry::exporting() {
+        return None;
+    }
     if let Some(parent) = parent {
         // Fails only when export is off (no layer) or the span is filtered out.
         let _ = span.set_parent(parent.remote_context());
@@ -145,10 +148,12 @@ pub fn exported_trace(span: &tracing::Span, parent: Option<TraceParent>) -> Opti
 }
 
 /// Renames `span`'s exported OpenTelemetry span (a no-op when spans are not exported).
-pub fn rename_exported(span: &tracing::Span, name: String) {
+pub fn rename_exported(span: &tracing::Span, name: impl FnOnce() -> String) {
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    span.context().span().update_name(name);
+    if crate::telemetry::exporting() {
+        span.context().span().update_name(name());
+    }
 }
 
 /// What the request-context middleware learned, available to handlers as an extension.
@@ -237,14 +242,13 @@ pub async fn request_context(
         .get::<RouteLabel>()
         .map_or(UNMATCHED_ROUTE, |r| r.0.as_str());
     metrics.observe_http(&method, route, status, elapsed);
-    rename_exported(
-        &span,
+    rename_exported(&span, || {
         if route == UNMATCHED_ROUTE {
             method.clone()
         } else {
             format!("{method} {route}")
-        },
-    );
+        }
+    });
     let latency_ms = elapsed * 1000.0;
     span.in_scope(|| {
         if status >= 500 {

@@ -122,6 +122,14 @@ impl TraceExport {
     }
 }
 
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether spans are exported (an [`otel_layer`] was made): without export, request handling
+/// skips the work that only exported spans need.
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The `tracing` layer that turns spans into OpenTelemetry spans for `provider`.
 pub fn otel_layer<S>(
     provider: &opentelemetry_sdk::trace::SdkTracerProvider,
@@ -131,6 +139,7 @@ where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
     use opentelemetry::trace::TracerProvider as _;
+    EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(service))
         .with_tracked_inactivity(false)

@@ -234,8 +234,12 @@ impl Proxy {
             *request.method(),
             Method::GET | Method::HEAD | Method::OPTIONS
         ) || request.headers().contains_key("idempotency-key");
-        // The client span of the call upstream: the upstream's server span is its child.
-        let span = tracing::info_span!(
+        // The client span of the call upstream (when spans are exported): the upstream's
+        // server span is its child.
+        let span = if !common::telemetry::exporting() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
             "upstream_request",
             otel.name = %request.method(),
             otel.kind = "client",
@@ -245,7 +249,8 @@ impl Proxy {
             server.address = uri.host().unwrap_or_default(),
             server.port = uri.port_u16(),
             http.response.status_code = Empty,
-        );
+            )
+        };
         let trace = common::request::exported_trace(&span, None);
         let (head, body) = self.outgoing_request(request, uri, target.prefix, trace);
         let response = async {
