@@ -147,6 +147,13 @@ pub fn exported_trace(span: &tracing::Span, parent: Option<TraceParent>) -> Opti
     })
 }
 
+/// This hop's span in the caller's trace, or a new trace.
+fn own_trace(incoming: Option<TraceParent>) -> TraceParent {
+    incoming
+        .map(|parent| parent.child())
+        .unwrap_or_else(TraceParent::new_root)
+}
+
 /// Renames `span`'s exported OpenTelemetry span (a no-op when spans are not exported).
 pub fn rename_exported(span: &tracing::Span, name: impl FnOnce() -> String) {
     use opentelemetry::trace::TraceContextExt;
@@ -192,29 +199,41 @@ pub async fn request_context(
     let method = request.method().as_str().to_owned();
     // `otel.*`: the exported span's kind and, on a 5xx, its error status. Its name becomes
     // `{method} {route}` once the route is known.
-    let span = tracing::info_span!(
-        "http_request",
-        otel.kind = "server",
-        otel.status_code = Empty,
-        service,
-        request_id = %request_id,
-        trace_id = Empty,
-        span_id = Empty,
-        http.request.method = %request.method(),
-        url.path = %request.uri().path(),
-        http.route = Empty,
-        http.response.status_code = Empty,
-        enduser.id = Empty,
-    );
+    macro_rules! request_span {
+        ($trace_id:expr, $span_id:expr) => {
+            tracing::info_span!(
+                "http_request",
+                otel.kind = "server",
+                otel.status_code = Empty,
+                service,
+                request_id = %request_id,
+                trace_id = $trace_id,
+                span_id = $span_id,
+                http.request.method = %request.method(),
+                url.path = %request.uri().path(),
+                http.route = Empty,
+                http.response.status_code = Empty,
+                enduser.id = Empty,
+            )
+        };
+    }
     // With trace export on, the exported span's ids are the ones logged and forwarded;
-    // without it, this hop's span gets ids of its own in the caller's trace (or a new one).
-    let trace = exported_trace(&span, incoming).unwrap_or_else(|| {
-        incoming
-            .map(|parent| parent.child())
-            .unwrap_or_else(TraceParent::new_root)
-    });
-    span.record("trace_id", trace.trace_id_hex());
-    span.record("span_id", format!("{:016x}", trace.span_id));
+    // without it, this hop's span gets ids of its own in the caller's trace (or a new one),
+    // set when the span is made (recording them later costs a little on every request).
+    let (span, trace) = if crate::telemetry::exporting() {
+        let span = request_span!(Empty, Empty);
+        let trace = exported_trace(&span, incoming).unwrap_or_else(|| own_trace(incoming));
+        span.record("trace_id", trace.trace_id_hex());
+        span.record("span_id", format!("{:016x}", trace.span_id));
+        (span, trace)
+    } else {
+        let trace = own_trace(incoming);
+        let span = request_span!(
+            tracing::field::display(trace.trace_id_hex()),
+            tracing::field::display(format_args!("{:016x}", trace.span_id))
+        );
+        (span, trace)
+    };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         request.headers_mut().insert(X_REQUEST_ID, value);
     }
