@@ -3,64 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed test should panic
 
-use common::config::Env;
-use common::testkit::{Running, TestDatabase, assert_live, readiness as get_readiness};
+use common::testkit::{TestDatabase, assert_live, readiness as get_readiness};
 use serde_json::Value;
-use stack::{Stack, StackConfig};
 
-mod traces;
-
-/// A running stack and the databases it owns.
-struct TestStack {
-    gateway: Running,
-    data_dir: tempfile::TempDir,
-    _databases: Vec<TestDatabase>,
-}
-
-impl TestStack {
-    fn url(&self, path: &str) -> String {
-        self.gateway.url(path)
-    }
-}
-
-/// Starts the stack. SQLite: nothing but `DATA_DIR` is set, as on a new laptop. PostgreSQL:
-/// accounts and payments each get their own database.
-async fn spawn_stack(db: TestDatabase) -> TestStack {
-    spawn_stack_with(db, &[]).await
-}
-
-async fn spawn_stack_with(db: TestDatabase, extra: &[(&str, &str)]) -> TestStack {
-    let data_dir = tempfile::tempdir().unwrap();
-    let mut env = Env::from_pairs([
-        ("GATEWAY_ADDR", "127.0.0.1:0".to_owned()),
-        ("ACCOUNTS_ADDR", "127.0.0.1:0".to_owned()),
-        ("PAYMENTS_ADDR", "127.0.0.1:0".to_owned()),
-        ("DATA_DIR", data_dir.path().display().to_string()),
-    ]);
-    for (name, value) in extra {
-        env = env.with(*name, *value);
-    }
-    let mut databases = Vec::new();
-    if db.is_postgres() {
-        let payments_db = TestDatabase::postgres()
-            .await
-            .expect("PostgreSQL is configured");
-        env = env
-            .with("ACCOUNTS_DATABASE_URL", db.url_string())
-            .with("PAYMENTS_DATABASE_URL", payments_db.url_string());
-        databases.push(payments_db);
-    }
-    databases.push(db);
-    let config = StackConfig::from_env(&env).expect("config");
-    let stack = Stack::build(config).await.expect("stack builds");
-    let addr = stack.gateway_addr().unwrap();
-    let gateway = Running::spawn(addr, |shutdown| stack.run(shutdown));
-    TestStack {
-        gateway,
-        data_dir,
-        _databases: databases,
-    }
-}
+#[path = "../support/stack.rs"]
+mod support;
+use support::{TestStack, spawn_stack, spawn_stack_with, user_token};
 
 common::both_databases!(
     health,
@@ -237,32 +185,6 @@ async fn the_stack_shuts_down_cleanly(db: TestDatabase) {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "the gateway no longer listens"
     );
-}
-
-/// Signs a user up and logs in through the gateway; returns the access token.
-async fn user_token(stack: &TestStack, email: &str) -> String {
-    let client = reqwest::Client::new();
-    let signed_up = client
-        .post(stack.url("/accounts/v1/users"))
-        .json(&serde_json::json!({"email": email, "password": "password-123"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(signed_up.status(), 201);
-    let tokens: Value = client
-        .post(stack.url("/accounts/v1/token"))
-        .form(&[
-            ("grant_type", "password"),
-            ("username", email),
-            ("password", "password-123"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    tokens["access_token"].as_str().unwrap().to_owned()
 }
 
 async fn rate_limits_follow_the_token_subject(db: TestDatabase) {

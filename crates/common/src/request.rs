@@ -211,6 +211,7 @@ pub async fn request_context(
                 span_id = $span_id,
                 http.request.method = %request.method(),
                 url.path = %request.uri().path(),
+                url.scheme = "http",
                 http.route = Empty,
                 http.response.status_code = Empty,
                 enduser.id = Empty,

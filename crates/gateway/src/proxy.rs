@@ -248,6 +248,7 @@ impl Proxy {
             http.request.method = %request.method(),
             server.address = uri.host().unwrap_or_default(),
             server.port = uri.port_u16(),
+            url.full = %uri,
             http.response.status_code = Empty,
             )
         };

@@ -7,7 +7,6 @@ mod admin;
 mod forged;
 mod helpers;
 mod jwks;
-mod logs;
 mod probes;
 mod tokens;
 mod users;

@@ -1,5 +1,12 @@
 //! What a request leaves in the log: one access line carrying the request's ids, and never a
-//! password, a token or a client secret.
+//! password, a token or a client secret. A test binary of its own: the log is captured on the
+//! test's thread, and no other test may race it to register the same log call sites.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed test should panic
+
+#[path = "../api/helpers.rs"]
+#[allow(dead_code)] // the helpers this test does not use
+mod helpers;
 
 use common::testkit::{CapturedLog, TestDatabase};
 use serde_json::Value;

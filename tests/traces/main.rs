@@ -1,5 +1,12 @@
 //! OTLP export: one request's spans, from the gateway to the database, reach a collector as one
-//! trace with the right parentage.
+//! trace with the right parentage. A test binary of its own: it installs the process's global
+//! subscriber, which no other test may race.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed test should panic
+
+#[path = "../support/stack.rs"]
+#[allow(dead_code)] // the helpers this test does not use
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -12,7 +19,7 @@ use prost::Message;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::{spawn_stack_with, user_token};
+use support::{spawn_stack_with, user_token};
 
 /// A span as the collector got it.
 #[derive(Debug, Clone)]
@@ -89,9 +96,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-// Not a tokio test: the exporter's HTTP client must be built outside any runtime, and this
-// test installs the process's global subscriber (spans of other tests in this binary are
-// exported too; only this request's trace is looked at).
+// Not a tokio test: the exporter's HTTP client must be built outside any runtime.
 #[test]
 fn one_request_is_one_trace_from_the_gateway_to_the_database() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -166,6 +171,10 @@ fn one_request_is_one_trace_from_the_gateway_to_the_database() {
     assert!(client.attribute("upstream").is_some());
     let payments = find("POST /v1/payments", SpanKind::Server, &client.span_id);
     assert_eq!(payments.attribute("service"), Some("payments"));
+    assert_eq!(payments.attribute("http.route"), Some("/v1/payments"));
+    assert_eq!(payments.attribute("http.request.method"), Some("POST"));
+    assert_eq!(payments.attribute("url.scheme"), Some("http"));
+    assert_eq!(payments.attribute("http.response.status_code"), Some("202"));
     assert!(
         spans.iter().any(|s| s.name == "db create_payment"
             && s.kind == SpanKind::Client as i32
