@@ -324,29 +324,11 @@ impl CapturedLog {
     }
 }
 
-/// One log line's hold on the capture.
-pub struct CapturedLine<'a>(std::sync::MutexGuard<'a, Vec<u8>>);
-
-impl std::io::Write for CapturedLine<'_> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
-    type Writer = CapturedLine<'a>;
+    type Writer = tracing_subscriber::fmt::writer::MutexGuardWriter<'a, Vec<u8>>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        CapturedLine(
-            self.0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        self.0.make_writer()
     }
 }
 
