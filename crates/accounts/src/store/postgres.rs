@@ -4,8 +4,14 @@ use common::db::{StoreError, open_postgres};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
-/// The postgres schema of accounts, embedded in the binary.
-static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+/// The postgres schema of accounts, embedded in the binary. Applied migrations this release does not
+/// know (a newer release's) are accepted, so an older replica still starts during a rolling
+/// update or a rollback.
+fn migrator() -> Migrator {
+    let mut migrator = sqlx::migrate!("./migrations/postgres");
+    migrator.set_ignore_missing(true);
+    migrator
+}
 
 /// Accounts on a PostgreSQL server.
 pub struct PgStore {
@@ -16,7 +22,7 @@ impl PgStore {
     /// Connects and migrates (migrations take an advisory lock, so replicas may start together).
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         Ok(Self {
-            pool: open_postgres(url, &MIGRATOR).await?,
+            pool: open_postgres(url, &migrator()).await?,
         })
     }
 }

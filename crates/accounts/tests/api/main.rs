@@ -7,6 +7,7 @@ mod admin;
 mod forged;
 mod helpers;
 mod jwks;
+mod migrations;
 mod probes;
 mod tokens;
 mod users;
