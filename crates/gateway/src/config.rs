@@ -93,6 +93,10 @@ pub struct GatewayConfig {
     /// `GATEWAY_RETRIES` (default 2): retries of connection failures, for safe methods and
     /// requests with an `Idempotency-Key` only.
     pub retries: u32,
+    /// `GATEWAY_TRUSTED_PROXIES`: addresses and networks (`10.0.0.0/8,127.0.0.1`) of the load
+    /// balancers in front of the gateway. A request from one of them is limited by the client
+    /// address it reports in `X-Forwarded-For`; unset, the TCP peer is the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl GatewayConfig {
@@ -178,6 +182,7 @@ impl GatewayConfig {
                 cooldown: millis("GATEWAY_BREAKER_COOLDOWN_MS", 5000)?,
             },
             retries: env.parse_or("GATEWAY_RETRIES", 2)?,
+            trusted_proxies: trusted_proxies(env)?,
             addr: env.parse_or("GATEWAY_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
             routes,
             fallback,
@@ -239,6 +244,27 @@ fn read_routes_file(path: &std::path::Path) -> Result<FileRoutes, ConfigError> {
     Ok(FileRoutes { routes, fallback })
 }
 
+/// `GATEWAY_TRUSTED_PROXIES`: comma-separated addresses or CIDR networks.
+fn trusted_proxies(env: &Env) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let Some(raw) = env.get("GATEWAY_TRUSTED_PROXIES") else {
+        return Ok(Vec::new());
+    };
+    raw.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    ConfigError::new(
+                        "GATEWAY_TRUSTED_PROXIES",
+                        format!("{item:?} is not an IP address or network (10.0.0.0/8)"),
+                    )
+                })
+        })
+        .collect()
+}
+
 fn upstream_url(env: &Env, name: &str, default: &str) -> Result<url::Url, ConfigError> {
     parse_upstream(&env.string_or(name, default)).map_err(|message| ConfigError::new(name, message))
 }
@@ -258,6 +284,27 @@ fn parse_upstream(raw: &str) -> Result<url::Url, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks() {
+        let env = Env::from_pairs([("GATEWAY_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1,::1")]);
+        let config = GatewayConfig::from_env(&env).unwrap();
+        let shown: Vec<String> = config
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "127.0.0.1/32", "::1/128"]);
+        let bad = Env::from_pairs([("GATEWAY_TRUSTED_PROXIES", "10.0.0.0/8,proxy.local")]);
+        let error = GatewayConfig::from_env(&bad).unwrap_err();
+        assert_eq!(error.variable, "GATEWAY_TRUSTED_PROXIES");
+        assert!(
+            GatewayConfig::from_env(&Env::default())
+                .unwrap()
+                .trusted_proxies
+                .is_empty()
+        );
+    }
 
     #[test]
     fn defaults_route_both_services_and_no_fallback() {

@@ -3,6 +3,7 @@
 //! fallback upstream if one is configured.
 
 pub mod breaker;
+pub mod client;
 pub mod config;
 pub mod limit;
 pub mod proxy;
@@ -170,6 +171,7 @@ impl Gateway {
                 "Requests refused with 429 by the rate limiter.",
                 &[],
             ),
+            trusted_proxies: config.trusted_proxies.clone().into(),
         };
         if let Some(limiter) = &edge.limiter {
             // Forget idle clients now and then, so the in-process table stays small.
@@ -215,6 +217,7 @@ struct Edge {
     limiter: Option<Arc<Limiter>>,
     verifier: Arc<TokenVerifier>,
     rate_limited: prometheus::IntCounterVec,
+    trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 impl Edge {
@@ -237,7 +240,7 @@ struct Caller {
 }
 
 impl Caller {
-    fn of(request: &Request) -> Self {
+    fn of(request: &Request, trusted_proxies: &[ipnet::IpNet]) -> Self {
         let token = request
             .headers()
             .get(http::header::AUTHORIZATION)
@@ -250,7 +253,9 @@ impl Caller {
         let ip = request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string())
+            .map(|ConnectInfo(addr)| {
+                client::address(addr.ip(), request.headers(), trusted_proxies).to_string()
+            })
             .unwrap_or_default();
         Self { token, ip }
     }
@@ -260,7 +265,9 @@ async fn forward(State(edge): State<Arc<Edge>>, request: Request) -> Response {
     let route = edge.proxy.route_of(request.uri().path());
     let mut quota = None;
     if let (Some(limiter), Some(_)) = (&edge.limiter, &route) {
-        let client = edge.client_key(Caller::of(&request)).await;
+        let client = edge
+            .client_key(Caller::of(&request, &edge.trusted_proxies))
+            .await;
         let policy = limiter.settings();
         match limiter.check(&client).await {
             Decision::Allowed { remaining, reset } => quota = Some((policy, remaining, reset)),

@@ -90,6 +90,63 @@ async fn a_client_over_its_rate_is_refused_with_429_and_ratelimit_headers() {
     }
 }
 
+/// Behind a trusted load balancer, each client it reports has a limit of its own; from
+/// anywhere else, `X-Forwarded-For` is the caller's own claim and changes nothing.
+#[tokio::test]
+async fn behind_a_trusted_proxy_clients_are_limited_by_their_forwarded_address() {
+    let upstream = spawn_upstream().await;
+    let limits = |trusted: &str| {
+        vec![
+            ("GATEWAY_RATE_LIMIT_RPS", "1".to_owned()),
+            ("GATEWAY_RATE_LIMIT_BURST", "2".to_owned()),
+            ("GATEWAY_TRUSTED_PROXIES", trusted.to_owned()),
+        ]
+    };
+    let client = reqwest::Client::new();
+    let status_as = |gateway: &Running, forwarded: &str| {
+        client
+            .get(gateway.url("/accounts/x"))
+            .header("x-forwarded-for", forwarded)
+            .send()
+    };
+
+    let behind_proxy = spawn_gateway(
+        upstream.addr,
+        upstream.addr,
+        &limits("10.0.0.0/8, 127.0.0.1"),
+    )
+    .await;
+    for _ in 0..2 {
+        let response = status_as(&behind_proxy, "198.51.100.1").await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let over = status_as(&behind_proxy, "198.51.100.1").await.unwrap();
+    assert_eq!(over.status(), 429, "198.51.100.1 spent its burst");
+    let other = status_as(&behind_proxy, "198.51.100.2").await.unwrap();
+    assert_eq!(other.status(), 200, "another client has its own limit");
+    let forged = status_as(&behind_proxy, "198.51.100.3, 198.51.100.1")
+        .await
+        .unwrap();
+    assert_eq!(
+        forged.status(),
+        429,
+        "what the client wrote left of its address is ignored"
+    );
+
+    let exposed = spawn_gateway(upstream.addr, upstream.addr, &limits("")).await;
+    for (n, forwarded) in ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
+        .iter()
+        .enumerate()
+    {
+        let status = status_as(&exposed, forwarded).await.unwrap().status();
+        let expected = if n < 2 { 200 } else { 429 };
+        assert_eq!(
+            status, expected,
+            "an untrusted peer is limited as itself ({forwarded})"
+        );
+    }
+}
+
 #[tokio::test]
 async fn two_gateways_share_one_limit_through_redis() {
     let Some(redis) = redis_url() else { return };
