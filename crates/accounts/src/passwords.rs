@@ -1,8 +1,12 @@
 //! Password hashing: Argon2id with OWASP parameters for everything we hash, and verification of
 //! the monolith's Django hashes (`pbkdf2_sha256`, `argon2`, `bcrypt_sha256`) until the user's
-//! next successful login re-hashes them. All hashing runs off the async runtime.
+//! next successful login re-hashes them. All hashing runs off the async runtime, at most one
+//! hash per CPU at a time.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::Semaphore;
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use argon2::{PasswordHash, PasswordHasher, PasswordVerifier};
@@ -28,9 +32,37 @@ pub enum Verdict {
     MatchNeedsRehash,
 }
 
+/// Runs `work` (one hash) on the blocking pool once a slot is free. An Argon2id hash holds
+/// 19 MiB and a core for its whole run, so a burst of logins waits here, one hash per CPU,
+/// instead of spreading over tokio's blocking threads (up to 512) and their memory.
+async fn hashing<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
+    let slots = SLOTS.get_or_init(|| Semaphore::new(hashing_slots()));
+    let _slot = slots.acquire().await?;
+    Ok(tokio::task::spawn_blocking(move || {
+        let running = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+        PEAK.fetch_max(running, Ordering::SeqCst);
+        let result = work();
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+        result
+    })
+    .await?)
+}
+
+/// Hashes that may run at once: one per CPU.
+fn hashing_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// Hashes running now, and the most that ever ran at once.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
 /// Hashes `password` with Argon2id and a fresh salt (PHC string).
 pub async fn hash(password: String) -> anyhow::Result<String> {
-    tokio::task::spawn_blocking(move || hash_blocking(&password)).await?
+    hashing(move || hash_blocking(&password)).await?
 }
 
 fn hash_blocking(password: &str) -> anyhow::Result<String> {
@@ -43,14 +75,14 @@ fn hash_blocking(password: &str) -> anyhow::Result<String> {
 /// Checks `password` against `stored`. With `None` (no such user) a dummy hash is checked so
 /// the answer takes as long as for a real user.
 pub async fn verify(password: String, stored: Option<String>) -> anyhow::Result<Verdict> {
-    tokio::task::spawn_blocking(move || match stored {
-        Some(stored) => Ok(verify_blocking(&password, &stored)),
+    hashing(move || match stored {
+        Some(stored) => verify_blocking(&password, &stored),
         None => {
             let _ = verify_blocking(&password, dummy_hash());
-            Ok(Verdict::Mismatch)
+            Verdict::Mismatch
         }
     })
-    .await?
+    .await
 }
 
 fn dummy_hash() -> &'static str {
@@ -147,6 +179,24 @@ fn verify_django_bcrypt_sha256(password: &str, bcrypt_hash: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_burst_of_logins_hashes_one_per_cpu_at_a_time() {
+        let stored = hash_blocking("correct horse").unwrap();
+        let burst = (0..4 * hashing_slots() + 2).map(|n| {
+            let stored = stored.clone();
+            tokio::spawn(verify(format!("guess {n}"), Some(stored)))
+        });
+        for verdict in futures_util::future::join_all(burst).await {
+            assert_eq!(verdict.unwrap().unwrap(), Verdict::Mismatch);
+        }
+        let peak = PEAK.load(Ordering::SeqCst);
+        assert!(
+            (1..=hashing_slots()).contains(&peak),
+            "{peak} hashes ran at once on {} CPUs",
+            hashing_slots()
+        );
+    }
 
     #[test]
     fn our_hashes_are_current_argon2id() {
