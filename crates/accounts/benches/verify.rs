@@ -45,7 +45,9 @@ fn main() -> anyhow::Result<()> {
                 ),
             ]);
             let config = Arc::new(AccountsConfig::from_env(&env)?);
-            let store = accounts::store::open(&config.database_url).await?;
+            let store =
+                accounts::store::open(&config.database_url, config.database_max_connections)
+                    .await?;
             let keys = Arc::new(KeyManager::new(
                 store.clone(),
                 Sealer::load(&KeyEncryptionSource::Given([0; 32]))?,

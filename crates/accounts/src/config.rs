@@ -14,6 +14,9 @@ pub struct AccountsConfig {
     pub addr: SocketAddr,
     /// `ACCOUNTS_DATABASE_URL`, default `DATA_DIR/accounts.db` (SQLite).
     pub database_url: DatabaseUrl,
+    /// `ACCOUNTS_DATABASE_MAX_CONNECTIONS`: PostgreSQL connections this process keeps at most
+    /// (default 16).
+    pub database_max_connections: u32,
     /// `ACCOUNTS_ISSUER`: the public URL of accounts, the `iss` of every token.
     pub issuer: String,
     /// Shared HTTP settings.
@@ -146,6 +149,10 @@ impl AccountsConfig {
             bootstrap_admin,
             addr: env.parse_or("ACCOUNTS_ADDR", SocketAddr::from(([127, 0, 0, 1], 8081)))?,
             database_url: DatabaseUrl::from_env(env, "ACCOUNTS_DATABASE_URL", "accounts.db")?,
+            database_max_connections: common::db::max_connections(
+                env,
+                "ACCOUNTS_DATABASE_MAX_CONNECTIONS",
+            )?,
             issuer: issuer.trim_end_matches('/').to_owned(),
             http: HttpConfig::from_env(env)?,
         })

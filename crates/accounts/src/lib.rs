@@ -39,7 +39,7 @@ pub async fn import_file(
             path.display()
         )
     })?;
-    let store = store::open(&config.database_url).await?;
+    let store = store::open(&config.database_url, config.database_max_connections).await?;
     let report = import::import_users(store.as_ref(), &entries).await;
     store.database().close().await;
     Ok(report?)
@@ -60,12 +60,14 @@ impl Application {
     /// Opens (and migrates) the database, makes sure a signing key and an admin exist, and
     /// binds `config.addr` (port 0 picks a free port).
     pub async fn build(config: AccountsConfig) -> anyhow::Result<Self> {
-        let store = store::open(&config.database_url).await.with_context(|| {
-            format!(
-                "cannot open the accounts database {}",
-                config.database_url.redacted()
-            )
-        })?;
+        let store = store::open(&config.database_url, config.database_max_connections)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the accounts database {}",
+                    config.database_url.redacted()
+                )
+            })?;
         let sealer = Sealer::load(&config.key_encryption)?;
         let keys = Arc::new(KeyManager::new(
             store.clone(),

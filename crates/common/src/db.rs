@@ -100,10 +100,27 @@ pub async fn open_sqlite(path: &Path, migrator: &Migrator) -> Result<SqlitePool,
     Ok(pool)
 }
 
-/// Connects to PostgreSQL and applies the service's migrations (under sqlx's advisory lock, so
-/// replicas starting together do not race).
-pub async fn open_postgres(url: &str, migrator: &Migrator) -> Result<PgPool, StoreError> {
-    let pool = connect_postgres(url).await?;
+/// Connections a service keeps to PostgreSQL at most, unless configured
+/// (`ACCOUNTS_DATABASE_MAX_CONNECTIONS`, `PAYMENTS_DATABASE_MAX_CONNECTIONS`).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+
+/// Reads a pool size from `variable` (default [`DEFAULT_MAX_CONNECTIONS`]; 1 to 1000).
+pub fn max_connections(env: &crate::config::Env, variable: &str) -> Result<u32, ConfigError> {
+    let value: u32 = env.parse_or(variable, DEFAULT_MAX_CONNECTIONS)?;
+    if !(1..=1000).contains(&value) {
+        return Err(ConfigError::new(variable, "must be between 1 and 1000"));
+    }
+    Ok(value)
+}
+
+/// Connects to PostgreSQL with a pool of up to `max_connections` and applies the service's
+/// migrations (under sqlx's advisory lock, so replicas starting together do not race).
+pub async fn open_postgres(
+    url: &str,
+    max_connections: u32,
+    migrator: &Migrator,
+) -> Result<PgPool, StoreError> {
+    let pool = connect_postgres(url, max_connections).await?;
     migrator.run(&pool).await.map_err(sqlx::Error::from)?;
     let shown = DatabaseUrl::Postgres(url.to_owned()).redacted();
     tracing::info!(database = %shown, "PostgreSQL database ready");
@@ -111,10 +128,10 @@ pub async fn open_postgres(url: &str, migrator: &Migrator) -> Result<PgPool, Sto
 }
 
 /// Connects to PostgreSQL with bounded waits, so an outage answers 503 quickly.
-pub async fn connect_postgres(url: &str) -> Result<PgPool, StoreError> {
+pub async fn connect_postgres(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
     let options = PgConnectOptions::from_str(url).map_err(StoreError::from)?;
     PgPoolOptions::new()
-        .max_connections(16)
+        .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(3))
         .connect_with(options)
         .await
@@ -213,6 +230,20 @@ impl HealthCheck for DatabaseCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_sizes_are_checked() {
+        let env = crate::config::Env::from_pairs([("X_MAX", "0"), ("Y_MAX", "40")]);
+        assert_eq!(
+            max_connections(&env, "X_MAX").unwrap_err().variable,
+            "X_MAX"
+        );
+        assert_eq!(max_connections(&env, "Y_MAX").unwrap(), 40);
+        assert_eq!(
+            max_connections(&env, "UNSET").unwrap(),
+            DEFAULT_MAX_CONNECTIONS
+        );
+    }
 
     #[test]
     fn the_scheme_picks_the_backend() {

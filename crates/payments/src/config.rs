@@ -16,6 +16,9 @@ pub struct PaymentsConfig {
     pub addr: SocketAddr,
     /// `PAYMENTS_DATABASE_URL`, default `DATA_DIR/payments.db` (SQLite).
     pub database_url: DatabaseUrl,
+    /// `PAYMENTS_DATABASE_MAX_CONNECTIONS`: PostgreSQL connections this process keeps at most
+    /// (default 16).
+    pub database_max_connections: u32,
     /// Shared HTTP settings.
     pub http: HttpConfig,
     /// `PAYMENTS_JWKS_URL`: accounts' key set, default `http://127.0.0.1:8081/.well-known/jwks.json`.
@@ -98,6 +101,10 @@ impl PaymentsConfig {
             relay,
             addr: env.parse_or("PAYMENTS_ADDR", SocketAddr::from(([127, 0, 0, 1], 8082)))?,
             database_url: DatabaseUrl::from_env(env, "PAYMENTS_DATABASE_URL", "payments.db")?,
+            database_max_connections: common::db::max_connections(
+                env,
+                "PAYMENTS_DATABASE_MAX_CONNECTIONS",
+            )?,
             http: HttpConfig::from_env(env)?,
             jwks_url,
             token_issuer: env

@@ -40,12 +40,14 @@ pub struct Application {
 impl Application {
     /// Opens (and migrates) the database and binds `config.addr` (port 0 picks a free port).
     pub async fn build(config: PaymentsConfig) -> anyhow::Result<Self> {
-        let store = store::open(&config.database_url).await.with_context(|| {
-            format!(
-                "cannot open the payments database {}",
-                config.database_url.redacted()
-            )
-        })?;
+        let store = store::open(&config.database_url, config.database_max_connections)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the payments database {}",
+                    config.database_url.redacted()
+                )
+            })?;
         let config = Arc::new(config);
         let verifier = TokenVerifier::new(
             Arc::new(HttpJwks::new(config.jwks_url.clone())),

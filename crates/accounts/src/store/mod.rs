@@ -198,10 +198,14 @@ pub trait AccountsStore: Send + Sync {
     async fn access_token_revoked(&self, jti: &str) -> Result<bool, StoreError>;
 }
 
-/// Opens the database named by `url` and applies its migrations.
-pub async fn open(url: &DatabaseUrl) -> Result<Arc<dyn AccountsStore>, StoreError> {
+/// Opens the database named by `url` (PostgreSQL: with a pool of up to `max_connections`) and
+/// applies its migrations.
+pub async fn open(
+    url: &DatabaseUrl,
+    max_connections: u32,
+) -> Result<Arc<dyn AccountsStore>, StoreError> {
     Ok(match url {
         DatabaseUrl::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
-        DatabaseUrl::Postgres(url) => Arc::new(PgStore::open(url).await?),
+        DatabaseUrl::Postgres(url) => Arc::new(PgStore::open(url, max_connections).await?),
     })
 }

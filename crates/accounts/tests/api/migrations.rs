@@ -1,5 +1,6 @@
-//! Migrations across releases: a database that a newer release has already migrated still
-//! opens with this one (rolling updates and rollbacks start old replicas against it).
+//! The database across releases and replicas: a database that a newer release has already
+//! migrated still opens with this one (rolling updates and rollbacks start old replicas
+//! against it), and each replica's share of PostgreSQL's connections is configurable.
 
 use common::db::Pool;
 use common::testkit::TestDatabase;
@@ -7,7 +8,9 @@ use common::testkit::TestDatabase;
 common::both_databases!(an_older_release_starts_on_a_newer_schema);
 
 async fn an_older_release_starts_on_a_newer_schema(db: TestDatabase) {
-    let store = accounts::store::open(&db.url).await.unwrap();
+    let store = accounts::store::open(&db.url, common::db::DEFAULT_MAX_CONNECTIONS)
+        .await
+        .unwrap();
     // What a newer release leaves behind: a migration this binary has never heard of.
     let newer = "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
                  VALUES (99991231000000, 'from a newer release', true, X'00', 0)";
@@ -26,8 +29,28 @@ async fn an_older_release_starts_on_a_newer_schema(db: TestDatabase) {
     store.database().close().await;
     drop(store);
 
-    let reopened = accounts::store::open(&db.url)
+    let reopened = accounts::store::open(&db.url, common::db::DEFAULT_MAX_CONNECTIONS)
         .await
         .expect("a newer schema is accepted");
     assert!(reopened.any_admin().await.is_ok(), "and the store works");
+}
+
+#[tokio::test]
+async fn the_postgres_pool_has_the_configured_size() {
+    let Some(db) = TestDatabase::postgres().await else {
+        return;
+    };
+    let env = common::config::Env::from_pairs([
+        ("ACCOUNTS_DATABASE_URL", db.url_string()),
+        ("ACCOUNTS_DATABASE_MAX_CONNECTIONS", "3".to_owned()),
+    ]);
+    let config = accounts::AccountsConfig::from_env(&env).unwrap();
+    let store = accounts::store::open(&config.database_url, config.database_max_connections)
+        .await
+        .unwrap();
+    let Pool::Postgres(pool) = store.database() else {
+        panic!("a PostgreSQL URL opens PostgreSQL");
+    };
+    assert_eq!(pool.options().get_max_connections(), 3);
+    pool.close().await;
 }

@@ -187,10 +187,14 @@ pub trait PaymentsStore: Send + Sync {
     async fn count_payments(&self) -> Result<i64, StoreError>;
 }
 
-/// Opens the database named by `url` and applies its migrations.
-pub async fn open(url: &DatabaseUrl) -> Result<Arc<dyn PaymentsStore>, StoreError> {
+/// Opens the database named by `url` (PostgreSQL: with a pool of up to `max_connections`) and
+/// applies its migrations.
+pub async fn open(
+    url: &DatabaseUrl,
+    max_connections: u32,
+) -> Result<Arc<dyn PaymentsStore>, StoreError> {
     Ok(match url {
         DatabaseUrl::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
-        DatabaseUrl::Postgres(url) => Arc::new(PgStore::open(url).await?),
+        DatabaseUrl::Postgres(url) => Arc::new(PgStore::open(url, max_connections).await?),
     })
 }

@@ -21,9 +21,9 @@ pub struct PgStore {
 
 impl PgStore {
     /// Connects and migrates (migrations take an advisory lock, so replicas may start together).
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    pub async fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         Ok(Self {
-            pool: open_postgres(url, &migrator()).await?,
+            pool: open_postgres(url, max_connections, &migrator()).await?,
         })
     }
 }
