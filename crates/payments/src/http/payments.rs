@@ -6,8 +6,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use common::auth::Authenticated;
+use common::db::StoreError;
 use common::extract::Json;
 use common::problem::FieldError;
 use serde::Deserialize;
@@ -175,13 +176,16 @@ pub async fn create(
 
     let principal = caller.0.sub.as_str();
     let config = &state.config;
+    // The lock's time is also its fencing token, compared after a round trip through the
+    // database: microseconds, as PostgreSQL stores them.
+    let claimed_at = Utc::now().trunc_subsecs(6);
     let claim = state
         .store
         .claim_idempotency_key(
             principal,
             &key,
             &fingerprint,
-            Utc::now(),
+            claimed_at,
             config.idempotency_ttl,
             config.idempotency_lock_timeout,
         )
@@ -211,15 +215,26 @@ pub async fn create(
         key: &key,
         status: 202,
         body: &body,
+        locked_at: claimed_at,
     };
     if let Err(error) = state
         .store
         .create_payment(&payment, &event, Some(saved))
         .await
     {
+        if matches!(error, StoreError::Conflict(_)) {
+            // This request outlived its lock and another one took the key over: that one's
+            // payment is the key's; a retry gets it.
+            tracing::warn!("idempotency key taken over while this request ran; nothing created");
+            return Err(ApiError::KeyInUse);
+        }
         // Nothing was written; free the key so a retry runs (if the database is gone, the lock
         // times out instead).
-        if let Err(release) = state.store.release_idempotency_key(principal, &key).await {
+        if let Err(release) = state
+            .store
+            .release_idempotency_key(principal, &key, claimed_at)
+            .await
+        {
             tracing::warn!(error = %release, "cannot release the idempotency key; it will time out");
         }
         return Err(error.into());

@@ -50,6 +50,10 @@ pub struct SavedResponse<'a> {
     pub status: u16,
     /// The exact body.
     pub body: &'a str,
+    /// When this request claimed the key (the `now` it passed to
+    /// [`PaymentsStore::claim_idempotency_key`]): the lock it holds. A request whose lock was
+    /// taken over (it ran past the lock timeout) saves nothing.
+    pub locked_at: DateTime<Utc>,
 }
 
 /// How a provider call ended, for [`PaymentsStore::finish_payment`].
@@ -109,12 +113,20 @@ pub trait PaymentsStore: Send + Sync {
         ttl: Duration,
         lock_timeout: Duration,
     ) -> Result<KeyClaim, StoreError>;
-    /// Forgets a claimed key whose request failed before saving a response.
-    async fn release_idempotency_key(&self, principal: &str, key: &str) -> Result<(), StoreError>;
+    /// Forgets a key claimed at `locked_at` whose request failed before saving a response (a
+    /// lock another request has taken over since is left alone).
+    async fn release_idempotency_key(
+        &self,
+        principal: &str,
+        key: &str,
+        locked_at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
     /// Deletes expired keys; returns how many.
     async fn purge_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// In one transaction: the payment, its `created` event, and the response of its key.
+    /// [`StoreError::Conflict`] and nothing written when the key's lock is no longer the
+    /// response's (another request took it over).
     async fn create_payment(
         &self,
         payment: &Payment,

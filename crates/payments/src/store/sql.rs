@@ -106,10 +106,19 @@ macro_rules! impl_payments_store {
             }
 
             #[tracing::instrument(name = "db release_idempotency_key", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "release_idempotency_key"))]
-            async fn release_idempotency_key(&self, principal: &str, key: &str) -> Result<(), common::db::StoreError> {
-                sqlx::query("DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND response_status IS NULL")
+            async fn release_idempotency_key(
+                &self,
+                principal: &str,
+                key: &str,
+                locked_at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), common::db::StoreError> {
+                sqlx::query(
+                    "DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND locked_at = $3 \
+                     AND response_status IS NULL",
+                )
                     .bind(principal)
                     .bind(key)
+                    .bind(locked_at)
                     .execute(&self.pool)
                     .await?;
                 Ok(())
@@ -148,17 +157,27 @@ macro_rules! impl_payments_store {
                 .await?;
                 Self::insert_event(&mut *tx, event, payment).await?;
                 if let Some(response) = response {
-                    sqlx::query(
+                    // Fenced by the lock: a request that ran past the lock timeout, whose key
+                    // another request has taken over since, must not create a second payment.
+                    let saved = sqlx::query(
                         "UPDATE idempotency_keys SET response_status = $1, response_body = $2, payment_id = $3, \
-                         locked_at = NULL WHERE principal = $4 AND key = $5",
+                         locked_at = NULL WHERE principal = $4 AND key = $5 AND locked_at = $6 \
+                         AND response_status IS NULL",
                     )
                     .bind(i32::from(response.status))
                     .bind(response.body)
                     .bind(&payment.id)
                     .bind(response.principal)
                     .bind(response.key)
+                    .bind(response.locked_at)
                     .execute(&mut *tx)
                     .await?;
+                    if saved.rows_affected() != 1 {
+                        // Dropping the transaction rolls the payment and its event back.
+                        return Err(common::db::StoreError::Conflict(
+                            "the idempotency key's lock was taken over by another request".into(),
+                        ));
+                    }
                 }
                 tx.commit().await?;
                 Ok(())

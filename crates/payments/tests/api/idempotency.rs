@@ -14,6 +14,7 @@ common::both_databases!(
     fifty_concurrent_identical_requests_create_one_payment,
     a_request_that_died_mid_way_is_recovered_once_after_restart,
     expired_keys_are_purged_and_then_free,
+    a_request_that_outlived_its_lock_creates_nothing,
 );
 
 const NO_PROCESSOR: (&str, &str) = ("PAYMENTS_PROCESSOR_ENABLED", "false");
@@ -234,4 +235,81 @@ async fn expired_keys_are_purged_and_then_free(db: TestDatabase) {
     let reused = app.create(&token, "old", &usd(json!(2))).await;
     assert_eq!(reused.status(), 202, "a purged key is new again");
     assert_eq!(app.store.count_payments().await.unwrap(), 2);
+}
+
+/// A request that stalls past the lock timeout loses its key to a retry: when it wakes up, it
+/// can neither save a second payment under the key nor release the retry's lock.
+async fn a_request_that_outlived_its_lock_creates_nothing(db: TestDatabase) {
+    use chrono::{SubsecRound, Utc};
+    use payments::domain::events::state_changed;
+    use payments::domain::payment::Payment;
+    use payments::store::{KeyClaim, SavedResponse};
+
+    let app = spawn_app_with(db, &[NO_PROCESSOR]).await;
+    let store = &app.store;
+    let (ttl, lock) = (Duration::from_secs(3600), Duration::from_secs(30));
+    let first = Utc::now().trunc_subsecs(6);
+    let retry = first + chrono::Duration::seconds(31);
+    for claimed_at in [first, retry] {
+        let claim = store
+            .claim_idempotency_key("alice", "k", "fp", claimed_at, ttl, lock)
+            .await
+            .unwrap();
+        assert!(
+            matches!(claim, KeyClaim::Proceed),
+            "{claimed_at}: {claim:?}"
+        );
+    }
+    let payment = |id: &str| Payment {
+        id: id.to_owned(),
+        owner: "alice".to_owned(),
+        status: "pending".to_owned(),
+        amount_minor: 100,
+        currency: "USD".to_owned(),
+        description: String::new(),
+        payment_method: "pm_card_visa".to_owned(),
+        failure_code: None,
+        failure_message: None,
+        attempts: 0,
+        lease_until: None,
+        created_at: first,
+        updated_at: first,
+    };
+    let save = |payment: Payment, locked_at| async move {
+        let event = state_changed(&payment, payment.created_at);
+        let response = SavedResponse {
+            principal: "alice",
+            key: "k",
+            status: 202,
+            body: "{}",
+            locked_at,
+        };
+        store.create_payment(&payment, &event, Some(response)).await
+    };
+
+    let late = save(payment("pay_late"), first).await;
+    assert!(
+        matches!(late, Err(common::db::StoreError::Conflict(_))),
+        "{late:?}"
+    );
+    assert!(
+        store.payment("pay_late").await.unwrap().is_none(),
+        "rolled back"
+    );
+    store
+        .release_idempotency_key("alice", "k", first)
+        .await
+        .unwrap();
+    save(payment("pay_retry"), retry)
+        .await
+        .expect("the retry holds the lock");
+    let replay = store
+        .claim_idempotency_key("alice", "k", "fp", Utc::now(), ttl, lock)
+        .await
+        .unwrap();
+    assert!(
+        matches!(replay, KeyClaim::Replay { payment_id: Some(ref id), .. } if id == "pay_retry"),
+        "{replay:?}"
+    );
+    assert_eq!(store.count_payments().await.unwrap(), 1);
 }
