@@ -1,6 +1,7 @@
 //! The replicas: processes of the `accounts`, `payments` and `gateway` binaries, each on a port
 //! it picked itself (read back from its JSON log), and clients that fail over between gateways.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -36,6 +37,8 @@ pub struct Cluster {
     gateways: [Replica; 2],
     /// Payments stored when the B replicas were killed.
     killed_at: AtomicI64,
+    /// The payments being processed at that moment.
+    held_at_kill: Mutex<BTreeSet<String>>,
     /// Tries that failed because a replica was gone (refused, reset, 502/503), then retried.
     failovers: AtomicUsize,
     payments_db: sqlx::PgPool,
@@ -99,7 +102,7 @@ impl Cluster {
                 // A provider call takes a while, so a killed replica dies holding payments;
                 // its leases run out soon after, and a request it held unlocks soon too.
                 ("PAYMENTS_SANDBOX_LATENCY_MS", "150".to_owned()),
-                ("PAYMENTS_LEASE_SECONDS", "2".to_owned()),
+                ("PAYMENTS_LEASE_SECONDS", "5".to_owned()),
                 ("PAYMENTS_IDEMPOTENCY_LOCK_TIMEOUT_SECONDS", "2".to_owned()),
                 ("PAYMENTS_POLL_INTERVAL_MS", "100".to_owned()),
                 ("PAYMENTS_RETRY_BASE_MS", "50".to_owned()),
@@ -143,6 +146,7 @@ impl Cluster {
             payments: [payments_a, payments_b],
             gateways: [gateway_a, gateway_b],
             killed_at: AtomicI64::new(0),
+            held_at_kill: Mutex::new(BTreeSet::new()),
             failovers: AtomicUsize::new(0),
             payments_db,
             nats: nats.to_owned(),
@@ -342,19 +346,58 @@ impl Cluster {
             .sum()
     }
 
-    /// SIGKILL to gateway B, payments B and accounts B at once: no drain, no goodbye.
+    /// SIGKILL to payments B and accounts B (gateway B now meets dead upstreams), then to
+    /// gateway B: no drain, no goodbye.
     pub async fn kill_replicas_b(&self) {
-        let held = self
-            .count("SELECT count(*) FROM payments WHERE status = 'processing'")
-            .await;
+        let held: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM payments WHERE status = 'processing'")
+                .fetch_all(&self.payments_db)
+                .await
+                .unwrap_or_else(|e| panic!("payments in flight: {e}"));
         let stored = self.count("SELECT count(*) FROM payments").await;
         self.killed_at.store(stored, Ordering::SeqCst);
-        eprintln!("killing the B replicas at {stored} payments; {held} are being processed");
-        tokio::join!(
-            self.gateways[1].kill(),
-            self.payments[1].kill(),
-            self.accounts[1].kill()
+        eprintln!(
+            "killing the B replicas at {stored} payments; {} are being processed",
+            held.len()
         );
+        if let Ok(mut set) = self.held_at_kill.lock() {
+            set.extend(held);
+        }
+        tokio::join!(self.payments[1].kill(), self.accounts[1].kill());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.gateways[1].kill().await;
+    }
+
+    /// The payments that were being processed when the B replicas were killed (a SIGKILL can
+    /// come between a provider call and its record, so these may be charged again).
+    pub fn held_at_kill(&self) -> BTreeSet<String> {
+        self.held_at_kill
+            .lock()
+            .map(|set| set.clone())
+            .unwrap_or_default()
+    }
+
+    /// Provider calls per payment, from both payments replicas' logs (their `charging` lines).
+    /// A killed replica's last lines (its log buffer) may be missing: that undercounts only
+    /// the payments it was holding.
+    pub async fn provider_calls(&self) -> BTreeMap<String, usize> {
+        // The log writer flushes every 200 ms.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut calls = BTreeMap::new();
+        for replica in &self.payments {
+            for line in replica.lines() {
+                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if entry["message"] == "charging" {
+                    let id = entry["payment_id"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("a charging line without payment_id: {line}"));
+                    *calls.entry(id.to_owned()).or_insert(0) += 1;
+                }
+            }
+        }
+        calls
     }
 
     /// How many payments were stored when the B replicas were killed, and how many tries
@@ -499,6 +542,13 @@ impl Replica {
         format!("--- {} ---\n{}", self.name, lines(&self.log))
     }
 
+    fn lines(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .map(|lines| lines.clone())
+            .unwrap_or_default()
+    }
+
     async fn kill(&self) {
         let mut child = self.child.lock().await;
         child
@@ -552,8 +602,8 @@ async fn collect(
 }
 
 /// The service binary beside this test's executable (`target/<profile>/<name>`). `cargo test
-/// --workspace` builds it, since its package has tests of its own; when this test runs alone
-/// it is built here once.
+/// --workspace` builds it, since its package has tests of its own; when it is missing or
+/// older than the sources (this test run alone after a change), it is built here, once.
 fn binary_path(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let profile_dir = std::env::current_exe()
@@ -561,11 +611,37 @@ fn binary_path(name: &str) -> PathBuf {
         .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
         .unwrap_or_else(|| panic!("cannot find the target directory"));
     let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    if !path.exists() {
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates");
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let stale = built.is_none_or(|built| {
+        [
+            format!("{name}/src"),
+            format!("{name}/migrations"),
+            "common/src".to_owned(),
+        ]
+        .iter()
+        .any(|dir| newest(&crates.join(dir)).is_some_and(|source| source > built))
+    });
+    if stale {
         BUILT.get_or_init(|| build_binaries(&profile_dir));
     }
     assert!(path.exists(), "{} does not exist", path.display());
     path
+}
+
+/// The newest modification time under `dir`.
+fn newest(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut latest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let modified = if path.is_dir() {
+            newest(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        latest = latest.max(modified);
+    }
+    latest
 }
 
 fn build_binaries(profile_dir: &Path) {

@@ -138,6 +138,8 @@ impl Processor {
     async fn process(&self, payment: Payment) {
         let attempt = u32::try_from(payment.attempts).unwrap_or(0) + 1;
         let attempts = i32::try_from(attempt).unwrap_or(i32::MAX);
+        // One line per provider call: what an operator reconciles against the provider.
+        tracing::info!(attempt, "charging");
         let outcome = self.provider.charge(&payment, attempt).await;
         if outcome.is_err() {
             self.metrics
