@@ -3,10 +3,8 @@
 //! next successful login re-hashes them. All hashing runs off the async runtime, at most one
 //! hash per CPU at a time.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-use tokio::sync::Semaphore;
+use std::sync::{Arc, OnceLock};
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use argon2::{PasswordHash, PasswordHasher, PasswordVerifier};
@@ -14,6 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
 
 /// OWASP's Argon2id recommendation: 19 MiB, 2 iterations, 1 lane.
 fn argon2() -> Argon2<'static> {
@@ -38,10 +37,13 @@ pub enum Verdict {
 async fn hashing<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> anyhow::Result<T> {
-    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
-    let slots = SLOTS.get_or_init(|| Semaphore::new(hashing_slots()));
-    let _slot = slots.acquire().await?;
+    static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    let slots = SLOTS.get_or_init(|| Arc::new(Semaphore::new(hashing_slots())));
+    let slot = slots.clone().acquire_owned().await?;
     Ok(tokio::task::spawn_blocking(move || {
+        // The slot goes with the hash: a caller that gives up (a client gone) does not free it
+        // while the hash still runs.
+        let _slot = slot;
         let running = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
         PEAK.fetch_max(running, Ordering::SeqCst);
         let result = work();
