@@ -260,6 +260,29 @@ async fn reqwest_get(url: &str) -> (u16, String, serde_json::Value) {
     (status, content_type, body)
 }
 
+/// Records a migration that no release of this code has, as a newer release leaves behind, so
+/// a test can check that the store still opens (rolling updates, rollbacks).
+pub async fn record_newer_migration(pool: &crate::db::Pool) {
+    const NEWER: &str = "INSERT INTO _sqlx_migrations \
+        (version, description, success, checksum, execution_time) \
+        VALUES (99991231000000, 'from a newer release', true, CHECKSUM, 0)";
+    let result = match pool {
+        crate::db::Pool::Sqlite(pool) => {
+            sqlx::query(sqlx::AssertSqlSafe(NEWER.replace("CHECKSUM", "X'00'")))
+                .execute(pool)
+                .await
+                .map(drop)
+        }
+        crate::db::Pool::Postgres(pool) => sqlx::query(sqlx::AssertSqlSafe(
+            NEWER.replace("CHECKSUM", "'\\x00'::bytea"),
+        ))
+        .execute(pool)
+        .await
+        .map(drop),
+    };
+    result.unwrap_or_else(|e| panic!("cannot record a newer migration: {e}"));
+}
+
 /// The variable naming the NATS server the tests may use.
 pub const TEST_NATS_URL: &str = "TEST_NATS_URL";
 

@@ -11,21 +11,7 @@ async fn an_older_release_starts_on_a_newer_schema(db: TestDatabase) {
     let store = accounts::store::open(&db.url, common::db::DEFAULT_MAX_CONNECTIONS)
         .await
         .unwrap();
-    // What a newer release leaves behind: a migration this binary has never heard of.
-    let newer = "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-                 VALUES (99991231000000, 'from a newer release', true, X'00', 0)";
-    match store.database() {
-        Pool::Sqlite(pool) => {
-            sqlx::query(newer).execute(&pool).await.unwrap();
-        }
-        Pool::Postgres(pool) => {
-            let newer = newer.replace("X'00'", "'\\x00'::bytea");
-            sqlx::query(sqlx::AssertSqlSafe(newer))
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
-    }
+    common::testkit::record_newer_migration(&store.database()).await;
     store.database().close().await;
     drop(store);
 

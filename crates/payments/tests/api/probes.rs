@@ -9,6 +9,7 @@ common::both_databases!(
     health_check_passes,
     readiness_follows_the_database,
     migrations_create_the_schema,
+    an_older_release_starts_on_a_newer_schema,
 );
 
 async fn health_check_passes(db: TestDatabase) {
@@ -39,4 +40,21 @@ async fn readiness_follows_the_database(db: TestDatabase) {
 async fn migrations_create_the_schema(db: TestDatabase) {
     let app = spawn_app(db).await;
     assert_eq!(app.store.count_payments().await.unwrap(), 0);
+}
+
+/// Rolling updates and rollbacks start old replicas on a schema a newer release migrated.
+async fn an_older_release_starts_on_a_newer_schema(db: TestDatabase) {
+    let max = common::db::DEFAULT_MAX_CONNECTIONS;
+    let store = payments::store::open(&db.url, max).await.unwrap();
+    common::testkit::record_newer_migration(&store.database()).await;
+    store.database().close().await;
+    drop(store);
+    let reopened = payments::store::open(&db.url, max)
+        .await
+        .expect("a newer schema is accepted");
+    assert_eq!(
+        reopened.count_payments().await.unwrap(),
+        0,
+        "and the store works"
+    );
 }
