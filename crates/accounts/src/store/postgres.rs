@@ -4,9 +4,9 @@ use common::db::{StoreError, open_postgres};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
-/// The postgres schema of accounts, embedded in the binary. Applied migrations this release does not
-/// know (a newer release's) are accepted, so an older replica still starts during a rolling
-/// update or a rollback.
+/// The postgres schema of accounts, embedded in the binary. Applied migrations this release does
+/// not know (a newer release's) are accepted, so an older replica still starts during a
+/// rolling update or a rollback.
 fn migrator() -> Migrator {
     let mut migrator = sqlx::migrate!("./migrations/postgres");
     migrator.set_ignore_missing(true);

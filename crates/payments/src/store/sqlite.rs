@@ -7,9 +7,9 @@ use common::db::{StoreError, open_sqlite};
 use sqlx::SqlitePool;
 use sqlx::migrate::Migrator;
 
-/// The sqlite schema of payments, embedded in the binary. Applied migrations this release does not
-/// know (a newer release's) are accepted, so an older replica still starts during a rolling
-/// update or a rollback.
+/// The sqlite schema of payments, embedded in the binary. Applied migrations this release does
+/// not know (a newer release's) are accepted, so an older replica still starts during a
+/// rolling update or a rollback.
 fn migrator() -> Migrator {
     let mut migrator = sqlx::migrate!("./migrations/sqlite");
     migrator.set_ignore_missing(true);
