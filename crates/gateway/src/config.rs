@@ -97,6 +97,10 @@ pub struct GatewayConfig {
     /// balancers in front of the gateway. A request from one of them is limited by the client
     /// address it reports in `X-Forwarded-For`; unset, the TCP peer is the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `GATEWAY_BLOCKED_PATHS`: upstream paths never forwarded (`/metrics`: the services'
+    /// operational endpoints, for a gateway facing the internet), matched after the prefix is
+    /// stripped, on the path and everything under it; 404 as for no route. Unset: none.
+    pub blocked_paths: Vec<String>,
 }
 
 impl GatewayConfig {
@@ -183,6 +187,7 @@ impl GatewayConfig {
             },
             retries: env.parse_or("GATEWAY_RETRIES", 2)?,
             trusted_proxies: trusted_proxies(env)?,
+            blocked_paths: blocked_paths(env)?,
             addr: env.parse_or("GATEWAY_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
             routes,
             fallback,
@@ -244,14 +249,34 @@ fn read_routes_file(path: &std::path::Path) -> Result<FileRoutes, ConfigError> {
     Ok(FileRoutes { routes, fallback })
 }
 
-/// `GATEWAY_TRUSTED_PROXIES`: comma-separated addresses or CIDR networks.
-fn trusted_proxies(env: &Env) -> Result<Vec<ipnet::IpNet>, ConfigError> {
-    let Some(raw) = env.get("GATEWAY_TRUSTED_PROXIES") else {
-        return Ok(Vec::new());
-    };
-    raw.split(',')
+/// The comma-separated items of `name`, trimmed (none when unset).
+fn items<'a>(env: &'a Env, name: &str) -> impl Iterator<Item = &'a str> {
+    env.get(name)
+        .unwrap_or_default()
+        .split(',')
         .map(str::trim)
         .filter(|item| !item.is_empty())
+}
+
+/// `GATEWAY_BLOCKED_PATHS`: comma-separated absolute paths (`/metrics,/internal`).
+fn blocked_paths(env: &Env) -> Result<Vec<String>, ConfigError> {
+    items(env, "GATEWAY_BLOCKED_PATHS")
+        .map(|item| {
+            if item.starts_with('/') && item.len() > 1 {
+                Ok(item.trim_end_matches('/').to_owned())
+            } else {
+                Err(ConfigError::new(
+                    "GATEWAY_BLOCKED_PATHS",
+                    format!("{item:?} is not an absolute path such as /metrics"),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// `GATEWAY_TRUSTED_PROXIES`: comma-separated addresses or CIDR networks.
+fn trusted_proxies(env: &Env) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    items(env, "GATEWAY_TRUSTED_PROXIES")
         .map(|item| {
             item.parse::<ipnet::IpNet>()
                 .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
@@ -284,6 +309,18 @@ fn parse_upstream(raw: &str) -> Result<url::Url, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocked_paths_are_absolute() {
+        let env = Env::from_pairs([("GATEWAY_BLOCKED_PATHS", "/metrics, /internal/")]);
+        let config = GatewayConfig::from_env(&env).unwrap();
+        assert_eq!(config.blocked_paths, ["/metrics", "/internal"]);
+        for bad in ["metrics", "/"] {
+            let env = Env::from_pairs([("GATEWAY_BLOCKED_PATHS", bad)]);
+            let error = GatewayConfig::from_env(&env).unwrap_err();
+            assert_eq!(error.variable, "GATEWAY_BLOCKED_PATHS", "{bad}");
+        }
+    }
 
     #[test]
     fn trusted_proxies_are_addresses_or_networks() {

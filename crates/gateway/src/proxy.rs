@@ -83,6 +83,7 @@ pub struct Proxy {
     max_body_bytes: usize,
     retries: u32,
     metrics: ProxyMetrics,
+    blocked_paths: Arc<[String]>,
 }
 
 /// A keep-alive connection pool for every upstream.
@@ -130,6 +131,7 @@ impl Proxy {
             max_body_bytes: config.http.max_body_bytes,
             retries: config.retries,
             metrics: ProxyMetrics::new(metrics),
+            blocked_paths: config.blocked_paths.clone().into(),
         }
     }
 
@@ -201,7 +203,10 @@ impl Proxy {
         if has_dot_segments(request.uri().path()) {
             return Problem::malformed("the path may not contain . or .. segments").into_response();
         }
-        let Some(target) = self.resolve(request.uri().path()) else {
+        let target = self
+            .resolve(request.uri().path())
+            .filter(|target| !self.is_blocked(&target.path));
+        let Some(target) = target else {
             return Problem::not_found(format!("no route for {}", request.uri().path()))
                 .into_response();
         };
@@ -281,6 +286,20 @@ impl Proxy {
             Ok(response) => self.pass_through(upstream, response, target.prefix),
             Err(failure) => failure,
         }
+    }
+
+    /// Whether `path` (as the upstream would see it, percent-decoded) is one of the blocked
+    /// paths or under one.
+    fn is_blocked(&self, path: &str) -> bool {
+        if self.blocked_paths.is_empty() {
+            return false;
+        }
+        let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+        self.blocked_paths.iter().any(|blocked| {
+            decoded
+                .strip_prefix(blocked.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
     }
 
     async fn send_with_retries(
@@ -573,6 +592,28 @@ mod tests {
             env = env.with("GATEWAY_FALLBACK_URL", url);
         }
         Proxy::new(&GatewayConfig::from_env(&env).unwrap(), &Metrics::new())
+    }
+
+    #[test]
+    fn blocked_paths_cover_what_is_under_them_even_encoded() {
+        let env = Env::from_pairs([("GATEWAY_BLOCKED_PATHS", "/metrics")]);
+        let proxy = Proxy::new(&GatewayConfig::from_env(&env).unwrap(), &Metrics::new());
+        for blocked in [
+            "/metrics",
+            "/metrics/",
+            "/metrics/x",
+            "/%6Detrics",
+            "/%6detrics/y",
+        ] {
+            assert!(proxy.is_blocked(blocked), "{blocked}");
+        }
+        for open in ["/metricsx", "/v1/metrics", "/", "/healthz"] {
+            assert!(!proxy.is_blocked(open), "{open}");
+        }
+        assert!(
+            !self::proxy(None).is_blocked("/metrics"),
+            "nothing blocked by default"
+        );
     }
 
     #[test]

@@ -44,6 +44,33 @@ async fn a_path_that_only_starts_like_a_prefix_is_not_routed() {
     }
 }
 
+/// `GATEWAY_BLOCKED_PATHS=/metrics`: the services' metrics are not served to the internet
+/// through the gateway (the gateway's own `/metrics` stays, as the contract has it).
+#[tokio::test]
+async fn blocked_upstream_paths_are_not_forwarded() {
+    let upstream = spawn_upstream().await;
+    let blocked = [("GATEWAY_BLOCKED_PATHS", "/metrics".to_owned())];
+    let gateway = spawn_gateway(upstream.addr, upstream.addr, &blocked).await;
+    for path in [
+        "/accounts/metrics",
+        "/payments/metrics/",
+        "/accounts/metrics/x?y=1",
+        "/accounts/%6Detrics",
+    ] {
+        let response = reqwest::get(gateway.url(path)).await.unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], "not_found", "{path}");
+    }
+    let echoed = echoed(&gateway, "/accounts/metricsx").await;
+    assert_eq!(
+        echoed["path"], "/metricsx",
+        "only the path and what is under it"
+    );
+    let own = reqwest::get(gateway.url("/metrics")).await.unwrap();
+    assert_eq!(own.status(), 200, "the gateway's own metrics");
+}
+
 #[tokio::test]
 async fn forwarded_headers_request_id_and_trace_context_reach_the_upstream() {
     let upstream = spawn_upstream().await;
