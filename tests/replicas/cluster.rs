@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::testkit::TestDatabase;
-use serde_json::{Value, json};
+use common::testkit::{self, TestDatabase};
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
@@ -190,27 +190,15 @@ impl Cluster {
 
     /// Signs a user up at one accounts replica and logs in at the other.
     pub async fn user_token(&self, email: &str, n: usize) -> String {
-        let signed_up = self
-            .client
-            .post(self.accounts[n % 2].url("/v1/users"))
-            .json(&json!({"email": email, "password": "password-123"}))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("sign up {email}: {e}"));
-        assert_eq!(signed_up.status(), 201, "sign up {email}");
-        login(
-            &self.client,
-            &self.accounts[(n + 1) % 2].url("/v1/token"),
-            email,
-            "password-123",
-        )
-        .await
+        let (signed_up_at, logged_in_at) = (&self.accounts[n % 2], &self.accounts[(n + 1) % 2]);
+        testkit::sign_up(&self.client, &signed_up_at.url(""), email, "password-123").await;
+        testkit::password_token(&self.client, &logged_in_at.url(""), email, "password-123").await
     }
 
     /// The bootstrap admin's token, logged in through `gateway`.
     pub async fn admin_token(&self, gateway: Gateway) -> String {
-        let url = self.gateway_url(gateway, "/accounts/v1/token");
-        login(&self.client, &url, ADMIN_EMAIL, ADMIN_PASSWORD).await
+        let accounts = self.gateway_url(gateway, "/accounts");
+        testkit::password_token(&self.client, &accounts, ADMIN_EMAIL, ADMIN_PASSWORD).await
     }
 
     /// The gateway for the `attempt`-th try: alternating, as a client with two endpoints does
@@ -281,8 +269,8 @@ impl Cluster {
     }
 
     /// The payments database, read directly.
-    pub async fn payments_database(&self) -> sqlx::PgPool {
-        self.payments_db.clone()
+    pub fn payments_database(&self) -> &sqlx::PgPool {
+        &self.payments_db
     }
 
     /// Waits until at least `count` payments exist.
@@ -461,25 +449,6 @@ fn retry_after(response: &reqwest::Response) -> Duration {
         .get("retry-after")
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .map_or(Duration::from_millis(200), Duration::from_secs)
-}
-
-async fn login(client: &reqwest::Client, url: &str, email: &str, password: &str) -> String {
-    let response = client
-        .post(url)
-        .form(&[
-            ("grant_type", "password"),
-            ("username", email),
-            ("password", password),
-        ])
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("log in {email}: {e}"));
-    assert_eq!(response.status(), 200, "log in {email} at {url}");
-    let tokens: Value = response.json().await.unwrap_or_default();
-    tokens["access_token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no access token in {tokens}"))
-        .to_owned()
 }
 
 /// The `kid` in a token's header.

@@ -123,9 +123,9 @@ async fn replicas_share_one_database_stream_and_limit_and_survive_a_kill() {
     cluster
         .wait_until_settled_and_published(expected_payments)
         .await;
-    let database = cluster.payments_database().await;
+    let database = cluster.payments_database();
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
-        .fetch_one(&database)
+        .fetch_one(database)
         .await
         .unwrap_or_default();
     assert_eq!(
@@ -136,7 +136,7 @@ async fn replicas_share_one_database_stream_and_limit_and_survive_a_kill() {
         let status: Option<String> =
             sqlx::query_scalar("SELECT status FROM payments WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&database)
+                .fetch_optional(database)
                 .await
                 .unwrap_or_default();
         let status = status.unwrap_or_else(|| panic!("{key}: payment {id} is not stored"));
@@ -149,7 +149,7 @@ async fn replicas_share_one_database_stream_and_limit_and_survive_a_kill() {
     // Nothing done twice: one event per state change, each published once.
     let events: Vec<(String, String, String)> =
         sqlx::query_as("SELECT id, payment_id, type FROM payment_events ORDER BY seq")
-            .fetch_all(&database)
+            .fetch_all(database)
             .await
             .unwrap_or_default();
     let mut per_payment: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -178,7 +178,7 @@ async fn replicas_share_one_database_stream_and_limit_and_survive_a_kill() {
     let charges = cluster.provider_calls().await;
     let methods: BTreeMap<String, String> =
         sqlx::query_as("SELECT id, payment_method FROM payments")
-            .fetch_all(&database)
+            .fetch_all(database)
             .await
             .unwrap_or_default()
             .into_iter()

@@ -2,8 +2,7 @@
 //! databases of its own, and a signed-up user's token.
 
 use common::config::Env;
-use common::testkit::{Running, TestDatabase};
-use serde_json::Value;
+use common::testkit::{self, Running, TestDatabase};
 use stack::{Stack, StackConfig};
 
 /// A running stack and the databases it owns.
@@ -61,25 +60,7 @@ pub async fn spawn_stack_with(db: TestDatabase, extra: &[(&str, &str)]) -> TestS
 /// Signs a user up and logs in through the gateway; returns the access token.
 pub async fn user_token(stack: &TestStack, email: &str) -> String {
     let client = reqwest::Client::new();
-    let signed_up = client
-        .post(stack.url("/accounts/v1/users"))
-        .json(&serde_json::json!({"email": email, "password": "password-123"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(signed_up.status(), 201);
-    let tokens: Value = client
-        .post(stack.url("/accounts/v1/token"))
-        .form(&[
-            ("grant_type", "password"),
-            ("username", email),
-            ("password", "password-123"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    tokens["access_token"].as_str().unwrap().to_owned()
+    let accounts = stack.url("/accounts");
+    testkit::sign_up(&client, &accounts, email, "password-123").await;
+    testkit::password_token(&client, &accounts, email, "password-123").await
 }

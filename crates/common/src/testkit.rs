@@ -260,6 +260,47 @@ async fn reqwest_get(url: &str) -> (u16, String, serde_json::Value) {
     (status, content_type, body)
 }
 
+/// Signs `email` up with `password` at the accounts service whose base URL is `accounts` (the
+/// service itself, or `.../accounts` through the gateway); the sign-up must succeed (201).
+pub async fn sign_up(client: &reqwest::Client, accounts: &str, email: &str, password: &str) {
+    let response = client
+        .post(format!("{accounts}/v1/users"))
+        .json(&serde_json::json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("sign up {email}: {e}"));
+    assert_eq!(response.status(), 201, "sign up {email} at {accounts}");
+}
+
+/// The access token of a password login at the accounts service whose base URL is `accounts`;
+/// the login must succeed (200).
+pub async fn password_token(
+    client: &reqwest::Client,
+    accounts: &str,
+    email: &str,
+    password: &str,
+) -> String {
+    let response = client
+        .post(format!("{accounts}/v1/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", email),
+            ("password", password),
+        ])
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("log in {email}: {e}"));
+    assert_eq!(response.status(), 200, "log in {email} at {accounts}");
+    let tokens: serde_json::Value = response
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("log in {email}: the answer is not JSON: {e}"));
+    tokens["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no access token in {tokens}"))
+        .to_owned()
+}
+
 /// Records a migration that no release of this code has, as a newer release leaves behind, so
 /// a test can check that the store still opens (rolling updates, rollbacks).
 pub async fn record_newer_migration(pool: &crate::db::Pool) {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::config::Env;
-use common::testkit::{Running, TestDatabase};
+use common::testkit::{self, Running, TestDatabase};
 use payments::store::PaymentsStore;
 use payments::{Application, PaymentsConfig};
 use serde_json::{Value, json};
@@ -29,34 +29,13 @@ impl TestApp {
 
     /// A new user's access token (signed up and logged in at accounts).
     pub async fn user_token(&self, email: &str) -> String {
-        let signed_up = self
-            .client
-            .post(self.accounts.url("/v1/users"))
-            .json(&json!({"email": email, "password": "password-123"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(signed_up.status(), 201);
+        testkit::sign_up(&self.client, &self.accounts.url(""), email, "password-123").await;
         self.login(email, "password-123").await
     }
 
     /// The access token of a password login.
     pub async fn login(&self, email: &str, password: &str) -> String {
-        let tokens: Value = self
-            .client
-            .post(self.accounts.url("/v1/token"))
-            .form(&[
-                ("grant_type", "password"),
-                ("username", email),
-                ("password", password),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        tokens["access_token"].as_str().expect("a token").to_owned()
+        testkit::password_token(&self.client, &self.accounts.url(""), email, password).await
     }
 
     /// The bootstrap admin's token (`payments:admin`).
