@@ -81,11 +81,15 @@ impl TraceExport {
         };
         let (variable, endpoint) = endpoint;
         match url::Url::parse(&endpoint) {
-            Ok(url) if url.scheme() == "http" || url.scheme() == "https" => {}
+            // The exporter's HTTP client has no TLS provider: an https:// endpoint would fail
+            // on every export, silently. Say so at start instead.
+            Ok(url) if url.scheme() == "http" => {}
             _ => {
                 return Err(ConfigError::new(
                     variable,
-                    format!("expected an http:// URL, got {endpoint:?}"),
+                    format!(
+                        "expected an http:// URL (a local or sidecar collector; TLS is not built in), got {endpoint:?}"
+                    ),
                 ));
             }
         }
@@ -357,6 +361,10 @@ mod tests {
             (
                 vec![("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "not a url")],
                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            ),
+            (
+                vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")],
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
             ),
         ] {
             assert_eq!(export(&pairs).unwrap_err().variable, variable);
