@@ -6,7 +6,7 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderName, HeaderValue, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use tracing::{Instrument, field::Empty};
 
 use crate::metrics::{Metrics, RouteLabel, UNMATCHED_ROUTE};
@@ -18,12 +18,17 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 tokio::task_local! {
-    static REQUEST_ID: String;
+    static CURRENT: RequestContext;
 }
 
 /// The id of the request being served by this task, if any.
 pub fn current_request_id() -> Option<String> {
-    REQUEST_ID.try_with(Clone::clone).ok()
+    CURRENT.try_with(|context| context.request_id.clone()).ok()
+}
+
+/// The request being served by this task, if any: for log lines outside a request span.
+pub fn current_context() -> Option<RequestContext> {
+    CURRENT.try_with(Clone::clone).ok()
 }
 
 /// Whether a caller-supplied request id is worth keeping: 1–128 characters of
@@ -179,110 +184,184 @@ pub struct PassThrough;
 /// Middleware: request id and trace context in, span and access log around the request,
 /// `X-Request-ID` out, and bare error statuses (axum's 404/405/413, ...) as problem+json.
 pub async fn request_context(
-    State(RequestObserver { service, metrics }): State<RequestObserver>,
+    State(observer): State<RequestObserver>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let started = Instant::now();
-    let request_id = request
-        .headers()
-        .get(X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| is_sane_request_id(v))
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let incoming = request
-        .headers()
-        .get(TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse);
-    let method = request.method().as_str().to_owned();
-    // `otel.*`: the exported span's kind and, on a 5xx, its error status. Its name becomes
-    // `{method} {route}` once the route is known.
-    macro_rules! request_span {
-        ($trace_id:expr, $span_id:expr) => {
-            tracing::info_span!(
-                "http_request",
-                otel.kind = "server",
-                otel.status_code = Empty,
-                service,
-                request_id = %request_id,
-                trace_id = $trace_id,
-                span_id = $span_id,
-                http.request.method = %request.method(),
-                url.path = %request.uri().path(),
-                url.scheme = "http",
-                http.route = Empty,
-                http.response.status_code = Empty,
-                enduser.id = Empty,
-            )
-        };
-    }
-    // With trace export on, the exported span's ids are the ones logged and forwarded;
-    // without it, this hop's span gets ids of its own in the caller's trace (or a new one),
-    // set when the span is made (recording them later costs a little on every request).
-    let (span, trace) = if crate::telemetry::exporting() {
-        let span = request_span!(Empty, Empty);
-        let trace = exported_trace(&span, incoming).unwrap_or_else(|| own_trace(incoming));
-        span.record("trace_id", trace.trace_id_hex());
-        span.record("span_id", format!("{:016x}", trace.span_id));
-        (span, trace)
-    } else {
-        let trace = own_trace(incoming);
-        let span = request_span!(
-            tracing::field::display(trace.trace_id_hex()),
-            tracing::field::display(format_args!("{:016x}", trace.span_id))
-        );
-        (span, trace)
-    };
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        request.headers_mut().insert(X_REQUEST_ID, value);
-    }
-    request.extensions_mut().insert(RequestContext {
-        request_id: request_id.clone(),
-        trace,
-    });
-
-    let response = REQUEST_ID
-        .scope(request_id.clone(), async move {
-            let response = next.run(request).await;
-            problem_for_bare_error(response)
-        })
-        .instrument(span.clone())
+    let observation = observer.start(&mut request);
+    let mut response = observation
+        .scope(async move { problem_for_bare_error(next.run(request).await) })
         .await;
-
-    let status = response.status().as_u16();
-    span.record("http.response.status_code", status);
-    if status >= 500 {
-        span.record("otel.status_code", "error");
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let route = response
-        .extensions()
-        .get::<RouteLabel>()
-        .map_or(UNMATCHED_ROUTE, |r| r.0.as_str());
-    metrics.observe_http(&method, route, status, elapsed);
-    rename_exported(&span, || {
-        if route == UNMATCHED_ROUTE {
-            method.clone()
-        } else {
-            format!("{method} {route}")
-        }
-    });
-    let latency_ms = elapsed * 1000.0;
-    span.in_scope(|| {
-        if status >= 500 {
-            tracing::warn!(latency_ms, "request completed");
-        } else {
-            tracing::info!(latency_ms, "request completed");
-        }
-    });
-
-    let mut response = response;
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(X_REQUEST_ID, value);
-    }
+    let route = response.extensions().get::<RouteLabel>().cloned();
+    observer.finish(
+        observation,
+        route.as_ref().map(|r| r.0.as_str()),
+        &mut response,
+    );
     response
+}
+
+/// One request being observed: when it started, its id, its trace and its span.
+pub struct Observation {
+    started: Instant,
+    method: Method,
+    context: RequestContext,
+    span: tracing::Span,
+    /// The path, kept for the access log line when there is no span to carry it.
+    path: Option<String>,
+}
+
+impl RequestObserver {
+    /// Starts observing `request`: its id (the caller's, if sane; else a new one) and this
+    /// hop's trace context set on it (header and [`RequestContext`]), and its span made.
+    pub fn start<B>(&self, request: &mut http::Request<B>) -> Observation {
+        let started = Instant::now();
+        let request_id = request
+            .headers()
+            .get(X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| is_sane_request_id(v))
+            .map(str::to_owned)
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let incoming = request
+            .headers()
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceParent::parse);
+        let service = self.service;
+        // `otel.*`: the exported span's kind and, on a 5xx, its error status. Its name becomes
+        // `{method} {route}` once the route is known.
+        macro_rules! request_span {
+            ($trace_id:expr, $span_id:expr) => {
+                tracing::info_span!(
+                    "http_request",
+                    otel.kind = "server",
+                    otel.status_code = Empty,
+                    service,
+                    request_id = %request_id,
+                    trace_id = $trace_id,
+                    span_id = $span_id,
+                    http.request.method = %request.method(),
+                    url.path = %request.uri().path(),
+                    url.scheme = "http",
+                    http.route = Empty,
+                    http.response.status_code = Empty,
+                    enduser.id = Empty,
+                )
+            };
+        }
+        // With trace export on, the exported span's ids are the ones logged and forwarded;
+        // without it, this hop's span gets ids of its own in the caller's trace (or a new one),
+        // set when the span is made (recording them later costs a little on every request).
+        let exporting = crate::telemetry::exporting();
+        let (span, trace) = if !exporting && self.spans == RequestSpans::WhenExported {
+            (tracing::Span::none(), own_trace(incoming))
+        } else if exporting {
+            let span = request_span!(Empty, Empty);
+            let trace = exported_trace(&span, incoming).unwrap_or_else(|| own_trace(incoming));
+            span.record("trace_id", trace.trace_id_hex());
+            span.record("span_id", format!("{:016x}", trace.span_id));
+            (span, trace)
+        } else {
+            let trace = own_trace(incoming);
+            let span = request_span!(
+                tracing::field::display(trace.trace_id_hex()),
+                tracing::field::display(format_args!("{:016x}", trace.span_id))
+            );
+            (span, trace)
+        };
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            request.headers_mut().insert(X_REQUEST_ID, value);
+        }
+        let context = RequestContext { request_id, trace };
+        request.extensions_mut().insert(context.clone());
+        Observation {
+            started,
+            method: request.method().clone(),
+            context,
+            path: span.is_none().then(|| request.uri().path().to_owned()),
+            span,
+        }
+    }
+
+    /// Ends observing: the status on the span, the duration in the metrics under `route`
+    /// (the route template, if one matched), the access log line, and `X-Request-ID` on
+    /// `response`.
+    pub fn finish(&self, observation: Observation, route: Option<&str>, response: &mut Response) {
+        let Observation {
+            started,
+            method,
+            context,
+            span,
+            path,
+        } = observation;
+        let status = response.status().as_u16();
+        span.record("http.response.status_code", status);
+        if status >= 500 {
+            span.record("otel.status_code", "error");
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let route = route.unwrap_or(UNMATCHED_ROUTE);
+        self.metrics
+            .observe_http(method.as_str(), route, status, elapsed);
+        rename_exported(&span, || {
+            if route == UNMATCHED_ROUTE {
+                method.to_string()
+            } else {
+                format!("{method} {route}")
+            }
+        });
+        let latency_ms = elapsed * 1000.0;
+        match path {
+            Some(path) => self.access_log(AccessLine {
+                level: if status >= 500 { "WARN" } else { "INFO" },
+                target: module_path!(),
+                timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                latency_ms,
+                message: "request completed",
+                method: method.as_str(),
+                status,
+                route: (route != UNMATCHED_ROUTE).then_some(route),
+                name: "http_request",
+                kind: "server",
+                outcome: (status >= 500).then_some("error"),
+                request_id: &context.request_id,
+                service: self.service,
+                span_id: format!("{:016x}", context.trace.span_id),
+                trace_id: context.trace.trace_id_hex(),
+                path: &path,
+                scheme: "http",
+            }),
+            None => span.in_scope(|| {
+                if status >= 500 {
+                    tracing::warn!(latency_ms, "request completed");
+                } else {
+                    tracing::info!(latency_ms, "request completed");
+                }
+            }),
+        }
+        if let Ok(value) = HeaderValue::from_str(&context.request_id) {
+            response.headers_mut().insert(X_REQUEST_ID, value);
+        }
+    }
+}
+
+impl Observation {
+    /// The request's span (a disabled one when `info` spans are filtered out).
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// Runs `future` (what serves the request) inside the request's span, with its id as the
+    /// task's [`current_request_id`].
+    pub fn scope<F: std::future::Future>(
+        &self,
+        future: F,
+    ) -> impl std::future::Future<Output = F::Output> {
+        CURRENT
+            .scope(self.context.clone(), future)
+            .instrument(self.span.clone())
+    }
 }
 
 /// Route-level middleware: records the matched route template on the request span and on the
@@ -309,6 +388,84 @@ pub struct RequestObserver {
     pub service: &'static str,
     /// Where request durations are recorded.
     pub metrics: Metrics,
+    /// When a request gets a span.
+    pub spans: RequestSpans,
+}
+
+/// When a request gets a span of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestSpans {
+    /// Always: its handler's log lines carry the request's fields (the services).
+    Always,
+    /// Only when spans are exported; otherwise the access log line carries the request's
+    /// fields itself, and the few lines logged while serving it add `request_id` and
+    /// `trace_id` from [`current_context`] (the gateway's forwarded requests, which log
+    /// nothing else unless something fails).
+    WhenExported,
+}
+
+/// The access log line of a request without a span: the same fields, under the same names,
+/// as a `request completed` event inside a request span.
+#[derive(serde::Serialize)]
+struct AccessLine<'a> {
+    level: &'static str,
+    target: &'static str,
+    timestamp: String,
+    latency_ms: f64,
+    message: &'static str,
+    #[serde(rename = "http.request.method")]
+    method: &'a str,
+    #[serde(rename = "http.response.status_code")]
+    status: u16,
+    #[serde(rename = "http.route", skip_serializing_if = "Option::is_none")]
+    route: Option<&'a str>,
+    name: &'static str,
+    #[serde(rename = "otel.kind")]
+    kind: &'static str,
+    #[serde(rename = "otel.status_code", skip_serializing_if = "Option::is_none")]
+    outcome: Option<&'static str>,
+    request_id: &'a str,
+    service: &'static str,
+    span_id: String,
+    trace_id: String,
+    #[serde(rename = "url.path")]
+    path: &'a str,
+    #[serde(rename = "url.scheme")]
+    scheme: &'static str,
+}
+
+impl RequestObserver {
+    /// Writes `line` to the JSON log directly, or, when that is not the subscriber (plain
+    /// text, tests), logs it through `tracing` with the same fields.
+    fn access_log(&self, line: AccessLine<'_>) {
+        macro_rules! event {
+            ($level:expr) => {{
+                if tracing::enabled!($level) && !crate::telemetry::write_json_line(&line) {
+                    tracing::event!(
+                        $level,
+                        latency_ms = line.latency_ms,
+                        http.request.method = line.method,
+                        http.response.status_code = line.status,
+                        http.route = line.route,
+                        otel.kind = line.kind,
+                        otel.status_code = line.outcome,
+                        request_id = line.request_id,
+                        service = line.service,
+                        span_id = line.span_id,
+                        trace_id = line.trace_id,
+                        url.path = line.path,
+                        url.scheme = line.scheme,
+                        "request completed"
+                    );
+                }
+            }};
+        }
+        if line.status >= 500 {
+            event!(tracing::Level::WARN);
+        } else {
+            event!(tracing::Level::INFO);
+        }
+    }
 }
 
 /// Error responses that are not already JSON (framework defaults) become problem+json,
@@ -344,6 +501,95 @@ fn is_json(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `request completed` line of one request observed with `spans`, and its response.
+    fn completed_line(spans: RequestSpans) -> (serde_json::Value, Response) {
+        let (log, _guard) = crate::testkit::CapturedLog::install();
+        let observer = RequestObserver {
+            service: "test",
+            metrics: Metrics::new(),
+            spans,
+        };
+        let mut request = http::Request::get("/a/b?c=d")
+            .header(X_REQUEST_ID, "rid-1")
+            .header(
+                TRACEPARENT,
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .body(())
+            .unwrap();
+        let observation = observer.start(&mut request);
+        assert_eq!(request.headers()[X_REQUEST_ID], "rid-1");
+        let context = request.extensions().get::<RequestContext>().unwrap();
+        assert_eq!(
+            context.trace.trace_id_hex(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        // As the route-level middleware does.
+        observation.span().record("http.route", "/a/{*rest}");
+        let mut response = Problem::from_status(http::StatusCode::BAD_GATEWAY).into_response();
+        observer.finish(observation, Some("/a/{*rest}"), &mut response);
+        let line = log
+            .lines()
+            .into_iter()
+            .find(|line| line["message"] == "request completed")
+            .unwrap();
+        (line, response)
+    }
+
+    fn keys(value: &serde_json::Value) -> Vec<String> {
+        let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn a_request_without_a_span_logs_the_line_one_with_a_span_does() {
+        let (spanned, response) = completed_line(RequestSpans::Always);
+        assert_eq!(response.headers()[X_REQUEST_ID], "rid-1");
+        let (spanless, response) = completed_line(RequestSpans::WhenExported);
+        assert_eq!(response.headers()[X_REQUEST_ID], "rid-1");
+        for line in [&spanned, &spanless] {
+            assert_eq!(line["level"], "WARN", "a 5xx is a warning: {line}");
+            assert_eq!(line["request_id"], "rid-1");
+            assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+            assert_eq!(line["http.route"], "/a/{*rest}");
+            assert_eq!(line["http.response.status_code"], 502);
+            assert_eq!(line["url.path"], "/a/b");
+            assert_ne!(
+                line["span_id"], "00f067aa0ba902b7",
+                "this hop's own span id"
+            );
+        }
+        // The span's name is the one key only a span brings.
+        let mut expected = keys(&spanned);
+        expected.retain(|key| key != "name");
+        let mut actual = keys(&spanless);
+        actual.retain(|key| key != "name");
+        assert_eq!(actual, expected);
+        // What goes straight to the JSON log has the same keys as the line with a span.
+        let direct = serde_json::to_value(AccessLine {
+            level: "INFO",
+            target: module_path!(),
+            timestamp: String::new(),
+            latency_ms: 1.0,
+            message: "request completed",
+            method: "GET",
+            status: 200,
+            route: Some("/a/{*rest}"),
+            name: "http_request",
+            kind: "server",
+            outcome: Some("error"),
+            request_id: "rid-1",
+            service: "test",
+            span_id: String::new(),
+            trace_id: String::new(),
+            path: "/a/b",
+            scheme: "http",
+        })
+        .unwrap();
+        assert_eq!(keys(&direct), keys(&spanned));
+    }
 
     #[test]
     fn sane_request_ids_are_kept_and_others_are_not() {

@@ -1,6 +1,7 @@
 //! Serving a service: the standard layers, binding, graceful shutdown, and the thin `main`
 //! every binary shares (including the `healthcheck` subcommand used by container probes).
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -12,8 +13,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use axum::serve::{ListenerExt, TapIo};
+use tokio::net::{TcpListener, TcpStream as TcpStreamTokio};
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -21,7 +22,7 @@ use crate::config::{ConfigError, Env, HttpConfig};
 use crate::db::Pool;
 use crate::metrics::{Metrics, metrics_endpoint};
 use crate::problem::Problem;
-use crate::request::{RequestObserver, record_route, request_context};
+use crate::request::{RequestObserver, RequestSpans, record_route, request_context};
 use crate::telemetry::{self, LogConfig};
 
 /// Adds what every service's router needs, outermost first: the request context (request id,
@@ -45,6 +46,7 @@ pub fn finish(
             RequestObserver {
                 service,
                 metrics: metrics.clone(),
+                spans: RequestSpans::Always,
             },
             request_context,
         ))
@@ -131,23 +133,57 @@ pub async fn serve(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> std::io::Result<()> {
-    // Responses go out at once (no Nagle delay behind an unacknowledged segment).
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(
+    serve_with(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
+        shutdown,
+        grace,
     )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    .await
+}
+
+/// The listener [`serve_with`] accepts from: a TCP listener whose connections have
+/// `TCP_NODELAY` set.
+pub type Listener = TapIo<TcpListener, fn(&mut TcpStreamTokio)>;
+
+/// Serves what `make_service` makes for each connection (axum's server: HTTP/1.1 and h2c,
+/// graceful shutdown), as [`serve`] does for a router.
+pub async fn serve_with<M, S>(
+    listener: TcpListener,
+    make_service: M,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> std::io::Result<()>
+where
+    M: for<'a> tower::Service<
+            axum::serve::IncomingStream<'a, Listener>,
+            Error = Infallible,
+            Response = S,
+        > + Send
+        + 'static,
+    for<'a> <M as tower::Service<axum::serve::IncomingStream<'a, Listener>>>::Future: Send,
+    S: tower::Service<axum::extract::Request, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    // Responses go out at once (no Nagle delay behind an unacknowledged segment).
+    let listener: Listener = listener.tap_io(set_nodelay as fn(&mut TcpStreamTokio));
+    let server = axum::serve(listener, make_service)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     tokio::select! {
         result = server => result,
         () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
             Ok(())
         }
+    }
+}
+
+fn set_nodelay(stream: &mut TcpStreamTokio) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
     }
 }
 

@@ -269,7 +269,14 @@ pub fn init(config: &LogConfig, service: &'static str) -> Result<LogGuard, Confi
             .map(|provider| otel_layer(provider, service)),
     );
     let result = match config.format {
-        LogFormat::Json => registry.with(json_layer(writer)).try_init(),
+        LogFormat::Json => {
+            let installed = registry.with(json_layer(writer)).try_init();
+            if installed.is_ok() {
+                // Only the process's first subscriber owns the buffer the access log shares.
+                let _ = ACCESS_LOG.set(buffer.clone());
+            }
+            installed
+        }
         LogFormat::Pretty => registry
             .with(tracing_subscriber::fmt::layer().with_writer(writer))
             .try_init(),
@@ -294,6 +301,30 @@ where
         .with_flattened_event()
         .with_top_level_flattened_span_list();
     layer
+}
+
+/// The JSON log's buffer, for [`write_json_line`]; set when the JSON subscriber is installed.
+static ACCESS_LOG: std::sync::OnceLock<Buffer> = std::sync::OnceLock::new();
+
+/// Writes `line` as one JSON log line straight into the JSON log's buffer, bypassing the
+/// subscriber's generic formatting (the gateway's access log, as nginx's `access_log` is
+/// apart from its `error_log`). Returns false, writing nothing, when the JSON log is not the
+/// installed subscriber (plain-text logs, tests), so the caller logs through `tracing`.
+pub fn write_json_line(line: &impl serde::Serialize) -> bool {
+    let Some(buffer) = ACCESS_LOG.get() else {
+        return false;
+    };
+    let mut text = Vec::with_capacity(512);
+    if serde_json::to_writer(&mut text, line).is_err() {
+        return false;
+    }
+    text.push(b'\n');
+    let mut buffer = buffer
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Nowhere to report a failing stdout; the flusher tries again.
+    let _ = buffer.write_all(&text);
+    true
 }
 
 fn flush(buffer: &Mutex<BufWriter<Stdout>>) {

@@ -2,25 +2,47 @@
 //! stripped) to the services over pooled keep-alive connections, and everything else to the
 //! fallback upstream if one is configured.
 
+/// A log line about the request being forwarded: forwarded requests have no span of their
+/// own unless spans are exported, so the line carries the request's `request_id` and
+/// `trace_id` itself when no span does.
+macro_rules! request_event {
+    ($level:ident!($($fields:tt)*)) => {
+        match common::request::current_context().filter(|_| tracing::Span::current().is_none()) {
+            Some(context) => tracing::$level!(
+                request_id = %context.request_id,
+                trace_id = %context.trace.trace_id_hex(),
+                $($fields)*
+            ),
+            None => tracing::$level!($($fields)*),
+        }
+    };
+}
+
 pub mod breaker;
 pub mod client;
 pub mod config;
 pub mod limit;
 pub mod proxy;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
 use common::auth::{HttpJwks, TokenVerifier, VerifierSettings};
 use common::health::{HealthCheck, Readiness};
+use common::request::{RequestObserver, RequestSpans};
+use futures_util::FutureExt;
 use http::HeaderValue;
 use limit::{Decision, Limiter, RateLimitSettings};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 pub use config::GatewayConfig;
 use proxy::{Proxy, Upstream};
@@ -80,14 +102,14 @@ impl Application {
         let mut finished = Vec::with_capacity(self.workers);
         for index in 0..self.workers {
             let listener = listener.try_clone()?;
-            let router = self.gateway.router();
+            let service = self.gateway.worker();
             let stop = stop.clone();
             let grace = self.grace;
             let (done, finished_rx) = tokio::sync::oneshot::channel();
             std::thread::Builder::new()
                 .name(format!("gateway-worker-{index}"))
                 .spawn(move || {
-                    let result = serve_worker(listener, router, stop.clone(), grace);
+                    let result = serve_worker(listener, service, stop.clone(), grace);
                     if result.is_err() {
                         stop.cancel();
                     }
@@ -111,10 +133,10 @@ impl Application {
     }
 }
 
-/// One worker thread: a single-threaded runtime serving `router` on `listener`.
+/// One worker thread: a single-threaded runtime serving `service` on `listener`.
 fn serve_worker(
     listener: std::net::TcpListener,
-    router: Router,
+    service: Worker,
     shutdown: CancellationToken,
     grace: Duration,
 ) -> anyhow::Result<()> {
@@ -123,7 +145,7 @@ fn serve_worker(
         .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        common::server::serve(listener, router, shutdown, grace)
+        common::server::serve_with(listener, service, shutdown, grace)
             .await
             .map_err(|e| anyhow::anyhow!("gateway server failed: {e}"))
     })
@@ -172,6 +194,11 @@ impl Gateway {
                 &[],
             ),
             trusted_proxies: config.trusted_proxies.clone().into(),
+            observer: RequestObserver {
+                service: SERVICE,
+                metrics: metrics.clone(),
+                spans: RequestSpans::WhenExported,
+            },
         };
         if let Some(limiter) = &edge.limiter {
             // Forget idle clients now and then, so the in-process table stays small.
@@ -195,18 +222,78 @@ impl Gateway {
         }
     }
 
-    /// A router for one worker: its own probes and metrics, and the proxy (with a connection
-    /// pool of its own) for every other path.
-    pub fn router(&self) -> Router {
+    /// What one worker serves: the proxy (with a connection pool of its own) and the
+    /// gateway's own probes and metrics.
+    pub fn worker(&self) -> Worker {
         let edge = Edge {
             proxy: Arc::new(self.edge.proxy.with_own_pool()),
             ..self.edge.clone()
         };
-        let routes = Router::new()
-            .merge(common::health::routes(self.readiness.clone()))
-            .fallback(forward)
-            .with_state(Arc::new(edge));
-        common::server::finish(routes, SERVICE, &self.http, &self.metrics)
+        let own = Router::new().merge(common::health::routes(self.readiness.clone()));
+        Worker {
+            edge: Arc::new(edge),
+            own: common::server::finish(own, SERVICE, &self.http, &self.metrics),
+        }
+    }
+}
+
+/// The gateway's own endpoints; every other path is forwarded.
+const OWN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// One worker's service: requests for [`OWN_PATHS`] go to the probe and metrics router (with
+/// every service's standard layers), the others straight to the edge, which observes them
+/// as those layers would (request id, trace context, span, access log, RED metrics) without
+/// the router's per-request machinery in the way of the hot path.
+#[derive(Clone)]
+pub struct Worker {
+    edge: Arc<Edge>,
+    own: Router,
+}
+
+impl<'a, L> tower::Service<axum::serve::IncomingStream<'a, L>> for Worker
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    type Response = Connection;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Connection, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, incoming: axum::serve::IncomingStream<'a, L>) -> Self::Future {
+        std::future::ready(Ok(Connection {
+            worker: self.clone(),
+            peer: *incoming.remote_addr(),
+        }))
+    }
+}
+
+/// The service for one client connection.
+#[derive(Clone)]
+pub struct Connection {
+    worker: Worker,
+    peer: SocketAddr,
+}
+
+impl tower::Service<Request> for Connection {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures_util::future::BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let peer = self.peer;
+        if OWN_PATHS.contains(&request.uri().path()) {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            return Box::pin(self.worker.own.clone().oneshot(request));
+        }
+        let edge = self.worker.edge.clone();
+        Box::pin(async move { Ok(edge.serve(request, peer).await) })
     }
 }
 
@@ -218,9 +305,64 @@ struct Edge {
     verifier: Arc<TokenVerifier>,
     rate_limited: prometheus::IntCounterVec,
     trusted_proxies: Arc<[ipnet::IpNet]>,
+    observer: RequestObserver,
 }
 
 impl Edge {
+    /// Serves one forwarded request, observed as every service's requests are.
+    async fn serve(&self, mut request: Request, peer: SocketAddr) -> Response {
+        let observation = self.observer.start(&mut request);
+        let route = self.proxy.route_of(request.uri().path());
+        if let Some(route) = route {
+            observation.span().record("http.route", route);
+        }
+        let mut response = observation
+            .scope(async {
+                AssertUnwindSafe(self.forward(request, peer, route.is_some()))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| {
+                        request_event!(error!("handler panicked"));
+                        common::Problem::internal().into_response()
+                    })
+            })
+            .await;
+        self.observer.finish(observation, route, &mut response);
+        response
+    }
+
+    /// Rate limiting (for routed paths), then the proxy.
+    async fn forward(&self, request: Request, peer: SocketAddr, routed: bool) -> Response {
+        let mut quota = None;
+        if let (Some(limiter), true) = (&self.limiter, routed) {
+            let client = self
+                .client_key(Caller::of(&request, peer, &self.trusted_proxies))
+                .await;
+            let policy = limiter.settings();
+            match limiter.check(&client).await {
+                Decision::Allowed { remaining, reset } => quota = Some((policy, remaining, reset)),
+                Decision::Limited { retry_after } => {
+                    self.rate_limited.with_label_values::<&str>(&[]).inc();
+                    let seconds = ceil_seconds(retry_after).max(1);
+                    let mut response = common::Problem::new(
+                        http::StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limited",
+                        format!("too many requests; retry in {seconds} s"),
+                    )
+                    .with_header(http::header::RETRY_AFTER, HeaderValue::from(seconds))
+                    .into_response();
+                    rate_limit_headers(response.headers_mut(), policy, 0, retry_after);
+                    return response;
+                }
+            }
+        }
+        let mut response = self.proxy.forward(request, peer.ip()).await;
+        if let Some((policy, remaining, reset)) = quota {
+            rate_limit_headers(response.headers_mut(), policy, remaining, reset);
+        }
+        response
+    }
+
     /// Who is asking: the subject of a valid token, else the client's IP.
     async fn client_key(&self, caller: Caller) -> String {
         let Caller { token, ip } = caller;
@@ -240,7 +382,7 @@ struct Caller {
 }
 
 impl Caller {
-    fn of(request: &Request, trusted_proxies: &[ipnet::IpNet]) -> Self {
+    fn of(request: &Request, peer: SocketAddr, trusted_proxies: &[ipnet::IpNet]) -> Self {
         let token = request
             .headers()
             .get(http::header::AUTHORIZATION)
@@ -250,53 +392,9 @@ impl Caller {
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .map(|t| t.trim().to_owned());
-        let ip = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| {
-                client::address(addr.ip(), request.headers(), trusted_proxies).to_string()
-            })
-            .unwrap_or_default();
+        let ip = client::address(peer.ip(), request.headers(), trusted_proxies).to_string();
         Self { token, ip }
     }
-}
-
-async fn forward(State(edge): State<Arc<Edge>>, request: Request) -> Response {
-    let route = edge.proxy.route_of(request.uri().path());
-    let mut quota = None;
-    if let (Some(limiter), Some(_)) = (&edge.limiter, &route) {
-        let client = edge
-            .client_key(Caller::of(&request, &edge.trusted_proxies))
-            .await;
-        let policy = limiter.settings();
-        match limiter.check(&client).await {
-            Decision::Allowed { remaining, reset } => quota = Some((policy, remaining, reset)),
-            Decision::Limited { retry_after } => {
-                edge.rate_limited.with_label_values::<&str>(&[]).inc();
-                let seconds = ceil_seconds(retry_after).max(1);
-                let mut response = common::Problem::new(
-                    http::StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    format!("too many requests; retry in {seconds} s"),
-                )
-                .with_header(http::header::RETRY_AFTER, HeaderValue::from(seconds))
-                .into_response();
-                rate_limit_headers(response.headers_mut(), policy, 0, retry_after);
-                if let Some(route) = route {
-                    response.extensions_mut().insert(route);
-                }
-                return response;
-            }
-        }
-    }
-    let mut response = edge.proxy.forward(request).await;
-    if let Some((policy, remaining, reset)) = quota {
-        rate_limit_headers(response.headers_mut(), policy, remaining, reset);
-    }
-    if let Some(route) = route {
-        response.extensions_mut().insert(route);
-    }
-    response
 }
 
 fn ceil_seconds(duration: std::time::Duration) -> u64 {

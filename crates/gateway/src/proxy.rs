@@ -2,17 +2,16 @@
 //! hop-by-hop headers removed, `X-Forwarded-*` and `traceparent` set, bodies streamed, a
 //! circuit breaker per upstream, retries where they are safe, `Location` rewritten.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use common::Problem;
 use common::metrics::Metrics;
-use common::metrics::RouteLabel;
 use common::request::{PassThrough, RequestContext, TRACEPARENT, TraceParent};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
@@ -68,9 +67,14 @@ impl Upstream {
 #[derive(Debug, Clone)]
 struct Route {
     prefix: String,
+    /// Its route template in metrics and spans: `{prefix}/{*rest}`.
+    label: String,
     upstream: Upstream,
     readiness: bool,
 }
+
+/// The route template of paths served by the fallback upstream.
+const FALLBACK_ROUTE: &str = "{*fallback}";
 
 /// The forwarding half of the gateway: its routes and its connection pool.
 #[derive(Clone)]
@@ -98,11 +102,13 @@ fn new_client(connect_timeout: Duration) -> Client<HttpConnector, Body> {
         .build(connector)
 }
 
-/// Where a request goes: the upstream, the path to ask it for, and the prefix that was removed.
-struct Target<'a> {
+/// Where a request goes: the upstream, the path to ask it for, the prefix that was removed
+/// and the route template.
+struct Target<'a, 'p> {
     upstream: &'a Upstream,
-    path: String,
+    path: &'p str,
     prefix: Option<&'a str>,
+    label: &'a str,
 }
 
 impl Proxy {
@@ -113,6 +119,7 @@ impl Proxy {
             .iter()
             .map(|r| Route {
                 prefix: r.prefix.trim_end_matches('/').to_owned(),
+                label: format!("{}/{{*rest}}", r.prefix.trim_end_matches('/')),
                 upstream: Upstream::new(&r.name, &r.upstream, config.breaker),
                 readiness: r.readiness,
             })
@@ -165,62 +172,59 @@ impl Proxy {
         &self.client
     }
 
-    fn resolve<'a>(&'a self, path: &str) -> Option<Target<'a>> {
+    fn resolve<'a, 'p>(&'a self, path: &'p str) -> Option<Target<'a, 'p>> {
         for route in &self.routes {
             if let Some(rest) = path.strip_prefix(route.prefix.as_str())
                 && (rest.is_empty() || rest.starts_with('/'))
             {
-                let rest = if rest.is_empty() { "/" } else { rest };
                 return Some(Target {
                     upstream: &route.upstream,
-                    path: rest.to_owned(),
+                    path: if rest.is_empty() { "/" } else { rest },
                     prefix: Some(route.prefix.as_str()),
+                    label: &route.label,
                 });
             }
         }
         self.fallback.as_ref().map(|upstream| Target {
             upstream,
-            path: path.to_owned(),
+            path,
             prefix: None,
+            label: FALLBACK_ROUTE,
         })
     }
 
     /// The route template a path is served by (`/accounts/{*rest}`), if any.
-    pub fn route_of(&self, path: &str) -> Option<RouteLabel> {
-        self.resolve(path).map(|target| {
-            RouteLabel(match target.prefix {
-                Some(prefix) => format!("{prefix}/{{*rest}}"),
-                None => "{*fallback}".to_owned(),
-            })
-        })
+    pub fn route_of(&self, path: &str) -> Option<&str> {
+        self.resolve(path).map(|target| target.label)
     }
 
     /// Forwards `request` to its upstream and streams the answer back: 404 for no route, 400
     /// for dot segments, 413 over the body limit, 503 `circuit_open` while the upstream's
     /// breaker is open, 502 when it cannot be reached, 504 when it is too slow. Connection
     /// failures are retried for safe methods and requests with an `Idempotency-Key`.
-    pub async fn forward(&self, request: Request) -> Response {
-        if has_dot_segments(request.uri().path()) {
+    /// `peer` is the client's TCP address, appended to `X-Forwarded-For`.
+    pub async fn forward(&self, request: Request, peer: IpAddr) -> Response {
+        let full_path = request.uri().path();
+        if has_dot_segments(full_path) {
             return Problem::malformed("the path may not contain . or .. segments").into_response();
         }
         let target = self
-            .resolve(request.uri().path())
-            .filter(|target| !self.is_blocked(&target.path));
+            .resolve(full_path)
+            .filter(|target| !self.is_blocked(target.path));
         let Some(target) = target else {
-            return Problem::not_found(format!("no route for {}", request.uri().path()))
-                .into_response();
+            return Problem::not_found(format!("no route for {full_path}")).into_response();
         };
         if content_length(request.headers()).is_some_and(|len| len > self.max_body_bytes as u64) {
             return Problem::from_status(StatusCode::PAYLOAD_TOO_LARGE).into_response();
         }
-        let path_and_query = match request.uri().query() {
-            Some(query) => format!("{}?{query}", target.path),
-            None => target.path.clone(),
+        let uri = match request.uri().query() {
+            Some(query) => target.upstream.uri(&format!("{}?{query}", target.path)),
+            None => target.upstream.uri(target.path),
         };
-        let Ok(uri) = target.upstream.uri(&path_and_query) else {
+        let Ok(uri) = uri else {
             return Problem::malformed("the request path cannot be forwarded").into_response();
         };
-        let upstream = target.upstream;
+        let (upstream, prefix) = (target.upstream, target.prefix);
         if let Err(wait) = upstream.breaker.try_acquire() {
             self.metrics.outcome(upstream, "circuit_open");
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -258,7 +262,7 @@ impl Proxy {
             )
         };
         let trace = common::request::exported_trace(&span, None);
-        let (head, body) = self.outgoing_request(request, uri, target.prefix, trace);
+        let (head, body) = self.outgoing_request(request, peer, uri, prefix, trace);
         let response = async {
             if retryable {
                 // Retrying needs the body again: these requests are small (safe methods have none).
@@ -283,7 +287,7 @@ impl Proxy {
             span.record("otel.status_code", "error");
         }
         match response {
-            Ok(response) => self.pass_through(upstream, response, target.prefix),
+            Ok(response) => self.pass_through(upstream, response, prefix),
             Err(failure) => failure,
         }
     }
@@ -314,7 +318,9 @@ impl Proxy {
             match tokio::time::timeout(self.upstream_timeout, self.client.request(request)).await {
                 Ok(Err(error)) if error.is_connect() && attempt < self.retries => {
                     attempt += 1;
-                    tracing::info!(upstream = %upstream.name, attempt, error = %error_chain(&error), "retrying");
+                    request_event!(
+                        info!(upstream = %upstream.name, attempt, error = %error_chain(&error), "retrying")
+                    );
                     self.metrics.outcome(upstream, "retried");
                     tokio::time::sleep(Duration::from_millis(25 << attempt)).await;
                 }
@@ -354,7 +360,9 @@ impl Proxy {
             Ok(Err(error)) => {
                 upstream.breaker.record(false);
                 self.metrics.outcome(upstream, "unreachable");
-                tracing::warn!(upstream = %name, error = %error_chain(&error), "upstream request failed");
+                request_event!(
+                    warn!(upstream = %name, error = %error_chain(&error), "upstream request failed")
+                );
                 Err(Problem::new(
                     StatusCode::BAD_GATEWAY,
                     "upstream_unavailable",
@@ -365,7 +373,9 @@ impl Proxy {
             Err(_) => {
                 upstream.breaker.record(false);
                 self.metrics.outcome(upstream, "timeout");
-                tracing::warn!(upstream = %name, timeout = ?self.upstream_timeout, "upstream timed out");
+                request_event!(
+                    warn!(upstream = %name, timeout = ?self.upstream_timeout, "upstream timed out")
+                );
                 Err(Problem::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream_timeout",
@@ -401,14 +411,11 @@ impl Proxy {
     fn outgoing_request(
         &self,
         request: Request,
+        peer: IpAddr,
         uri: Uri,
         prefix: Option<&str>,
         trace: Option<TraceParent>,
     ) -> (Head, Body) {
-        let peer = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip());
         let trace = trace.or_else(|| {
             request
                 .extensions()
@@ -421,14 +428,12 @@ impl Proxy {
         let headers = &mut parts.headers;
         // Let the client set Host to the upstream; keep the original in X-Forwarded-Host.
         headers.remove(header::HOST);
-        if let Some(ip) = peer {
-            let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-                Some(prior) => format!("{prior}, {ip}"),
-                None => ip.to_string(),
-            };
-            if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-                headers.insert(X_FORWARDED_FOR, value);
-            }
+        let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prior) => format!("{prior}, {peer}"),
+            None => peer.to_string(),
+        };
+        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+            headers.insert(X_FORWARDED_FOR, value);
         }
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         match original_host {
@@ -621,7 +626,7 @@ mod tests {
         let proxy = proxy(None);
         let target = proxy.resolve("/accounts/healthz").unwrap();
         assert_eq!(
-            (target.upstream.name.as_str(), target.path.as_str()),
+            (target.upstream.name.as_str(), target.path),
             ("accounts", "/healthz")
         );
         assert_eq!(proxy.resolve("/payments").unwrap().path, "/");
