@@ -26,12 +26,14 @@ use crate::breaker::{Breaker, BreakerSettings};
 use crate::config::GatewayConfig;
 
 /// An upstream: where requests go, under which name they are reported, and its breaker.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Upstream {
     /// Name in logs, metrics and readiness.
     pub name: String,
     /// Its circuit breaker.
     pub breaker: Arc<Breaker>,
+    /// Its metric series, resolved once.
+    metrics: UpstreamMetrics,
     /// `http://host:port`, no path.
     origin: String,
     /// Base path of the upstream, without a trailing slash (usually empty).
@@ -40,7 +42,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// An upstream at `url` (`http://host:port[/base]`).
-    pub fn new(name: &str, url: &url::Url, breaker: BreakerSettings) -> Self {
+    fn new(name: &str, url: &url::Url, breaker: BreakerSettings, metrics: &ProxyMetrics) -> Self {
         let host = url.host_str().unwrap_or("localhost");
         let origin = match url.port() {
             Some(port) => format!("http://{host}:{port}"),
@@ -49,6 +51,7 @@ impl Upstream {
         Self {
             name: name.to_owned(),
             breaker: Arc::new(Breaker::new(breaker)),
+            metrics: metrics.of(name),
             origin,
             base_path: url.path().trim_end_matches('/').to_owned(),
         }
@@ -64,7 +67,7 @@ impl Upstream {
 }
 
 /// A prefix route.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Route {
     prefix: String,
     /// Its route template in metrics and spans: `{prefix}/{*rest}`.
@@ -86,7 +89,6 @@ pub struct Proxy {
     upstream_timeout: Duration,
     max_body_bytes: usize,
     retries: u32,
-    metrics: ProxyMetrics,
     blocked_paths: Arc<[String]>,
 }
 
@@ -114,13 +116,14 @@ struct Target<'a, 'p> {
 impl Proxy {
     /// Builds the routes and one keep-alive connection pool shared by all upstreams.
     pub fn new(config: &GatewayConfig, metrics: &Metrics) -> Self {
+        let metrics = ProxyMetrics::new(metrics);
         let mut routes: Vec<Route> = config
             .routes
             .iter()
             .map(|r| Route {
                 prefix: r.prefix.trim_end_matches('/').to_owned(),
                 label: format!("{}/{{*rest}}", r.prefix.trim_end_matches('/')),
-                upstream: Upstream::new(&r.name, &r.upstream, config.breaker),
+                upstream: Upstream::new(&r.name, &r.upstream, config.breaker, &metrics),
                 readiness: r.readiness,
             })
             .collect();
@@ -131,13 +134,12 @@ impl Proxy {
             fallback: config
                 .fallback
                 .as_ref()
-                .map(|url| Upstream::new("fallback", url, config.breaker)),
+                .map(|url| Upstream::new("fallback", url, config.breaker, &metrics)),
             client: new_client(config.connect_timeout),
             connect_timeout: config.connect_timeout,
             upstream_timeout: config.upstream_timeout,
             max_body_bytes: config.http.max_body_bytes,
             retries: config.retries,
-            metrics: ProxyMetrics::new(metrics),
             blocked_paths: config.blocked_paths.clone().into(),
         }
     }
@@ -226,7 +228,9 @@ impl Proxy {
         };
         let (upstream, prefix) = (target.upstream, target.prefix);
         if let Err(wait) = upstream.breaker.try_acquire() {
-            self.metrics.outcome(upstream, "circuit_open");
+            upstream
+                .metrics
+                .record(Outcome::CircuitOpen, &upstream.breaker);
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             return Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -321,7 +325,7 @@ impl Proxy {
                     request_event!(
                         info!(upstream = %upstream.name, attempt, error = %error_chain(&error), "retrying")
                     );
-                    self.metrics.outcome(upstream, "retried");
+                    upstream.metrics.record(Outcome::Retried, &upstream.breaker);
                     tokio::time::sleep(Duration::from_millis(25 << attempt)).await;
                 }
                 other => return self.settle(upstream, other),
@@ -353,13 +357,19 @@ impl Proxy {
             Ok(Ok(response)) => {
                 let failed = response.status().is_server_error();
                 upstream.breaker.record(!failed);
-                self.metrics
-                    .outcome(upstream, if failed { "server_error" } else { "ok" });
+                let outcome = if failed {
+                    Outcome::ServerError
+                } else {
+                    Outcome::Ok
+                };
+                upstream.metrics.record(outcome, &upstream.breaker);
                 Ok(response)
             }
             Ok(Err(error)) => {
                 upstream.breaker.record(false);
-                self.metrics.outcome(upstream, "unreachable");
+                upstream
+                    .metrics
+                    .record(Outcome::Unreachable, &upstream.breaker);
                 request_event!(
                     warn!(upstream = %name, error = %error_chain(&error), "upstream request failed")
                 );
@@ -372,7 +382,7 @@ impl Proxy {
             }
             Err(_) => {
                 upstream.breaker.record(false);
-                self.metrics.outcome(upstream, "timeout");
+                upstream.metrics.record(Outcome::Timeout, &upstream.breaker);
                 request_event!(
                     warn!(upstream = %name, timeout = ?self.upstream_timeout, "upstream timed out")
                 );
@@ -401,7 +411,7 @@ impl Proxy {
         {
             parts.headers.insert(header::LOCATION, rewritten);
         }
-        self.metrics.breaker_state(upstream);
+        upstream.metrics.breaker_state(&upstream.breaker);
         parts.extensions.insert(PassThrough);
         Response::from_parts(parts, Body::new(body))
     }
@@ -480,8 +490,15 @@ impl Head {
 /// the prefix that chose the upstream.
 fn has_dot_segments(path: &str) -> bool {
     path.split('/').any(|segment| {
-        let decoded = segment.replace("%2e", ".").replace("%2E", ".");
-        decoded == "." || decoded == ".."
+        let dots = segment
+            .strip_prefix('.')
+            .or_else(|| segment.strip_prefix("%2e"))
+            .or_else(|| segment.strip_prefix("%2E"));
+        match dots {
+            None => false,
+            Some("") => true,
+            Some(rest) => matches!(rest, "." | "%2e" | "%2E"),
+        }
     })
 }
 
@@ -522,17 +539,68 @@ impl ProxyMetrics {
         }
     }
 
-    fn outcome(&self, upstream: &Upstream, outcome: &str) {
-        self.requests
-            .with_label_values(&[upstream.name.as_str(), outcome])
-            .inc();
-        self.breaker_state(upstream);
+    /// The series of the upstream `name`.
+    fn of(&self, name: &str) -> UpstreamMetrics {
+        UpstreamMetrics {
+            outcomes: Outcome::ALL
+                .map(|outcome| self.requests.with_label_values(&[name, outcome.label()]))
+                .into(),
+            breaker: self.breaker.with_label_values(&[name]),
+        }
+    }
+}
+
+/// How a request to an upstream ended, as counted in `gateway_upstream_requests_total`.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Ok,
+    ServerError,
+    Unreachable,
+    Timeout,
+    Retried,
+    CircuitOpen,
+}
+
+impl Outcome {
+    const ALL: [Self; 6] = [
+        Self::Ok,
+        Self::ServerError,
+        Self::Unreachable,
+        Self::Timeout,
+        Self::Retried,
+        Self::CircuitOpen,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::ServerError => "server_error",
+            Self::Unreachable => "unreachable",
+            Self::Timeout => "timeout",
+            Self::Retried => "retried",
+            Self::CircuitOpen => "circuit_open",
+        }
+    }
+}
+
+/// One upstream's series: a counter per [`Outcome`] (in [`Outcome::ALL`]'s order) and its
+/// breaker's state.
+#[derive(Clone)]
+struct UpstreamMetrics {
+    outcomes: Arc<[prometheus::IntCounter]>,
+    breaker: prometheus::IntGauge,
+}
+
+impl UpstreamMetrics {
+    fn record(&self, outcome: Outcome, breaker: &Breaker) {
+        if let Some(counter) = self.outcomes.get(outcome as usize) {
+            counter.inc();
+        }
+        self.breaker_state(breaker);
     }
 
-    fn breaker_state(&self, upstream: &Upstream) {
-        self.breaker
-            .with_label_values(&[upstream.name.as_str()])
-            .set(upstream.breaker.state().code());
+    fn breaker_state(&self, breaker: &Breaker) {
+        self.breaker.set(breaker.state().code());
     }
 }
 
@@ -543,6 +611,10 @@ const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-pref
 
 /// Removes RFC 9110 §7.6.1 connection-specific headers, including those `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one look at each name instead of a removal of each kind.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -553,19 +625,27 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == KEEP_ALIVE || name == PROXY_CONNECTION
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
