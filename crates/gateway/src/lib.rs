@@ -460,3 +460,46 @@ impl HealthCheck for UpstreamCheck {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use common::request::{RequestObserver, RequestSpans};
+    use common::testkit::CapturedLog;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn lines_logged_while_forwarding_carry_the_request_ids() {
+        let (log, _guard) = CapturedLog::install();
+        let observer = RequestObserver {
+            service: "gateway",
+            metrics: common::metrics::Metrics::new(),
+            spans: RequestSpans::WhenExported,
+        };
+        let mut request = http::Request::get("/accounts/x")
+            .header("x-request-id", "rid-7")
+            .body(())
+            .unwrap();
+        let observation = observer.start(&mut request);
+        observation
+            .scope(async { request_event!(warn!(upstream = "accounts", "upstream timed out")) })
+            .await;
+        // Outside a request: nothing to add.
+        request_event!(info!("route"));
+        let lines = log.lines();
+        let failed = lines
+            .iter()
+            .find(|line| line["message"] == "upstream timed out")
+            .unwrap();
+        assert_eq!(failed["request_id"], "rid-7");
+        assert_eq!(failed["upstream"], "accounts");
+        let context = request
+            .extensions()
+            .get::<common::request::RequestContext>()
+            .unwrap();
+        assert_eq!(failed["trace_id"], context.trace.trace_id_hex().as_str());
+        let outside = lines
+            .iter()
+            .find(|line| line["message"] == "route")
+            .unwrap();
+        assert!(outside.get("request_id").is_none(), "{outside}");
+    }
+}
