@@ -213,7 +213,8 @@ pub struct Observation {
 
 impl RequestObserver {
     /// Starts observing `request`: its id (the caller's, if sane; else a new one) and this
-    /// hop's trace context set on it (header and [`RequestContext`]), and its span made.
+    /// hop's trace context set on it (header and [`RequestContext`]), and its span made (see
+    /// [`RequestSpans`]).
     pub fn start<B>(&self, request: &mut http::Request<B>) -> Observation {
         let started = Instant::now();
         let request_id = request
@@ -347,7 +348,8 @@ impl RequestObserver {
 }
 
 impl Observation {
-    /// The request's span (a disabled one when `info` spans are filtered out).
+    /// The request's span: a disabled one when `info` spans are filtered out, or when the
+    /// observer makes spans [`RequestSpans::WhenExported`] and none are exported.
     pub fn span(&self) -> &tracing::Span {
         &self.span
     }
