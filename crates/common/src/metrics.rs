@@ -61,8 +61,13 @@ impl Metrics {
 
     /// Records one served request.
     pub fn observe_http(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        let code = http::StatusCode::from_u16(status);
+        let status = match &code {
+            Ok(code) => code.as_str(),
+            Err(_) => "invalid",
+        };
         self.http_duration
-            .with_label_values(&[method, route, &status.to_string()])
+            .with_label_values(&[method, route, status])
             .observe(seconds);
     }
 

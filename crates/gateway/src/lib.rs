@@ -50,11 +50,11 @@ use proxy::{Proxy, Upstream};
 /// The service's name in logs and spans.
 pub const SERVICE: &str = "gateway";
 
-/// A built gateway: listener bound, not yet serving.
+/// A built gateway: listening sockets bound, not yet serving.
 pub struct Application {
-    listener: tokio::net::TcpListener,
+    /// One listening socket per worker, all on the same address.
+    listeners: Vec<std::net::TcpListener>,
     gateway: Gateway,
-    workers: usize,
     grace: Duration,
 }
 
@@ -71,37 +71,45 @@ impl Application {
             )),
             _ => None,
         };
-        let listener = common::server::bind(config.addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on GATEWAY_ADDR {}: {e}", config.addr))?;
+        let cannot = |e| anyhow::anyhow!("cannot listen on GATEWAY_ADDR {}: {e}", config.addr);
+        let first = worker_listener(config.addr).map_err(cannot)?;
+        // The others on the port the first one got (GATEWAY_ADDR may ask for port 0).
+        let addr = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..config.workers {
+            listeners.push(worker_listener(addr).map_err(cannot)?);
+        }
         Ok(Self {
-            listener,
+            listeners,
             gateway: Gateway::new(&config, redis),
-            workers: config.workers,
             grace: config.http.shutdown_grace,
         })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match self.listeners.first() {
+            Some(listener) => listener.local_addr(),
+            None => Err(std::io::Error::other("no listening socket")),
+        }
     }
 
     /// Serves until `shutdown` fires and in-flight requests have finished.
     ///
     /// Like nginx's worker processes, each of the `GATEWAY_WORKERS` threads runs a
-    /// single-threaded runtime that accepts from the shared listening socket and keeps its own
-    /// upstream connections, so a request never changes threads on its way through; breakers,
-    /// rate limits, metrics and the key cache are shared by all of them.
+    /// single-threaded runtime that accepts from a listening socket of its own (`SO_REUSEPORT`:
+    /// the kernel spreads new connections evenly over them, where one shared socket lets
+    /// whichever worker wakes first take a whole burst) and keeps its own upstream connections,
+    /// so a request never changes threads on its way through; breakers, rate limits, metrics
+    /// and the key cache are shared by all of them.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let addr = self.listener.local_addr()?;
-        tracing::info!(service = SERVICE, %addr, workers = self.workers, "listening");
-        let listener = self.listener.into_std()?;
+        let addr = self.local_addr()?;
+        let workers = self.listeners.len();
+        tracing::info!(service = SERVICE, %addr, workers, "listening");
         // A worker that fails stops the others; the caller's token is left alone.
         let stop = shutdown.child_token();
-        let mut finished = Vec::with_capacity(self.workers);
-        for index in 0..self.workers {
-            let listener = listener.try_clone()?;
+        let mut finished = Vec::with_capacity(workers);
+        for (index, listener) in self.listeners.into_iter().enumerate() {
             let service = self.gateway.worker();
             let stop = stop.clone();
             let grace = self.grace;
@@ -117,7 +125,6 @@ impl Application {
                 })?;
             finished.push(finished_rx);
         }
-        drop(listener);
         let mut result = Ok(());
         for worker in finished {
             let outcome = worker
@@ -131,6 +138,22 @@ impl Application {
         tracing::info!(service = SERVICE, "stopped");
         result
     }
+}
+
+/// A nonblocking listening socket on `addr` that other sockets may share (`SO_REUSEPORT`), with
+/// the backlog tokio's own `bind` gives.
+fn worker_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// One worker thread: a single-threaded runtime serving `service` on `listener`.
@@ -444,7 +467,10 @@ impl HealthCheck for UpstreamCheck {
     }
 
     async fn check(&self) -> Result<(), String> {
-        let uri = self.upstream.uri("/readyz").map_err(|e| e.to_string())?;
+        let uri = self
+            .upstream
+            .uri("/readyz", None)
+            .map_err(|e| e.to_string())?;
         let request = Request::get(uri)
             .body(Body::empty())
             .map_err(|e| e.to_string())?;
@@ -463,6 +489,17 @@ impl HealthCheck for UpstreamCheck {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn worker_sockets_share_one_address_and_a_port_taken_otherwise_is_refused() {
+        let first = super::worker_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = first.local_addr().unwrap();
+        let second = super::worker_listener(addr).unwrap();
+        assert_eq!(second.local_addr().unwrap(), addr);
+        // A port another program holds (without SO_REUSEPORT) stays its own.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(super::worker_listener(taken.local_addr().unwrap()).is_err());
+    }
+
     use common::request::{RequestObserver, RequestSpans};
     use common::testkit::CapturedLog;
 

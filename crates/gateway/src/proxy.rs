@@ -57,12 +57,20 @@ impl Upstream {
         }
     }
 
-    /// The URI of `path_and_query` on this upstream.
-    pub fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        Ok(Uri::try_from(format!(
-            "{}{}{}",
-            self.origin, self.base_path, path_and_query
-        ))?)
+    /// The URI of `path` (and `query`) on this upstream.
+    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        let query_len = query.map_or(0, |q| q.len() + 1);
+        let mut uri = String::with_capacity(
+            self.origin.len() + self.base_path.len() + path.len() + query_len,
+        );
+        uri.push_str(&self.origin);
+        uri.push_str(&self.base_path);
+        uri.push_str(path);
+        if let Some(query) = query {
+            uri.push('?');
+            uri.push_str(query);
+        }
+        Ok(Uri::try_from(uri)?)
     }
 }
 
@@ -219,11 +227,7 @@ impl Proxy {
         if content_length(request.headers()).is_some_and(|len| len > self.max_body_bytes as u64) {
             return Problem::from_status(StatusCode::PAYLOAD_TOO_LARGE).into_response();
         }
-        let uri = match request.uri().query() {
-            Some(query) => target.upstream.uri(&format!("{}?{query}", target.path)),
-            None => target.upstream.uri(target.path),
-        };
-        let Ok(uri) = uri else {
+        let Ok(uri) = target.upstream.uri(target.path, request.uri().query()) else {
             return Problem::malformed("the request path cannot be forwarded").into_response();
         };
         let (upstream, prefix) = (target.upstream, target.prefix);
@@ -270,7 +274,12 @@ impl Proxy {
         let response = async {
             if retryable {
                 // Retrying needs the body again: these requests are small (safe methods have none).
-                match axum::body::to_bytes(body, self.max_body_bytes).await {
+                let bytes = if http_body::Body::is_end_stream(&body) {
+                    Ok(Bytes::new())
+                } else {
+                    axum::body::to_bytes(body, self.max_body_bytes).await
+                };
+                match bytes {
                     Ok(bytes) => self.send_with_retries(upstream, &head, bytes).await,
                     Err(_) => {
                         Err(Problem::from_status(StatusCode::PAYLOAD_TOO_LARGE).into_response())
@@ -645,7 +654,19 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name == KEEP_ALIVE || name == PROXY_CONNECTION
+    // By name: comparing with the constants above would build them on every call.
+    matches!(
+        name.as_str(),
+        "connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "keep-alive"
+            | "proxy-connection"
+    )
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -721,10 +742,7 @@ mod tests {
         let target = proxy.resolve("/admin/login/").unwrap();
         assert_eq!(target.upstream.name, "fallback");
         assert_eq!(
-            target
-                .upstream
-                .uri(&format!("{}?next=/", target.path))
-                .unwrap(),
+            target.upstream.uri(target.path, Some("next=/")).unwrap(),
             "http://127.0.0.1:9000/legacy/admin/login/?next=/"
         );
         assert!(target.prefix.is_none());
