@@ -489,6 +489,9 @@ impl HealthCheck for UpstreamCheck {
 
 #[cfg(test)]
 mod tests {
+    use common::request::{RequestObserver, RequestSpans};
+    use common::testkit::CapturedLog;
+
     #[test]
     fn worker_sockets_share_one_address_and_a_port_taken_otherwise_is_refused() {
         let first = super::worker_listener("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -499,9 +502,6 @@ mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         assert!(super::worker_listener(taken.local_addr().unwrap()).is_err());
     }
-
-    use common::request::{RequestObserver, RequestSpans};
-    use common::testkit::CapturedLog;
 
     #[tokio::test(flavor = "current_thread")]
     async fn lines_logged_while_forwarding_carry_the_request_ids() {

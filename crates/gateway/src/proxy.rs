@@ -790,5 +790,9 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-kept"));
+        // The check by name and the removal by constant agree.
+        for name in HOP_BY_HOP.iter().chain([&KEEP_ALIVE, &PROXY_CONNECTION]) {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
     }
 }
