@@ -121,6 +121,11 @@ impl TraceParent {
         format!("{:032x}", self.trace_id)
     }
 
+    /// The span id as 16 lowercase hex digits.
+    pub fn span_id_hex(&self) -> String {
+        format!("{:016x}", self.span_id)
+    }
+
     /// The header value.
     pub fn to_header(&self) -> HeaderValue {
         let text = format!(
@@ -255,21 +260,21 @@ impl RequestObserver {
         // without it, this hop's span gets ids of its own in the caller's trace (or a new one),
         // set when the span is made (recording them later costs a little on every request).
         let exporting = crate::telemetry::exporting();
-        let (span, trace) = if !exporting && self.spans == RequestSpans::WhenExported {
-            (tracing::Span::none(), own_trace(incoming))
-        } else if exporting {
+        let (span, trace) = if exporting {
             let span = request_span!(Empty, Empty);
             let trace = exported_trace(&span, incoming).unwrap_or_else(|| own_trace(incoming));
             span.record("trace_id", trace.trace_id_hex());
-            span.record("span_id", format!("{:016x}", trace.span_id));
+            span.record("span_id", trace.span_id_hex());
             (span, trace)
-        } else {
+        } else if self.spans == RequestSpans::Always {
             let trace = own_trace(incoming);
             let span = request_span!(
                 tracing::field::display(trace.trace_id_hex()),
-                tracing::field::display(format_args!("{:016x}", trace.span_id))
+                tracing::field::display(trace.span_id_hex())
             );
             (span, trace)
+        } else {
+            (tracing::Span::none(), own_trace(incoming))
         };
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             request.headers_mut().insert(X_REQUEST_ID, value);
@@ -328,7 +333,7 @@ impl RequestObserver {
                 outcome: (status >= 500).then_some("error"),
                 request_id: &context.request_id,
                 service: self.service,
-                span_id: format!("{:016x}", context.trace.span_id),
+                span_id: context.trace.span_id_hex(),
                 trace_id: context.trace.trace_id_hex(),
                 path: &path,
                 scheme: "http",
