@@ -22,6 +22,7 @@ pub mod breaker;
 pub mod client;
 pub mod config;
 pub mod limit;
+pub mod pool;
 pub mod proxy;
 
 use std::convert::Infallible;
@@ -32,7 +33,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
 use common::auth::{HttpJwks, TokenVerifier, VerifierSettings};
@@ -197,7 +197,6 @@ impl Gateway {
             .fold(Readiness::new(), |readiness, upstream| {
                 readiness.with(Arc::new(UpstreamCheck {
                     upstream: upstream.clone(),
-                    proxy: proxy.clone(),
                 }))
             });
         let mut settings = VerifierSettings::new(config.token_issuer.clone(), "accounts");
@@ -453,7 +452,6 @@ fn rate_limit_headers(
 /// Readiness check `upstream:<name>`: the upstream's own `/readyz` answers 200.
 struct UpstreamCheck {
     upstream: Upstream,
-    proxy: Arc<Proxy>,
 }
 
 #[async_trait::async_trait]
@@ -467,22 +465,10 @@ impl HealthCheck for UpstreamCheck {
     }
 
     async fn check(&self) -> Result<(), String> {
-        let uri = self
-            .upstream
-            .uri("/readyz", None)
-            .map_err(|e| e.to_string())?;
-        let request = Request::get(uri)
-            .body(Body::empty())
-            .map_err(|e| e.to_string())?;
-        let response = self
-            .proxy
-            .client()
-            .request(request)
-            .await
-            .map_err(|e| format!("unreachable: {e}"))?;
-        match response.status() {
-            status if status.is_success() => Ok(()),
-            status => Err(format!("answered {status}")),
+        match self.upstream.get("/readyz").await {
+            Ok(status) if status.is_success() => Ok(()),
+            Ok(status) => Err(format!("answered {status}")),
+            Err(error) => Err(format!("unreachable: {error}")),
         }
     }
 }

@@ -9,23 +9,23 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use common::Problem;
 use common::metrics::Metrics;
 use common::request::{PassThrough, RequestContext, TRACEPARENT, TraceParent};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use crate::breaker::{Breaker, BreakerSettings};
+use crate::breaker::{Breaker, Permit};
 use crate::config::GatewayConfig;
+use crate::pool::{self, Pool, PoolSettings, PooledBody, SendError};
 
-/// An upstream: where requests go, under which name they are reported, and its breaker.
+/// What is sent upstream: the client's body, cut off at `MAX_BODY_BYTES`.
+pub type UpstreamBody = http_body_util::Limited<Body>;
+
+/// An upstream: where requests go, under which name they are reported, its breaker and this
+/// worker's connections to it.
 #[derive(Clone)]
 pub struct Upstream {
     /// Name in logs, metrics and readiness.
@@ -34,36 +34,60 @@ pub struct Upstream {
     pub breaker: Arc<Breaker>,
     /// Its metric series, resolved once.
     metrics: UpstreamMetrics,
-    /// `http://host:port`, no path.
+    /// `http://host:port`, for the client span's `url.full`.
     origin: String,
+    /// The `Host` header sent to it.
+    host: HeaderValue,
     /// Base path of the upstream, without a trailing slash (usually empty).
     base_path: String,
+    /// This worker's keep-alive connections to it.
+    pool: Pool<UpstreamBody>,
 }
 
 impl Upstream {
     /// An upstream at `url` (`http://host:port[/base]`).
-    fn new(name: &str, url: &url::Url, breaker: BreakerSettings, metrics: &ProxyMetrics) -> Self {
-        let host = url.host_str().unwrap_or("localhost");
+    fn new(name: &str, url: &url::Url, config: &GatewayConfig, metrics: &ProxyMetrics) -> Self {
+        let host = match url.host() {
+            Some(url::Host::Domain(domain)) => domain.to_owned(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            None => "localhost".to_owned(),
+        };
+        let port = url.port_or_known_default().unwrap_or(80);
         let origin = match url.port() {
-            Some(port) => format!("http://{host}:{port}"),
-            None => format!("http://{host}"),
+            Some(port) => format!("http://{}:{port}", url.host_str().unwrap_or("localhost")),
+            None => format!("http://{}", url.host_str().unwrap_or("localhost")),
         };
         Self {
             name: name.to_owned(),
-            breaker: Arc::new(Breaker::new(breaker)),
+            breaker: Arc::new(Breaker::new(config.breaker)),
             metrics: metrics.of(name),
             origin,
+            host: pool::host_header(&host, port)
+                .unwrap_or_else(|| HeaderValue::from_static("localhost")),
             base_path: url.path().trim_end_matches('/').to_owned(),
+            pool: Pool::new(PoolSettings {
+                host,
+                port,
+                connect_timeout: config.connect_timeout,
+                idle_timeout: Duration::from_secs(60),
+                max_idle: 256,
+            }),
         }
     }
 
-    /// The URI of `path` (and `query`) on this upstream.
+    /// The same upstream with no connections yet: each worker's own.
+    fn with_own_pool(&self) -> Self {
+        Self {
+            pool: self.pool.empty_copy(),
+            ..self.clone()
+        }
+    }
+
+    /// The origin-form URI of `path` (and `query`) on this upstream.
     pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
         let query_len = query.map_or(0, |q| q.len() + 1);
-        let mut uri = String::with_capacity(
-            self.origin.len() + self.base_path.len() + path.len() + query_len,
-        );
-        uri.push_str(&self.origin);
+        let mut uri = String::with_capacity(self.base_path.len() + path.len() + query_len);
         uri.push_str(&self.base_path);
         uri.push_str(path);
         if let Some(query) = query {
@@ -72,12 +96,25 @@ impl Upstream {
         }
         Ok(Uri::try_from(uri)?)
     }
+
+    /// `GET path` on this upstream (body read and dropped): its status.
+    pub async fn get(&self, path: &str) -> Result<StatusCode, String> {
+        let request = Request::get(self.uri(path, None).map_err(|e| e.to_string())?)
+            .header(header::HOST, self.host.clone())
+            .body(http_body_util::Limited::new(Body::empty(), 0))
+            .map_err(|e| e.to_string())?;
+        let response = self.pool.send(request).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        // Read to the end, so the connection is kept for the next probe.
+        let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+        Ok(status)
+    }
 }
 
 /// A prefix route.
 #[derive(Clone)]
 struct Route {
-    prefix: String,
+    prefix: Prefix,
     /// Its route template in metrics and spans: `{prefix}/{*rest}`.
     label: String,
     upstream: Upstream,
@@ -87,29 +124,15 @@ struct Route {
 /// The route template of paths served by the fallback upstream.
 const FALLBACK_ROUTE: &str = "{*fallback}";
 
-/// The forwarding half of the gateway: its routes and its connection pool.
+/// The forwarding half of the gateway: its routes, each upstream's connections.
 #[derive(Clone)]
 pub struct Proxy {
     routes: Vec<Route>,
     fallback: Option<Upstream>,
-    client: Client<HttpConnector, Body>,
-    connect_timeout: Duration,
     upstream_timeout: Duration,
     max_body_bytes: usize,
     retries: u32,
     blocked_paths: Arc<[String]>,
-}
-
-/// A keep-alive connection pool for every upstream.
-fn new_client(connect_timeout: Duration) -> Client<HttpConnector, Body> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .build(connector)
 }
 
 /// Where a request goes: the upstream, the path to ask it for, the prefix that was removed
@@ -117,34 +140,45 @@ fn new_client(connect_timeout: Duration) -> Client<HttpConnector, Body> {
 struct Target<'a, 'p> {
     upstream: &'a Upstream,
     path: &'p str,
-    prefix: Option<&'a str>,
+    prefix: Option<&'a Prefix>,
     label: &'a str,
 }
 
+/// A route's prefix, and as the `X-Forwarded-Prefix` header.
+#[derive(Clone)]
+struct Prefix {
+    path: String,
+    header: Option<HeaderValue>,
+}
+
 impl Proxy {
-    /// Builds the routes and one keep-alive connection pool shared by all upstreams.
+    /// Builds the routes, each upstream with a connection pool of its own.
     pub fn new(config: &GatewayConfig, metrics: &Metrics) -> Self {
         let metrics = ProxyMetrics::new(metrics);
         let mut routes: Vec<Route> = config
             .routes
             .iter()
-            .map(|r| Route {
-                prefix: r.prefix.trim_end_matches('/').to_owned(),
-                label: format!("{}/{{*rest}}", r.prefix.trim_end_matches('/')),
-                upstream: Upstream::new(&r.name, &r.upstream, config.breaker, &metrics),
-                readiness: r.readiness,
+            .map(|r| {
+                let prefix = r.prefix.trim_end_matches('/').to_owned();
+                Route {
+                    label: format!("{prefix}/{{*rest}}"),
+                    prefix: Prefix {
+                        header: HeaderValue::from_str(&prefix).ok(),
+                        path: prefix,
+                    },
+                    upstream: Upstream::new(&r.name, &r.upstream, config, &metrics),
+                    readiness: r.readiness,
+                }
             })
             .collect();
         // Longest prefix first, so `/a/b` wins over `/a`.
-        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.path.len()));
         Self {
             routes,
             fallback: config
                 .fallback
                 .as_ref()
-                .map(|url| Upstream::new("fallback", url, config.breaker, &metrics)),
-            client: new_client(config.connect_timeout),
-            connect_timeout: config.connect_timeout,
+                .map(|url| Upstream::new("fallback", url, config, &metrics)),
             upstream_timeout: config.upstream_timeout,
             max_body_bytes: config.http.max_body_bytes,
             retries: config.retries,
@@ -168,29 +202,32 @@ impl Proxy {
             .chain(self.fallback.iter())
     }
 
-    /// The same routes, breakers and metrics with a connection pool of its own: each worker
-    /// thread keeps its upstream connections on its own runtime.
+    /// The same routes, breakers and metrics with connections of its own: each worker thread
+    /// keeps its upstream connections on its own runtime.
     pub fn with_own_pool(&self) -> Self {
         Self {
-            client: new_client(self.connect_timeout),
+            routes: self
+                .routes
+                .iter()
+                .map(|route| Route {
+                    upstream: route.upstream.with_own_pool(),
+                    ..route.clone()
+                })
+                .collect(),
+            fallback: self.fallback.as_ref().map(Upstream::with_own_pool),
             ..self.clone()
         }
     }
 
-    /// The shared client, for readiness probes.
-    pub fn client(&self) -> &Client<HttpConnector, Body> {
-        &self.client
-    }
-
     fn resolve<'a, 'p>(&'a self, path: &'p str) -> Option<Target<'a, 'p>> {
         for route in &self.routes {
-            if let Some(rest) = path.strip_prefix(route.prefix.as_str())
+            if let Some(rest) = path.strip_prefix(route.prefix.path.as_str())
                 && (rest.is_empty() || rest.starts_with('/'))
             {
                 return Some(Target {
                     upstream: &route.upstream,
                     path: if rest.is_empty() { "/" } else { rest },
-                    prefix: Some(route.prefix.as_str()),
+                    prefix: Some(&route.prefix),
                     label: &route.label,
                 });
             }
@@ -231,22 +268,25 @@ impl Proxy {
             return Problem::malformed("the request path cannot be forwarded").into_response();
         };
         let (upstream, prefix) = (target.upstream, target.prefix);
-        if let Err(wait) = upstream.breaker.try_acquire() {
-            upstream
-                .metrics
-                .record(Outcome::CircuitOpen, &upstream.breaker);
-            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            return Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "circuit_open",
-                format!(
-                    "the {} service is failing; not calling it for now",
-                    upstream.name
-                ),
-            )
-            .with_header(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)))
-            .into_response();
-        }
+        let permit = match upstream.breaker.try_acquire() {
+            Ok(permit) => permit,
+            Err(wait) => {
+                upstream
+                    .metrics
+                    .record(Outcome::CircuitOpen, &upstream.breaker);
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                return Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "circuit_open",
+                    format!(
+                        "the {} service is failing; not calling it for now",
+                        upstream.name
+                    ),
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)))
+                .into_response();
+            }
+        };
         let retryable = matches!(
             *request.method(),
             Method::GET | Method::HEAD | Method::OPTIONS
@@ -257,40 +297,25 @@ impl Proxy {
             tracing::Span::none()
         } else {
             tracing::info_span!(
-            "upstream_request",
-            otel.name = %request.method(),
-            otel.kind = "client",
-            otel.status_code = Empty,
-            upstream = %upstream.name,
-            http.request.method = %request.method(),
-            server.address = uri.host().unwrap_or_default(),
-            server.port = uri.port_u16(),
-            url.full = %uri,
-            http.response.status_code = Empty,
+                "upstream_request",
+                otel.name = %request.method(),
+                otel.kind = "client",
+                otel.status_code = Empty,
+                upstream = %upstream.name,
+                http.request.method = %request.method(),
+                server.address = upstream.pool.host(),
+                server.port = upstream.pool.port(),
+                url.full = %format_args!("{}{uri}", upstream.origin),
+                http.response.status_code = Empty,
             )
         };
         let trace = common::request::exported_trace(&span, None);
-        let (head, body) = self.outgoing_request(request, peer, uri, prefix, trace);
-        let response = async {
-            if retryable {
-                // Retrying needs the body again: these requests are small (safe methods have none).
-                let bytes = if http_body::Body::is_end_stream(&body) {
-                    Ok(Bytes::new())
-                } else {
-                    axum::body::to_bytes(body, self.max_body_bytes).await
-                };
-                match bytes {
-                    Ok(bytes) => self.send_with_retries(upstream, &head, bytes).await,
-                    Err(_) => {
-                        Err(Problem::from_status(StatusCode::PAYLOAD_TOO_LARGE).into_response())
-                    }
-                }
-            } else {
-                self.send(upstream, head.request(Body::new(body))).await
-            }
-        }
-        .instrument(span.clone())
-        .await;
+        let outgoing = self.outgoing_request(request, peer, uri, upstream, prefix, trace);
+        let response = self
+            .send(upstream, outgoing, retryable)
+            .instrument(span.clone())
+            .await;
+        let response = self.settle(upstream, permit, response);
         let status = match &response {
             Ok(response) => response.status(),
             Err(failure) => failure.status(),
@@ -319,53 +344,50 @@ impl Proxy {
         })
     }
 
-    async fn send_with_retries(
+    /// Sends `request` upstream, each attempt allowed the upstream timeout; a connection that
+    /// cannot be made is tried again (nothing was sent) when the request is `retryable`.
+    async fn send(
         &self,
         upstream: &Upstream,
-        head: &Head,
-        body: Bytes,
-    ) -> Result<hyper::Response<Incoming>, Response> {
+        mut request: Request<UpstreamBody>,
+        retryable: bool,
+    ) -> Attempt {
         let mut attempt = 0;
         loop {
-            let request = head.request(Body::from(body.clone()));
-            match tokio::time::timeout(self.upstream_timeout, self.client.request(request)).await {
-                Ok(Err(error)) if error.is_connect() && attempt < self.retries => {
+            let result =
+                tokio::time::timeout(self.upstream_timeout, upstream.pool.send(request)).await;
+            match result {
+                Ok(Err(SendError::Connect {
+                    reason,
+                    request: unsent,
+                })) if retryable && attempt < self.retries => {
                     attempt += 1;
                     request_event!(
-                        info!(upstream = %upstream.name, attempt, error = %error_chain(&error), "retrying")
+                        info!(upstream = %upstream.name, attempt, error = %reason, "retrying")
                     );
                     upstream.metrics.record(Outcome::Retried, &upstream.breaker);
                     tokio::time::sleep(Duration::from_millis(25 << attempt)).await;
+                    request = *unsent;
                 }
-                other => return self.settle(upstream, other),
+                other => return other,
             }
         }
     }
 
-    async fn send(
-        &self,
-        upstream: &Upstream,
-        request: Request,
-    ) -> Result<hyper::Response<Incoming>, Response> {
-        let result =
-            tokio::time::timeout(self.upstream_timeout, self.client.request(request)).await;
-        self.settle(upstream, result)
-    }
-
-    /// Records the outcome with the breaker and metrics; failures become 502/504 problems.
+    /// Records the outcome with the breaker and metrics; failures become 502/504 problems, and
+    /// a request whose own body failed (over the limit, or the client gone) a 413 or 400 that
+    /// says nothing about the upstream.
     fn settle(
         &self,
         upstream: &Upstream,
-        result: Result<
-            Result<hyper::Response<Incoming>, hyper_util::client::legacy::Error>,
-            tokio::time::error::Elapsed,
-        >,
-    ) -> Result<hyper::Response<Incoming>, Response> {
+        permit: Permit<'_>,
+        result: Attempt,
+    ) -> Result<http::Response<PooledBody<UpstreamBody>>, Response> {
         let name = &upstream.name;
         match result {
             Ok(Ok(response)) => {
                 let failed = response.status().is_server_error();
-                upstream.breaker.record(!failed);
+                permit.record(!failed);
                 let outcome = if failed {
                     Outcome::ServerError
                 } else {
@@ -374,14 +396,27 @@ impl Proxy {
                 upstream.metrics.record(outcome, &upstream.breaker);
                 Ok(response)
             }
+            Ok(Err(SendError::Request(error))) if error.is_user() => {
+                drop(permit);
+                let too_long = std::iter::successors(std::error::Error::source(&error), |cause| {
+                    cause.source()
+                })
+                .any(|cause| cause.is::<http_body_util::LengthLimitError>());
+                request_event!(
+                    info!(upstream = %name, error = %error_chain(&error), "request body failed")
+                );
+                Err(if too_long {
+                    Problem::from_status(StatusCode::PAYLOAD_TOO_LARGE).into_response()
+                } else {
+                    Problem::malformed("the request body could not be read").into_response()
+                })
+            }
             Ok(Err(error)) => {
-                upstream.breaker.record(false);
+                permit.record(false);
                 upstream
                     .metrics
                     .record(Outcome::Unreachable, &upstream.breaker);
-                request_event!(
-                    warn!(upstream = %name, error = %error_chain(&error), "upstream request failed")
-                );
+                request_event!(warn!(upstream = %name, error = %error, "upstream request failed"));
                 Err(Problem::new(
                     StatusCode::BAD_GATEWAY,
                     "upstream_unavailable",
@@ -390,7 +425,7 @@ impl Proxy {
                 .into_response())
             }
             Err(_) => {
-                upstream.breaker.record(false);
+                permit.record(false);
                 upstream.metrics.record(Outcome::Timeout, &upstream.breaker);
                 request_event!(
                     warn!(upstream = %name, timeout = ?self.upstream_timeout, "upstream timed out")
@@ -410,13 +445,13 @@ impl Proxy {
     fn pass_through(
         &self,
         upstream: &Upstream,
-        response: hyper::Response<Incoming>,
-        prefix: Option<&str>,
+        response: http::Response<PooledBody<UpstreamBody>>,
+        prefix: Option<&Prefix>,
     ) -> Response {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         if let (Some(prefix), Some(location)) = (prefix, parts.headers.get(header::LOCATION))
-            && let Some(rewritten) = rewrite_location(location, prefix)
+            && let Some(rewritten) = rewrite_location(location, &prefix.path)
         {
             parts.headers.insert(header::LOCATION, rewritten);
         }
@@ -432,9 +467,10 @@ impl Proxy {
         request: Request,
         peer: IpAddr,
         uri: Uri,
-        prefix: Option<&str>,
+        upstream: &Upstream,
+        prefix: Option<&Prefix>,
         trace: Option<TraceParent>,
-    ) -> (Head, Body) {
+    ) -> Request<UpstreamBody> {
         let trace = trace.or_else(|| {
             request
                 .extensions()
@@ -442,11 +478,11 @@ impl Proxy {
                 .map(|ctx| ctx.trace)
         });
         let (mut parts, body) = request.into_parts();
-        let original_host = parts.headers.get(header::HOST).cloned();
+        let original_host = parts.headers.remove(header::HOST);
         strip_hop_by_hop(&mut parts.headers);
         let headers = &mut parts.headers;
-        // Let the client set Host to the upstream; keep the original in X-Forwarded-Host.
-        headers.remove(header::HOST);
+        // Host is the upstream's; the original is kept in X-Forwarded-Host.
+        headers.insert(header::HOST, upstream.host.clone());
         let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prior) => format!("{prior}, {peer}"),
             None => peer.to_string(),
@@ -459,41 +495,28 @@ impl Proxy {
             Some(host) => headers.insert(X_FORWARDED_HOST, host),
             None => headers.remove(X_FORWARDED_HOST),
         };
-        match prefix.map(HeaderValue::from_str) {
-            Some(Ok(value)) => headers.insert(X_FORWARDED_PREFIX, value),
-            _ => headers.remove(X_FORWARDED_PREFIX),
+        match prefix.and_then(|prefix| prefix.header.clone()) {
+            Some(value) => headers.insert(X_FORWARDED_PREFIX, value),
+            None => headers.remove(X_FORWARDED_PREFIX),
         };
         if let Some(trace) = trace {
             headers.insert(TRACEPARENT, trace.to_header());
         }
-        let head = Head {
-            method: parts.method,
-            uri,
-            headers: parts.headers,
-        };
-        (
-            head,
-            Body::new(http_body_util::Limited::new(body, self.max_body_bytes)),
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+        parts.extensions = http::Extensions::new();
+        Request::from_parts(
+            parts,
+            http_body_util::Limited::new(body, self.max_body_bytes),
         )
     }
 }
 
-/// What is sent upstream, reusable for retries.
-struct Head {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-}
-
-impl Head {
-    fn request(&self, body: Body) -> Request {
-        let mut request = Request::new(body);
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
-        *request.headers_mut() = self.headers.clone();
-        request
-    }
-}
+/// How sending to an upstream went: in time or not, and then answered or failed.
+type Attempt = Result<
+    Result<http::Response<PooledBody<UpstreamBody>>, SendError<UpstreamBody>>,
+    tokio::time::error::Elapsed,
+>;
 
 /// Whether a path has `.` or `..` segments (also percent-encoded), which could step out of
 /// the prefix that chose the upstream.
@@ -728,7 +751,7 @@ mod tests {
         assert_eq!(target.upstream.name, "fallback");
         assert_eq!(
             target.upstream.uri(target.path, Some("next=/")).unwrap(),
-            "http://127.0.0.1:9000/legacy/admin/login/?next=/"
+            "/legacy/admin/login/?next=/"
         );
         assert!(target.prefix.is_none());
     }

@@ -154,6 +154,64 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     );
 }
 
+/// An upstream that answers each connection's first request, keeps the connection open (no
+/// `Connection: close`) for 50 ms, then closes it without a word, as servers with a short
+/// keep-alive timeout do. Returns its address and the number of connections it took.
+async fn upstream_closing_idle_connections() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nsure";
+                if stream.write_all(answer).await.is_ok() {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_while_idle_is_not_used_again() {
+    let (upstream, connections) = upstream_closing_idle_connections().await;
+    let gateway = spawn_gateway(upstream, upstream, &[]).await;
+    let client = reqwest::Client::new();
+    for round in 0..3 {
+        // POST without an Idempotency-Key: never retried, so it must not meet a dead connection.
+        let response = client
+            .post(gateway.url("/payments/anything"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "round {round}");
+        assert_eq!(response.text().await.unwrap(), "sure");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "a new connection for each request once the last one was closed"
+    );
+}
+
 #[tokio::test]
 async fn large_bodies_stream_both_ways() {
     let upstream = spawn_upstream().await;
@@ -197,6 +255,35 @@ async fn a_body_over_the_limit_is_refused_with_413() {
     assert_eq!(response.status(), 413);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], "payload_too_large");
+}
+
+#[tokio::test]
+async fn a_streamed_body_over_the_limit_is_a_413_and_no_fault_of_the_upstream() {
+    let upstream = spawn_upstream().await;
+    let gateway = spawn_gateway(
+        upstream.addr,
+        upstream.addr,
+        &[("GATEWAY_BREAKER_FAILURES", "1".to_owned())],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    // No Content-Length: the limit is found while the body streams upstream.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..20).map(|_| Ok(vec![b'a'; 64 * 1024])).collect();
+    let response = client
+        .post(gateway.url("/payments/upload"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "payload_too_large");
+    // One upstream failure would have opened the breaker.
+    let seen = echoed(&gateway, "/payments/after").await;
+    assert_eq!(seen["path"], "/after");
 }
 
 #[tokio::test]
