@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use tracing::{Instrument, field::Empty};
 
+use crate::logline;
 use crate::metrics::{Metrics, RouteLabel, UNMATCHED_ROUTE};
 use crate::problem::{PROBLEM_JSON, Problem};
 
@@ -118,22 +119,27 @@ impl TraceParent {
 
     /// The trace id as 32 lowercase hex digits.
     pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+        hex_string(&logline::hex::<32>(self.trace_id))
     }
 
     /// The span id as 16 lowercase hex digits.
     pub fn span_id_hex(&self) -> String {
-        format!("{:016x}", self.span_id)
+        hex_string(&logline::hex::<16>(u128::from(self.span_id)))
     }
 
     /// The header value.
     pub fn to_header(&self) -> HeaderValue {
-        let text = format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        );
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+        let mut text = [b'-'; 55];
+        text[..2].copy_from_slice(b"00");
+        text[3..35].copy_from_slice(&logline::hex::<32>(self.trace_id));
+        text[36..52].copy_from_slice(&logline::hex::<16>(u128::from(self.span_id)));
+        text[53..].copy_from_slice(&logline::hex::<2>(u128::from(self.flags)));
+        HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
+}
+
+fn hex_string(digits: &[u8]) -> String {
+    digits.iter().map(|&digit| char::from(digit)).collect()
 }
 
 /// Starts `span` as an exported OpenTelemetry span, child of `parent` (a caller's
@@ -155,6 +161,15 @@ pub fn exported_trace(span: &tracing::Span, parent: Option<TraceParent>) -> Opti
         span_id: u64::from_be_bytes(exported.span_id().to_bytes()),
         flags: exported.trace_flags().to_u8(),
     })
+}
+
+/// A new request id: a UUIDv7 (time-ordered), hyphenated.
+fn new_request_id() -> String {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut text)
+        .to_owned()
 }
 
 /// This hop's span in the caller's trace, or a new trace.
@@ -211,6 +226,8 @@ pub struct Observation {
     started: Instant,
     method: Method,
     context: RequestContext,
+    /// The request id as a header value, for the response.
+    header: Option<HeaderValue>,
     span: tracing::Span,
     /// The path, kept for the access log line when there is no span to carry it.
     path: Option<String>,
@@ -218,9 +235,17 @@ pub struct Observation {
 
 impl RequestObserver {
     /// Starts observing `request`: its id (the caller's, if sane; else a new one) and this
-    /// hop's trace context set on it (header and [`RequestContext`]), and its span made (see
-    /// [`RequestSpans`]).
+    /// hop's trace context set on it (header and [`RequestContext`] extension, for handlers),
+    /// and its span made (see [`RequestSpans`]).
     pub fn start<B>(&self, request: &mut http::Request<B>) -> Observation {
+        let observation = self.begin(request);
+        request.extensions_mut().insert(observation.context.clone());
+        observation
+    }
+
+    /// [`RequestObserver::start`] without the extension: for a request that is passed on
+    /// rather than handled (the gateway's), which takes [`Observation::context`] instead.
+    pub fn begin<B>(&self, request: &mut http::Request<B>) -> Observation {
         let started = Instant::now();
         let request_id = request
             .headers()
@@ -228,7 +253,7 @@ impl RequestObserver {
             .and_then(|v| v.to_str().ok())
             .filter(|v| is_sane_request_id(v))
             .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+            .unwrap_or_else(new_request_id);
         let incoming = request
             .headers()
             .get(TRACEPARENT)
@@ -276,15 +301,15 @@ impl RequestObserver {
         } else {
             (tracing::Span::none(), own_trace(incoming))
         };
-        if let Ok(value) = HeaderValue::from_str(&request_id) {
-            request.headers_mut().insert(X_REQUEST_ID, value);
+        let header = HeaderValue::from_str(&request_id).ok();
+        if let Some(value) = &header {
+            request.headers_mut().insert(X_REQUEST_ID, value.clone());
         }
-        let context = RequestContext { request_id, trace };
-        request.extensions_mut().insert(context.clone());
         Observation {
             started,
             method: request.method().clone(),
-            context,
+            context: RequestContext { request_id, trace },
+            header,
             path: span.is_none().then(|| request.uri().path().to_owned()),
             span,
         }
@@ -298,6 +323,7 @@ impl RequestObserver {
             started,
             method,
             context,
+            header,
             span,
             path,
         } = observation;
@@ -306,10 +332,10 @@ impl RequestObserver {
         if status >= 500 {
             span.record("otel.status_code", "error");
         }
-        let elapsed = started.elapsed().as_secs_f64();
         let route = route.unwrap_or(UNMATCHED_ROUTE);
+        let elapsed = started.elapsed();
         self.metrics
-            .observe_http(method.as_str(), route, status, elapsed);
+            .observe_http(method.as_str(), route, status, elapsed.as_secs_f64());
         rename_exported(&span, || {
             if route == UNMATCHED_ROUTE {
                 method.to_string()
@@ -317,26 +343,21 @@ impl RequestObserver {
                 format!("{method} {route}")
             }
         });
-        let latency_ms = elapsed * 1000.0;
+        // Microseconds are precision enough, and keep the number short.
+        let latency_micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let latency_ms = latency_micros as f64 / 1000.0;
         match path {
             Some(path) => self.access_log(AccessLine {
                 level: if status >= 500 { "WARN" } else { "INFO" },
-                target: module_path!(),
-                timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                latency_ms,
-                message: "request completed",
+                latency_micros,
                 method: method.as_str(),
                 status,
                 route: (route != UNMATCHED_ROUTE).then_some(route),
-                name: "http_request",
-                kind: "server",
                 outcome: (status >= 500).then_some("error"),
                 request_id: &context.request_id,
                 service: self.service,
-                span_id: context.trace.span_id_hex(),
-                trace_id: context.trace.trace_id_hex(),
+                trace: context.trace,
                 path: &path,
-                scheme: "http",
             }),
             None => span.in_scope(|| {
                 if status >= 500 {
@@ -346,13 +367,18 @@ impl RequestObserver {
                 }
             }),
         }
-        if let Ok(value) = HeaderValue::from_str(&context.request_id) {
+        if let Some(value) = header {
             response.headers_mut().insert(X_REQUEST_ID, value);
         }
     }
 }
 
 impl Observation {
+    /// The request's id and this hop's trace context.
+    pub fn context(&self) -> &RequestContext {
+        &self.context
+    }
+
     /// The request's span: a disabled one when `info` spans are filtered out, or when the
     /// observer makes spans [`RequestSpans::WhenExported`] and none are exported.
     pub fn span(&self) -> &tracing::Span {
@@ -413,32 +439,59 @@ pub enum RequestSpans {
 
 /// The access log line of a request without a span: the same fields, under the same names,
 /// as a `request completed` event inside a request span.
-#[derive(serde::Serialize)]
 struct AccessLine<'a> {
     level: &'static str,
-    target: &'static str,
-    timestamp: String,
-    latency_ms: f64,
-    message: &'static str,
-    #[serde(rename = "http.request.method")]
+    latency_micros: u64,
     method: &'a str,
-    #[serde(rename = "http.response.status_code")]
     status: u16,
-    #[serde(rename = "http.route", skip_serializing_if = "Option::is_none")]
     route: Option<&'a str>,
-    name: &'static str,
-    #[serde(rename = "otel.kind")]
-    kind: &'static str,
-    #[serde(rename = "otel.status_code", skip_serializing_if = "Option::is_none")]
     outcome: Option<&'static str>,
     request_id: &'a str,
     service: &'static str,
-    span_id: String,
-    trace_id: String,
-    #[serde(rename = "url.path")]
+    trace: TraceParent,
     path: &'a str,
-    #[serde(rename = "url.scheme")]
-    scheme: &'static str,
+}
+
+impl AccessLine<'_> {
+    /// The line as the JSON log writes a `request completed` event in a request span (the
+    /// same keys in the same order), newline included.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        use logline::{push_millis, push_str, push_uint};
+        out.extend_from_slice(b"{\"level\":\"");
+        out.extend_from_slice(self.level.as_bytes());
+        out.extend_from_slice(b"\",\"target\":\"");
+        push_str(out, module_path!());
+        out.extend_from_slice(b"\",\"timestamp\":\"");
+        logline::push_timestamp(out, std::time::SystemTime::now());
+        out.extend_from_slice(b"\",\"latency_ms\":");
+        push_millis(out, self.latency_micros);
+        out.extend_from_slice(b",\"message\":\"request completed\",\"http.request.method\":\"");
+        push_str(out, self.method);
+        out.extend_from_slice(b"\",\"http.response.status_code\":");
+        push_uint(out, u64::from(self.status));
+        if let Some(route) = self.route {
+            out.extend_from_slice(b",\"http.route\":\"");
+            push_str(out, route);
+            out.push(b'"');
+        }
+        out.extend_from_slice(b",\"name\":\"http_request\",\"otel.kind\":\"server\"");
+        if let Some(outcome) = self.outcome {
+            out.extend_from_slice(b",\"otel.status_code\":\"");
+            push_str(out, outcome);
+            out.push(b'"');
+        }
+        out.extend_from_slice(b",\"request_id\":\"");
+        push_str(out, self.request_id);
+        out.extend_from_slice(b"\",\"service\":\"");
+        push_str(out, self.service);
+        out.extend_from_slice(b"\",\"span_id\":\"");
+        out.extend_from_slice(&logline::hex::<16>(u128::from(self.trace.span_id)));
+        out.extend_from_slice(b"\",\"trace_id\":\"");
+        out.extend_from_slice(&logline::hex::<32>(self.trace.trace_id));
+        out.extend_from_slice(b"\",\"url.path\":\"");
+        push_str(out, self.path);
+        out.extend_from_slice(b"\",\"url.scheme\":\"http\"}\n");
+    }
 }
 
 impl RequestObserver {
@@ -447,21 +500,23 @@ impl RequestObserver {
     fn access_log(&self, line: AccessLine<'_>) {
         macro_rules! event {
             ($level:expr) => {{
-                if tracing::enabled!($level) && !crate::telemetry::write_json_line(&line) {
+                if tracing::enabled!($level)
+                    && !crate::telemetry::write_json_line(|out| line.write_json(out))
+                {
                     tracing::event!(
                         $level,
-                        latency_ms = line.latency_ms,
+                        latency_ms = line.latency_micros as f64 / 1000.0,
                         http.request.method = line.method,
                         http.response.status_code = line.status,
                         http.route = line.route,
-                        otel.kind = line.kind,
+                        otel.kind = "server",
                         otel.status_code = line.outcome,
                         request_id = line.request_id,
                         service = line.service,
-                        span_id = line.span_id,
-                        trace_id = line.trace_id,
+                        span_id = line.trace.span_id_hex(),
+                        trace_id = line.trace.trace_id_hex(),
                         url.path = line.path,
-                        url.scheme = line.scheme,
+                        url.scheme = "http",
                         "request completed"
                     );
                 }
@@ -574,28 +629,43 @@ mod tests {
         let mut actual = keys(&spanless);
         actual.retain(|key| key != "name");
         assert_eq!(actual, expected);
-        // What goes straight to the JSON log has the same keys as the line with a span.
-        let direct = serde_json::to_value(AccessLine {
-            level: "INFO",
-            target: module_path!(),
-            timestamp: String::new(),
-            latency_ms: 1.0,
-            message: "request completed",
+        // What goes straight to the JSON log is the line the spanless request logged through
+        // `tracing`, but for the timestamp, and has the keys of the line with a span.
+        let context = RequestContext {
+            request_id: "rid-1".into(),
+            trace: TraceParent {
+                trace_id: u128::from_str_radix(spanless["trace_id"].as_str().unwrap(), 16).unwrap(),
+                span_id: u64::from_str_radix(spanless["span_id"].as_str().unwrap(), 16).unwrap(),
+                flags: 1,
+            },
+        };
+        let mut out = Vec::new();
+        AccessLine {
+            level: "WARN",
+            latency_micros: (spanless["latency_ms"].as_f64().unwrap() * 1000.0).round() as u64,
             method: "GET",
-            status: 200,
+            status: 502,
             route: Some("/a/{*rest}"),
-            name: "http_request",
-            kind: "server",
             outcome: Some("error"),
-            request_id: "rid-1",
+            request_id: &context.request_id,
             service: "test",
-            span_id: String::new(),
-            trace_id: String::new(),
+            trace: context.trace,
             path: "/a/b",
-            scheme: "http",
-        })
-        .unwrap();
+        }
+        .write_json(&mut out);
+        assert_eq!(out.last(), Some(&b'\n'));
+        let direct: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(keys(&direct), keys(&spanned));
+        for (key, value) in direct.as_object().unwrap() {
+            if key != "timestamp" && key != "name" {
+                assert_eq!(value, &spanless[key], "{key}");
+            }
+        }
+        let timestamp = direct["timestamp"].as_str().unwrap();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(timestamp).is_ok() && timestamp.ends_with('Z'),
+            "{timestamp}"
+        );
     }
 
     #[test]

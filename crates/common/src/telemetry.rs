@@ -306,24 +306,28 @@ where
 /// The JSON log's buffer, for [`write_json_line`]; set when the JSON subscriber is installed.
 static ACCESS_LOG: std::sync::OnceLock<Buffer> = std::sync::OnceLock::new();
 
-/// Writes `line` as one JSON log line straight into the JSON log's buffer, bypassing the
-/// subscriber's generic formatting (the gateway's access log, as nginx's `access_log` is
-/// apart from its `error_log`). Returns false, writing nothing, when the JSON log is not the
-/// installed subscriber (plain-text logs, tests), so the caller logs through `tracing`.
-pub fn write_json_line(line: &impl serde::Serialize) -> bool {
+/// Writes one JSON log line, put together by `write` (newline included), straight into the
+/// JSON log's buffer, bypassing the subscriber's generic formatting (the gateway's access log,
+/// as nginx's `access_log` is apart from its `error_log`). Returns false, writing nothing,
+/// when the JSON log is not the installed subscriber (plain-text logs, tests), so the caller
+/// logs through `tracing`.
+pub fn write_json_line(write: impl FnOnce(&mut Vec<u8>)) -> bool {
+    thread_local! {
+        /// The line being put together, kept for the next one.
+        static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     let Some(buffer) = ACCESS_LOG.get() else {
         return false;
     };
-    let mut text = Vec::with_capacity(512);
-    if serde_json::to_writer(&mut text, line).is_err() {
-        return false;
-    }
-    text.push(b'\n');
-    let mut buffer = buffer
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    // Nowhere to report a failing stdout; the flusher tries again.
-    let _ = buffer.write_all(&text);
+    LINE.with_borrow_mut(|line| {
+        line.clear();
+        write(line);
+        let mut buffer = buffer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Nowhere to report a failing stdout; the flusher tries again.
+        let _ = buffer.write_all(line);
+    });
     true
 }
 

@@ -285,9 +285,10 @@ where
     }
 
     fn call(&mut self, incoming: axum::serve::IncomingStream<'a, L>) -> Self::Future {
+        let peer = *incoming.remote_addr();
         std::future::ready(Ok(Connection {
             worker: self.clone(),
-            peer: *incoming.remote_addr(),
+            client: Arc::new(proxy::Client::new(peer)),
         }))
     }
 }
@@ -296,7 +297,7 @@ where
 #[derive(Clone)]
 pub struct Connection {
     worker: Worker,
-    peer: SocketAddr,
+    client: Arc<proxy::Client>,
 }
 
 impl tower::Service<Request> for Connection {
@@ -309,13 +310,15 @@ impl tower::Service<Request> for Connection {
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
-        let peer = self.peer;
         if OWN_PATHS.contains(&request.uri().path()) {
-            request.extensions_mut().insert(ConnectInfo(peer));
+            request
+                .extensions_mut()
+                .insert(ConnectInfo(self.client.addr));
             return Box::pin(self.worker.own.clone().oneshot(request));
         }
         let edge = self.worker.edge.clone();
-        Box::pin(async move { Ok(edge.serve(request, peer).await) })
+        let client = self.client.clone();
+        Box::pin(async move { Ok(edge.serve(request, &client).await) })
     }
 }
 
@@ -332,15 +335,16 @@ struct Edge {
 
 impl Edge {
     /// Serves one forwarded request, observed as every service's requests are.
-    async fn serve(&self, mut request: Request, peer: SocketAddr) -> Response {
-        let observation = self.observer.start(&mut request);
+    async fn serve(&self, mut request: Request, client: &proxy::Client) -> Response {
+        let observation = self.observer.begin(&mut request);
+        let trace = observation.context().trace;
         let route = self.proxy.route_of(request.uri().path());
         if let Some(route) = route {
             observation.span().record("http.route", route);
         }
         let mut response = observation
             .scope(async {
-                AssertUnwindSafe(self.forward(request, peer, route.is_some()))
+                AssertUnwindSafe(self.forward(request, client, trace, route.is_some()))
                     .catch_unwind()
                     .await
                     .unwrap_or_else(|_| {
@@ -354,14 +358,25 @@ impl Edge {
     }
 
     /// Rate limiting (for routed paths), then the proxy.
-    async fn forward(&self, request: Request, peer: SocketAddr, routed: bool) -> Response {
+    async fn forward(
+        &self,
+        request: Request,
+        client: &proxy::Client,
+        trace: common::request::TraceParent,
+        routed: bool,
+    ) -> Response {
         let mut quota = None;
         if let (Some(limiter), true) = (&self.limiter, routed) {
-            let client = self
-                .client_key(Caller::of(&request, peer, &self.trusted_proxies))
-                .await;
+            let caller = Caller::of(&request, client.addr, &self.trusted_proxies);
+            // Boxed: the limiter's future (a token check, maybe a Redis call) would otherwise
+            // make every request's future larger, limited or not.
+            let decision = Box::pin(async {
+                let key = self.client_key(caller).await;
+                limiter.check(&key).await
+            })
+            .await;
             let policy = limiter.settings();
-            match limiter.check(&client).await {
+            match decision {
                 Decision::Allowed { remaining, reset } => quota = Some((policy, remaining, reset)),
                 Decision::Limited { retry_after } => {
                     self.rate_limited.with_label_values::<&str>(&[]).inc();
@@ -378,7 +393,7 @@ impl Edge {
                 }
             }
         }
-        let mut response = self.proxy.forward(request, peer.ip()).await;
+        let mut response = self.proxy.forward(request, client, trace).await;
         if let Some((policy, remaining, reset)) = quota {
             rate_limit_headers(response.headers_mut(), policy, remaining, reset);
         }

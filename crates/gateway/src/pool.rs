@@ -147,7 +147,9 @@ where
         loop {
             let (mut sender, reused) = match self.take_idle() {
                 Some(sender) => (sender, true),
-                None => match self.connect().await {
+                // Boxed: a new connection's setup is the rare case, and would otherwise make
+                // every request's future (moved as a whole between the layers) larger.
+                None => match Box::pin(self.connect()).await {
                     Ok(sender) => (sender, false),
                     Err(reason) => {
                         return Err(SendError::Connect {

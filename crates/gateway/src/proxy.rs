@@ -2,7 +2,7 @@
 //! hop-by-hop headers removed, `X-Forwarded-*` and `traceparent` set, bodies streamed, a
 //! circuit breaker per upstream, retries where they are safe, `Location` rewritten.
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use common::Problem;
 use common::metrics::Metrics;
-use common::request::{PassThrough, RequestContext, TRACEPARENT, TraceParent};
+use common::request::{PassThrough, TRACEPARENT, TraceParent};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
 use tracing::Instrument;
@@ -20,6 +20,25 @@ use tracing::field::Empty;
 use crate::breaker::{Breaker, Permit};
 use crate::config::GatewayConfig;
 use crate::pool::{self, Pool, PoolSettings, PooledBody, SendError};
+
+/// The client at the other end of one connection, and what it adds to `X-Forwarded-For`
+/// (worked out once per connection, not per request).
+pub struct Client {
+    /// Its TCP address.
+    pub addr: SocketAddr,
+    /// Its IP as a header value.
+    forwarded_for: Option<HeaderValue>,
+}
+
+impl Client {
+    /// The client at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            forwarded_for: HeaderValue::from_str(&addr.ip().to_string()).ok(),
+        }
+    }
+}
 
 /// What is sent upstream: the client's body, cut off at `MAX_BODY_BYTES`.
 pub type UpstreamBody = http_body_util::Limited<Body>;
@@ -249,8 +268,9 @@ impl Proxy {
     /// for dot segments, 413 over the body limit, 503 `circuit_open` while the upstream's
     /// breaker is open, 502 when it cannot be reached, 504 when it is too slow. Connection
     /// failures are retried for safe methods and requests with an `Idempotency-Key`.
-    /// `peer` is the client's TCP address, appended to `X-Forwarded-For`.
-    pub async fn forward(&self, request: Request, peer: IpAddr) -> Response {
+    /// `client`'s address is appended to `X-Forwarded-For`; `trace` is this hop's span, the
+    /// upstream's parent unless spans are exported (then the client span is).
+    pub async fn forward(&self, request: Request, client: &Client, trace: TraceParent) -> Response {
         let full_path = request.uri().path();
         if has_dot_segments(full_path) {
             return Problem::malformed("the path may not contain . or .. segments").into_response();
@@ -309,8 +329,8 @@ impl Proxy {
                 http.response.status_code = Empty,
             )
         };
-        let trace = common::request::exported_trace(&span, None);
-        let outgoing = self.outgoing_request(request, peer, uri, upstream, prefix, trace);
+        let trace = common::request::exported_trace(&span, None).unwrap_or(trace);
+        let outgoing = self.outgoing_request(request, client, uri, upstream, prefix, trace);
         let response = self
             .send(upstream, outgoing, retryable)
             .instrument(span.clone())
@@ -366,7 +386,7 @@ impl Proxy {
                         info!(upstream = %upstream.name, attempt, error = %reason, "retrying")
                     );
                     upstream.metrics.record(Outcome::Retried, &upstream.breaker);
-                    tokio::time::sleep(Duration::from_millis(25 << attempt)).await;
+                    Box::pin(tokio::time::sleep(Duration::from_millis(25 << attempt))).await;
                     request = *unsent;
                 }
                 other => return other,
@@ -460,23 +480,16 @@ impl Proxy {
         Response::from_parts(parts, Body::new(body))
     }
 
-    /// The request to send upstream; `trace` is the exported client span, if spans are
-    /// exported (else the gateway's own span is the upstream's parent).
+    /// The request to send upstream, `trace` its parent span.
     fn outgoing_request(
         &self,
         request: Request,
-        peer: IpAddr,
+        client: &Client,
         uri: Uri,
         upstream: &Upstream,
         prefix: Option<&Prefix>,
-        trace: Option<TraceParent>,
+        trace: TraceParent,
     ) -> Request<UpstreamBody> {
-        let trace = trace.or_else(|| {
-            request
-                .extensions()
-                .get::<RequestContext>()
-                .map(|ctx| ctx.trace)
-        });
         let (mut parts, body) = request.into_parts();
         let original_host = parts.headers.remove(header::HOST);
         strip_hop_by_hop(&mut parts.headers);
@@ -484,10 +497,10 @@ impl Proxy {
         // Host is the upstream's; the original is kept in X-Forwarded-Host.
         headers.insert(header::HOST, upstream.host.clone());
         let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prior) => format!("{prior}, {peer}"),
-            None => peer.to_string(),
+            Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", client.addr.ip())).ok(),
+            None => client.forwarded_for.clone(),
         };
-        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        if let Some(value) = forwarded_for {
             headers.insert(X_FORWARDED_FOR, value);
         }
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -499,9 +512,7 @@ impl Proxy {
             Some(value) => headers.insert(X_FORWARDED_PREFIX, value),
             None => headers.remove(X_FORWARDED_PREFIX),
         };
-        if let Some(trace) = trace {
-            headers.insert(TRACEPARENT, trace.to_header());
-        }
+        headers.insert(TRACEPARENT, trace.to_header());
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
         parts.extensions = http::Extensions::new();
@@ -643,38 +654,58 @@ const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-pref
 
 /// Removes RFC 9110 §7.6.1 connection-specific headers, including those `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages have none: one look at each name instead of a removal of each kind.
-    if !headers.keys().any(is_hop_by_hop) {
+    // One look at each name (most messages have none, or only `Connection: keep-alive`).
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(index) = hop_by_hop_index(name) {
+            present |= 1 << index;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let mut doomed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    doomed.extend(headers.keys().filter(|name| is_hop_by_hop(name)).cloned());
-    for name in doomed {
-        headers.remove(name);
+    if present & 1 != 0 {
+        // What `Connection` lists besides its usual `keep-alive` / `close`.
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|name| {
+                !name.eq_ignore_ascii_case("keep-alive") && !name.eq_ignore_ascii_case("close")
+            })
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    for (index, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << index) != 0 {
+            headers.remove(*name);
+        }
     }
 }
 
-/// Whether `name` is connection-specific whatever `Connection` says (RFC 9110 §7.6.1, plus
-/// the `Keep-Alive` and `Proxy-Connection` of older clients).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "keep-alive"
-            | "proxy-connection"
-    )
+/// Connection-specific whatever `Connection` says (RFC 9110 §7.6.1, plus the `Keep-Alive`
+/// and `Proxy-Connection` of older clients); `Connection` first.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+];
+
+/// Where `name` is in [`HOP_BY_HOP`], if it is hop-by-hop.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    let name = name.as_str();
+    HOP_BY_HOP.iter().position(|hop| *hop == name)
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
