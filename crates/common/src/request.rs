@@ -318,7 +318,12 @@ impl RequestObserver {
     /// Ends observing: the status on the span, the duration in the metrics under `route`
     /// (the route template, if one matched), the access log line, and `X-Request-ID` on
     /// `response`.
-    pub fn finish(&self, observation: Observation, route: Option<&str>, response: &mut Response) {
+    pub fn finish<B>(
+        &self,
+        observation: Observation,
+        route: Option<&str>,
+        response: &mut http::Response<B>,
+    ) {
         let Observation {
             started,
             method,

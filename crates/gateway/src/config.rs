@@ -90,6 +90,9 @@ pub struct GatewayConfig {
     /// `GATEWAY_WORKERS`: worker threads, each with its own runtime and upstream connections
     /// (default: one per CPU).
     pub workers: usize,
+    /// `GATEWAY_H2C` (default true): also accept HTTP/2 with prior knowledge (h2c) from
+    /// clients that speak it; `false` serves HTTP/1.1 only.
+    pub h2c: bool,
     /// `GATEWAY_RETRIES` (default 2): retries of connection failures, for safe methods and
     /// requests with an `Idempotency-Key` only.
     pub retries: u32,
@@ -168,6 +171,7 @@ impl GatewayConfig {
         }
         Ok(Self {
             workers,
+            h2c: env.flag_or("GATEWAY_H2C", true)?,
             rate_limit,
             redis_url,
             redis_prefix: env.string_or("GATEWAY_REDIS_PREFIX", "gateway:ratelimit:"),

@@ -2,18 +2,22 @@
 //! stripped) to the services over pooled keep-alive connections, and everything else to the
 //! fallback upstream if one is configured.
 
-/// A log line about the request being forwarded: forwarded requests have no span of their
-/// own unless spans are exported, so the line carries the request's `request_id` and
-/// `trace_id` itself when no span does.
+/// A log line about a forwarded request (`context`: its [`RequestContext`]): forwarded
+/// requests have no span of their own unless spans are exported, so the line carries the
+/// request's `request_id` and `trace_id` itself when no span does.
+///
+/// [`RequestContext`]: common::request::RequestContext
 macro_rules! request_event {
-    ($level:ident!($($fields:tt)*)) => {
-        match common::request::current_context().filter(|_| tracing::Span::current().is_none()) {
-            Some(context) => tracing::$level!(
+    ($context:expr, $level:ident!($($fields:tt)*)) => {
+        if tracing::Span::current().is_none() {
+            let context: &common::request::RequestContext = $context;
+            tracing::$level!(
                 request_id = %context.request_id,
                 trace_id = %context.trace.trace_id_hex(),
                 $($fields)*
-            ),
-            None => tracing::$level!($($fields)*),
+            )
+        } else {
+            tracing::$level!($($fields)*)
         }
     };
 }
@@ -24,28 +28,31 @@ pub mod config;
 pub mod limit;
 pub mod pool;
 pub mod proxy;
+pub mod server;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request};
-use axum::response::{IntoResponse, Response};
+use axum::body::Body;
+use axum::extract::ConnectInfo;
 use common::auth::{HttpJwks, TokenVerifier, VerifierSettings};
 use common::health::{HealthCheck, Readiness};
 use common::request::{RequestObserver, RequestSpans};
 use futures_util::FutureExt;
 use http::HeaderValue;
+use hyper::body::Incoming;
 use limit::{Decision, Limiter, RateLimitSettings};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+use tracing::Instrument;
 
 pub use config::GatewayConfig;
-use proxy::{Proxy, Upstream};
+pub use proxy::EdgeBody;
+use proxy::{Proxy, Upstream, own};
 
 /// The service's name in logs and spans.
 pub const SERVICE: &str = "gateway";
@@ -56,6 +63,7 @@ pub struct Application {
     listeners: Vec<std::net::TcpListener>,
     gateway: Gateway,
     grace: Duration,
+    h2c: bool,
 }
 
 impl Application {
@@ -83,6 +91,7 @@ impl Application {
             listeners,
             gateway: Gateway::new(&config, redis),
             grace: config.http.shutdown_grace,
+            h2c: config.h2c,
         })
     }
 
@@ -112,12 +121,12 @@ impl Application {
         for (index, listener) in self.listeners.into_iter().enumerate() {
             let service = self.gateway.worker();
             let stop = stop.clone();
-            let grace = self.grace;
+            let (grace, h2c) = (self.grace, self.h2c);
             let (done, finished_rx) = tokio::sync::oneshot::channel();
             std::thread::Builder::new()
                 .name(format!("gateway-worker-{index}"))
                 .spawn(move || {
-                    let result = serve_worker(listener, service, stop.clone(), grace);
+                    let result = serve_worker(listener, service, h2c, stop.clone(), grace);
                     if result.is_err() {
                         stop.cancel();
                     }
@@ -160,6 +169,7 @@ fn worker_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 fn serve_worker(
     listener: std::net::TcpListener,
     service: Worker,
+    h2c: bool,
     shutdown: CancellationToken,
     grace: Duration,
 ) -> anyhow::Result<()> {
@@ -168,9 +178,8 @@ fn serve_worker(
         .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        common::server::serve_with(listener, service, shutdown, grace)
-            .await
-            .map_err(|e| anyhow::anyhow!("gateway server failed: {e}"))
+        server::serve(listener, service, h2c, shutdown, grace).await;
+        Ok(())
     })
 }
 
@@ -272,24 +281,13 @@ pub struct Worker {
     own: Router,
 }
 
-impl<'a, L> tower::Service<axum::serve::IncomingStream<'a, L>> for Worker
-where
-    L: axum::serve::Listener<Addr = SocketAddr>,
-{
-    type Response = Connection;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Connection, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, incoming: axum::serve::IncomingStream<'a, L>) -> Self::Future {
-        let peer = *incoming.remote_addr();
-        std::future::ready(Ok(Connection {
+impl Worker {
+    /// The service for a connection from `peer`.
+    pub fn connection(&self, peer: SocketAddr) -> Connection {
+        Connection {
             worker: self.clone(),
             client: Arc::new(proxy::Client::new(peer)),
-        }))
+        }
     }
 }
 
@@ -300,21 +298,21 @@ pub struct Connection {
     client: Arc<proxy::Client>,
 }
 
-impl tower::Service<Request> for Connection {
-    type Response = Response;
+impl hyper::service::Service<http::Request<Incoming>> for Connection {
+    type Response = http::Response<EdgeBody>;
     type Error = Infallible;
-    type Future = futures_util::future::BoxFuture<'static, Result<Response, Infallible>>;
+    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, Infallible>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut request: Request) -> Self::Future {
+    fn call(&self, mut request: http::Request<Incoming>) -> Self::Future {
         if OWN_PATHS.contains(&request.uri().path()) {
             request
                 .extensions_mut()
                 .insert(ConnectInfo(self.client.addr));
-            return Box::pin(self.worker.own.clone().oneshot(request));
+            let own = self.worker.own.clone().oneshot(request.map(Body::new));
+            return Box::pin(async move {
+                own.await
+                    .map(|response| response.map(http_body_util::Either::Right))
+            });
         }
         let edge = self.worker.edge.clone();
         let client = self.client.clone();
@@ -335,24 +333,30 @@ struct Edge {
 
 impl Edge {
     /// Serves one forwarded request, observed as every service's requests are.
-    async fn serve(&self, mut request: Request, client: &proxy::Client) -> Response {
+    async fn serve(
+        &self,
+        mut request: http::Request<Incoming>,
+        client: &proxy::Client,
+    ) -> http::Response<EdgeBody> {
         let observation = self.observer.begin(&mut request);
-        let trace = observation.context().trace;
         let route = self.proxy.route_of(request.uri().path());
         if let Some(route) = route {
             observation.span().record("http.route", route);
         }
-        let mut response = observation
-            .scope(async {
-                AssertUnwindSafe(self.forward(request, client, trace, route.is_some()))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|_| {
-                        request_event!(error!("handler panicked"));
-                        common::Problem::internal().into_response()
-                    })
-            })
-            .await;
+        let context = observation.context();
+        // Boxed, so that catching its panics and entering the span moves a pointer, not the
+        // whole future.
+        let forward: futures_util::future::BoxFuture<'_, _> =
+            Box::pin(self.forward(request, client, context, route.is_some()));
+        let forward = AssertUnwindSafe(forward).catch_unwind();
+        let outcome = match observation.span() {
+            span if span.is_none() => forward.await,
+            span => forward.instrument(span.clone()).await,
+        };
+        let mut response = outcome.unwrap_or_else(|_| {
+            request_event!(context, error!("handler panicked"));
+            own(common::Problem::internal())
+        });
         self.observer.finish(observation, route, &mut response);
         response
     }
@@ -360,11 +364,11 @@ impl Edge {
     /// Rate limiting (for routed paths), then the proxy.
     async fn forward(
         &self,
-        request: Request,
+        request: http::Request<Incoming>,
         client: &proxy::Client,
-        trace: common::request::TraceParent,
+        context: &common::request::RequestContext,
         routed: bool,
-    ) -> Response {
+    ) -> http::Response<EdgeBody> {
         let mut quota = None;
         if let (Some(limiter), true) = (&self.limiter, routed) {
             let caller = Caller::of(&request, client.addr, &self.trusted_proxies);
@@ -381,19 +385,18 @@ impl Edge {
                 Decision::Limited { retry_after } => {
                     self.rate_limited.with_label_values::<&str>(&[]).inc();
                     let seconds = ceil_seconds(retry_after).max(1);
-                    let mut response = common::Problem::new(
+                    let mut response = own(common::Problem::new(
                         http::StatusCode::TOO_MANY_REQUESTS,
                         "rate_limited",
                         format!("too many requests; retry in {seconds} s"),
                     )
-                    .with_header(http::header::RETRY_AFTER, HeaderValue::from(seconds))
-                    .into_response();
+                    .with_header(http::header::RETRY_AFTER, HeaderValue::from(seconds)));
                     rate_limit_headers(response.headers_mut(), policy, 0, retry_after);
                     return response;
                 }
             }
         }
-        let mut response = self.proxy.forward(request, client, trace).await;
+        let mut response = self.proxy.forward(request, client, context).await;
         if let Some((policy, remaining, reset)) = quota {
             rate_limit_headers(response.headers_mut(), policy, remaining, reset);
         }
@@ -419,7 +422,11 @@ struct Caller {
 }
 
 impl Caller {
-    fn of(request: &Request, peer: SocketAddr, trusted_proxies: &[ipnet::IpNet]) -> Self {
+    fn of<B>(
+        request: &http::Request<B>,
+        peer: SocketAddr,
+        trusted_proxies: &[ipnet::IpNet],
+    ) -> Self {
         let token = request
             .headers()
             .get(http::header::AUTHORIZATION)
@@ -516,28 +523,22 @@ mod tests {
             .header("x-request-id", "rid-7")
             .body(())
             .unwrap();
-        let observation = observer.start(&mut request);
-        observation
-            .scope(async { request_event!(warn!(upstream = "accounts", "upstream timed out")) })
-            .await;
-        // Outside a request: nothing to add.
-        request_event!(info!("route"));
-        let lines = log.lines();
-        let failed = lines
-            .iter()
+        let observation = observer.begin(&mut request);
+        let context = observation.context();
+        request_event!(context, warn!(upstream = "accounts", "upstream timed out"));
+        // With spans exported the request's span carries the ids; they are not repeated.
+        let span = tracing::info_span!("http_request", request_id = "rid-7");
+        span.in_scope(|| request_event!(context, info!("retrying")));
+        let failed = log
+            .lines()
+            .into_iter()
             .find(|line| line["message"] == "upstream timed out")
             .unwrap();
         assert_eq!(failed["request_id"], "rid-7");
         assert_eq!(failed["upstream"], "accounts");
-        let context = request
-            .extensions()
-            .get::<common::request::RequestContext>()
-            .unwrap();
         assert_eq!(failed["trace_id"], context.trace.trace_id_hex().as_str());
-        let outside = lines
-            .iter()
-            .find(|line| line["message"] == "route")
-            .unwrap();
-        assert!(outside.get("request_id").is_none(), "{outside}");
+        let text = log.text();
+        let retrying = text.lines().find(|line| line.contains("retrying")).unwrap();
+        assert_eq!(retrying.matches("\"request_id\"").count(), 1, "{retrying}");
     }
 }

@@ -7,15 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::Request;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
+use bytes::Bytes;
 use common::Problem;
 use common::metrics::Metrics;
-use common::request::{PassThrough, TRACEPARENT, TraceParent};
+use common::request::{RequestContext, TRACEPARENT};
+use http::Request;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
 use tracing::Instrument;
-use tracing::field::Empty;
 
 use crate::breaker::{Breaker, Permit};
 use crate::config::GatewayConfig;
@@ -40,8 +42,20 @@ impl Client {
     }
 }
 
-/// What is sent upstream: the client's body, cut off at `MAX_BODY_BYTES`.
-pub type UpstreamBody = http_body_util::Limited<Body>;
+/// What is sent upstream: the client's body (or none, for the gateway's own probes), cut off
+/// at `MAX_BODY_BYTES`.
+pub type UpstreamBody = http_body_util::Limited<Either<Incoming, Empty<Bytes>>>;
+
+/// An upstream's response body, streamed back.
+pub type UpstreamResponseBody = PooledBody<UpstreamBody>;
+
+/// The body of the gateway's responses: an upstream's, or one of its own.
+pub type EdgeBody = Either<UpstreamResponseBody, Body>;
+
+/// One of the gateway's own responses (a problem), as an [`EdgeBody`] response.
+pub fn own(response: impl IntoResponse) -> http::Response<EdgeBody> {
+    response.into_response().map(Either::Right)
+}
 
 /// An upstream: where requests go, under which name they are reported, its breaker and this
 /// worker's connections to it.
@@ -120,7 +134,7 @@ impl Upstream {
     pub async fn get(&self, path: &str) -> Result<StatusCode, String> {
         let request = Request::get(self.uri(path, None).map_err(|e| e.to_string())?)
             .header(header::HOST, self.host.clone())
-            .body(http_body_util::Limited::new(Body::empty(), 0))
+            .body(http_body_util::Limited::new(Either::Right(Empty::new()), 0))
             .map_err(|e| e.to_string())?;
         let response = self.pool.send(request).await.map_err(|e| e.to_string())?;
         let status = response.status();
@@ -268,24 +282,31 @@ impl Proxy {
     /// for dot segments, 413 over the body limit, 503 `circuit_open` while the upstream's
     /// breaker is open, 502 when it cannot be reached, 504 when it is too slow. Connection
     /// failures are retried for safe methods and requests with an `Idempotency-Key`.
-    /// `client`'s address is appended to `X-Forwarded-For`; `trace` is this hop's span, the
-    /// upstream's parent unless spans are exported (then the client span is).
-    pub async fn forward(&self, request: Request, client: &Client, trace: TraceParent) -> Response {
+    /// `client`'s address is appended to `X-Forwarded-For`; `context` is this hop's (its span
+    /// is the upstream's parent unless spans are exported: then the client span is).
+    pub async fn forward(
+        &self,
+        request: Request<Incoming>,
+        client: &Client,
+        context: &RequestContext,
+    ) -> http::Response<EdgeBody> {
         let full_path = request.uri().path();
         if has_dot_segments(full_path) {
-            return Problem::malformed("the path may not contain . or .. segments").into_response();
+            return own(Problem::malformed(
+                "the path may not contain . or .. segments",
+            ));
         }
         let target = self
             .resolve(full_path)
             .filter(|target| !self.is_blocked(target.path));
         let Some(target) = target else {
-            return Problem::not_found(format!("no route for {full_path}")).into_response();
+            return own(Problem::not_found(format!("no route for {full_path}")));
         };
         if content_length(request.headers()).is_some_and(|len| len > self.max_body_bytes as u64) {
-            return Problem::from_status(StatusCode::PAYLOAD_TOO_LARGE).into_response();
+            return own(Problem::from_status(StatusCode::PAYLOAD_TOO_LARGE));
         }
         let Ok(uri) = target.upstream.uri(target.path, request.uri().query()) else {
-            return Problem::malformed("the request path cannot be forwarded").into_response();
+            return own(Problem::malformed("the request path cannot be forwarded"));
         };
         let (upstream, prefix) = (target.upstream, target.prefix);
         let permit = match upstream.breaker.try_acquire() {
@@ -295,7 +316,7 @@ impl Proxy {
                     .metrics
                     .record(Outcome::CircuitOpen, &upstream.breaker);
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                return Problem::new(
+                return own(Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "circuit_open",
                     format!(
@@ -303,8 +324,7 @@ impl Proxy {
                         upstream.name
                     ),
                 )
-                .with_header(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)))
-                .into_response();
+                .with_header(header::RETRY_AFTER, HeaderValue::from(seconds.max(1))));
             }
         };
         let retryable = matches!(
@@ -320,22 +340,22 @@ impl Proxy {
                 "upstream_request",
                 otel.name = %request.method(),
                 otel.kind = "client",
-                otel.status_code = Empty,
+                otel.status_code = tracing::field::Empty,
                 upstream = %upstream.name,
                 http.request.method = %request.method(),
                 server.address = upstream.pool.host(),
                 server.port = upstream.pool.port(),
                 url.full = %format_args!("{}{uri}", upstream.origin),
-                http.response.status_code = Empty,
+                http.response.status_code = tracing::field::Empty,
             )
         };
-        let trace = common::request::exported_trace(&span, None).unwrap_or(trace);
+        let trace = common::request::exported_trace(&span, None).unwrap_or(context.trace);
         let outgoing = self.outgoing_request(request, client, uri, upstream, prefix, trace);
         let response = self
-            .send(upstream, outgoing, retryable)
+            .send(upstream, outgoing, retryable, context)
             .instrument(span.clone())
             .await;
-        let response = self.settle(upstream, permit, response);
+        let response = self.settle(upstream, permit, response, context);
         let status = match &response {
             Ok(response) => response.status(),
             Err(failure) => failure.status(),
@@ -371,6 +391,7 @@ impl Proxy {
         upstream: &Upstream,
         mut request: Request<UpstreamBody>,
         retryable: bool,
+        context: &RequestContext,
     ) -> Attempt {
         let mut attempt = 0;
         loop {
@@ -383,6 +404,7 @@ impl Proxy {
                 })) if retryable && attempt < self.retries => {
                     attempt += 1;
                     request_event!(
+                        context,
                         info!(upstream = %upstream.name, attempt, error = %reason, "retrying")
                     );
                     upstream.metrics.record(Outcome::Retried, &upstream.breaker);
@@ -402,7 +424,8 @@ impl Proxy {
         upstream: &Upstream,
         permit: Permit<'_>,
         result: Attempt,
-    ) -> Result<http::Response<PooledBody<UpstreamBody>>, Response> {
+        context: &RequestContext,
+    ) -> Result<http::Response<UpstreamResponseBody>, http::Response<EdgeBody>> {
         let name = &upstream.name;
         match result {
             Ok(Ok(response)) => {
@@ -423,39 +446,42 @@ impl Proxy {
                 })
                 .any(|cause| cause.is::<http_body_util::LengthLimitError>());
                 request_event!(
+                    context,
                     info!(upstream = %name, error = %error_chain(&error), "request body failed")
                 );
-                Err(if too_long {
-                    Problem::from_status(StatusCode::PAYLOAD_TOO_LARGE).into_response()
+                Err(own(if too_long {
+                    Problem::from_status(StatusCode::PAYLOAD_TOO_LARGE)
                 } else {
-                    Problem::malformed("the request body could not be read").into_response()
-                })
+                    Problem::malformed("the request body could not be read")
+                }))
             }
             Ok(Err(error)) => {
                 permit.record(false);
                 upstream
                     .metrics
                     .record(Outcome::Unreachable, &upstream.breaker);
-                request_event!(warn!(upstream = %name, error = %error, "upstream request failed"));
-                Err(Problem::new(
+                request_event!(
+                    context,
+                    warn!(upstream = %name, error = %error, "upstream request failed")
+                );
+                Err(own(Problem::new(
                     StatusCode::BAD_GATEWAY,
                     "upstream_unavailable",
                     format!("the {name} service could not be reached"),
-                )
-                .into_response())
+                )))
             }
             Err(_) => {
                 permit.record(false);
                 upstream.metrics.record(Outcome::Timeout, &upstream.breaker);
                 request_event!(
+                    context,
                     warn!(upstream = %name, timeout = ?self.upstream_timeout, "upstream timed out")
                 );
-                Err(Problem::new(
+                Err(own(Problem::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream_timeout",
                     format!("the {name} service did not answer in time"),
-                )
-                .into_response())
+                )))
             }
         }
     }
@@ -465,9 +491,9 @@ impl Proxy {
     fn pass_through(
         &self,
         upstream: &Upstream,
-        response: http::Response<PooledBody<UpstreamBody>>,
+        response: http::Response<UpstreamResponseBody>,
         prefix: Option<&Prefix>,
-    ) -> Response {
+    ) -> http::Response<EdgeBody> {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         if let (Some(prefix), Some(location)) = (prefix, parts.headers.get(header::LOCATION))
@@ -476,19 +502,18 @@ impl Proxy {
             parts.headers.insert(header::LOCATION, rewritten);
         }
         upstream.metrics.breaker_state(&upstream.breaker);
-        parts.extensions.insert(PassThrough);
-        Response::from_parts(parts, Body::new(body))
+        http::Response::from_parts(parts, Either::Left(body))
     }
 
     /// The request to send upstream, `trace` its parent span.
     fn outgoing_request(
         &self,
-        request: Request,
+        request: Request<Incoming>,
         client: &Client,
         uri: Uri,
         upstream: &Upstream,
         prefix: Option<&Prefix>,
-        trace: TraceParent,
+        trace: common::request::TraceParent,
     ) -> Request<UpstreamBody> {
         let (mut parts, body) = request.into_parts();
         let original_host = parts.headers.remove(header::HOST);
@@ -518,14 +543,14 @@ impl Proxy {
         parts.extensions = http::Extensions::new();
         Request::from_parts(
             parts,
-            http_body_util::Limited::new(body, self.max_body_bytes),
+            http_body_util::Limited::new(Either::Left(body), self.max_body_bytes),
         )
     }
 }
 
 /// How sending to an upstream went: in time or not, and then answered or failed.
 type Attempt = Result<
-    Result<http::Response<PooledBody<UpstreamBody>>, SendError<UpstreamBody>>,
+    Result<http::Response<UpstreamResponseBody>, SendError<UpstreamBody>>,
     tokio::time::error::Elapsed,
 >;
 

@@ -212,6 +212,43 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_used_again() {
     );
 }
 
+/// `GET path` over HTTP/2 with prior knowledge (h2c): the status, or the error.
+async fn h2c_get(gateway: &common::testkit::Running, path: &str) -> Result<u16, String> {
+    let stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let request = http::Request::get(gateway.url(path))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(response.status().as_u16())
+}
+
+#[tokio::test]
+async fn h2c_clients_are_served_unless_switched_off() {
+    let upstream = spawn_upstream().await;
+    let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
+    assert_eq!(h2c_get(&gateway, "/accounts/ping").await, Ok(200));
+    assert_eq!(h2c_get(&gateway, "/healthz").await, Ok(200));
+    let http1_only = spawn_gateway(
+        upstream.addr,
+        upstream.addr,
+        &[("GATEWAY_H2C", "false".to_owned())],
+    )
+    .await;
+    assert!(h2c_get(&http1_only, "/accounts/ping").await.is_err());
+    let seen = echoed(&http1_only, "/accounts/ping").await;
+    assert_eq!(seen["path"], "/ping");
+}
+
 #[tokio::test]
 async fn large_bodies_stream_both_ways() {
     let upstream = spawn_upstream().await;
