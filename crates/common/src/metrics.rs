@@ -22,6 +22,21 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 pub struct Metrics {
     registry: Registry,
     http_duration: HistogramVec,
+    /// Tells this registry's series apart in each thread's [`SERIES`] cache.
+    id: u64,
+}
+
+/// The HTTP histogram's series a thread has recorded into lately: `(registry id, method,
+/// route, status)` and the series. Finding a series by its labels in the histogram hashes
+/// the three labels and takes the histogram's lock; a thread serving a few kinds of request
+/// over and over finds them here.
+type SeriesCache = Vec<(u64, http::Method, Box<str>, u16, prometheus::Histogram)>;
+
+/// Series a thread keeps at most; past that the cache starts over.
+const CACHED_SERIES: usize = 64;
+
+thread_local! {
+    static SERIES: std::cell::RefCell<SeriesCache> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The route template a response was served by, for the `http_route` label.
@@ -45,9 +60,11 @@ impl Metrics {
             ],
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let metrics = Self {
             registry,
             http_duration,
+            id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         metrics.register(metrics.http_duration.clone());
         metrics
@@ -60,15 +77,31 @@ impl Metrics {
     }
 
     /// Records one served request.
-    pub fn observe_http(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    pub fn observe_http(&self, method: &http::Method, route: &str, status: u16, seconds: f64) {
+        let recorded = SERIES.with_borrow(|series| {
+            let found = series.iter().find(|(id, m, r, s, _)| {
+                *id == self.id && *s == status && m == method && &**r == route
+            });
+            found.map(|(.., histogram)| histogram.observe(seconds))
+        });
+        if recorded.is_some() {
+            return;
+        }
         let code = http::StatusCode::from_u16(status);
-        let status = match &code {
+        let label = match &code {
             Ok(code) => code.as_str(),
             Err(_) => "invalid",
         };
-        self.http_duration
-            .with_label_values(&[method, route, status])
-            .observe(seconds);
+        let histogram = self
+            .http_duration
+            .with_label_values(&[method.as_str(), route, label]);
+        histogram.observe(seconds);
+        SERIES.with_borrow_mut(|series| {
+            if series.len() >= CACHED_SERIES {
+                series.clear();
+            }
+            series.push((self.id, method.clone(), route.into(), status, histogram));
+        });
     }
 
     /// A counter with labels, registered here (`name` must end in `_total`).
@@ -133,4 +166,40 @@ pub async fn metrics_endpoint(State(metrics): State<Metrics>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(metrics: &Metrics, method: &str, route: &str, status: &str) -> u64 {
+        metrics
+            .http_duration
+            .with_label_values(&[method, route, status])
+            .get_sample_count()
+    }
+
+    #[test]
+    fn each_registry_counts_its_own_requests_whatever_this_thread_remembers() {
+        let (one, two) = (Metrics::new(), Metrics::new());
+        for _ in 0..3 {
+            one.observe_http(&http::Method::GET, "/a", 200, 0.001);
+        }
+        two.observe_http(&http::Method::GET, "/a", 200, 0.001);
+        one.observe_http(&http::Method::GET, "/a", 404, 0.001);
+        one.observe_http(&http::Method::POST, "/a", 200, 0.001);
+        assert_eq!(count(&one, "GET", "/a", "200"), 3);
+        assert_eq!(count(&two, "GET", "/a", "200"), 1);
+        assert_eq!(count(&one, "GET", "/a", "404"), 1);
+        assert_eq!(count(&one, "POST", "/a", "200"), 1);
+        // More series than the cache keeps: every request still counted once.
+        for round in 0..2 {
+            for n in 0..(CACHED_SERIES + 10) {
+                one.observe_http(&http::Method::GET, &format!("/r{n}"), 200, 0.001);
+            }
+            assert_eq!(count(&one, "GET", "/r0", "200"), round + 1);
+            assert_eq!(count(&one, "GET", "/r70", "200"), round + 1);
+        }
+        assert!(one.render().contains("http_response_status_code=\"404\""));
+    }
 }

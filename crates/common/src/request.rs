@@ -229,8 +229,9 @@ pub struct Observation {
     /// The request id as a header value, for the response.
     header: Option<HeaderValue>,
     span: tracing::Span,
-    /// The path, kept for the access log line when there is no span to carry it.
-    path: Option<String>,
+    /// The URI (its path), kept for the access log line when there is no span to carry it
+    /// (a clone of a parsed URI shares its bytes).
+    uri: Option<http::Uri>,
 }
 
 impl RequestObserver {
@@ -310,7 +311,7 @@ impl RequestObserver {
             method: request.method().clone(),
             context: RequestContext { request_id, trace },
             header,
-            path: span.is_none().then(|| request.uri().path().to_owned()),
+            uri: span.is_none().then(|| request.uri().clone()),
             span,
         }
     }
@@ -330,7 +331,7 @@ impl RequestObserver {
             context,
             header,
             span,
-            path,
+            uri,
         } = observation;
         let status = response.status().as_u16();
         span.record("http.response.status_code", status);
@@ -340,7 +341,7 @@ impl RequestObserver {
         let route = route.unwrap_or(UNMATCHED_ROUTE);
         let elapsed = started.elapsed();
         self.metrics
-            .observe_http(method.as_str(), route, status, elapsed.as_secs_f64());
+            .observe_http(&method, route, status, elapsed.as_secs_f64());
         rename_exported(&span, || {
             if route == UNMATCHED_ROUTE {
                 method.to_string()
@@ -351,8 +352,8 @@ impl RequestObserver {
         // Microseconds are precision enough, and keep the number short.
         let latency_micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let latency_ms = latency_micros as f64 / 1000.0;
-        match path {
-            Some(path) => self.access_log(AccessLine {
+        match uri {
+            Some(uri) => self.access_log(AccessLine {
                 level: if status >= 500 { "WARN" } else { "INFO" },
                 latency_micros,
                 method: method.as_str(),
@@ -362,7 +363,7 @@ impl RequestObserver {
                 request_id: &context.request_id,
                 service: self.service,
                 trace: context.trace,
-                path: &path,
+                path: uri.path(),
             }),
             None => span.in_scope(|| {
                 if status >= 500 {
@@ -462,16 +463,18 @@ impl AccessLine<'_> {
     /// same keys in the same order), newline included.
     fn write_json(&self, out: &mut Vec<u8>) {
         use logline::{push_millis, push_str, push_uint};
+        // Level, target, method (an HTTP token), request id (checked by
+        // `is_sane_request_id`, or ours) and service name need no escaping.
         out.extend_from_slice(b"{\"level\":\"");
         out.extend_from_slice(self.level.as_bytes());
         out.extend_from_slice(b"\",\"target\":\"");
-        push_str(out, module_path!());
+        out.extend_from_slice(module_path!().as_bytes());
         out.extend_from_slice(b"\",\"timestamp\":\"");
         logline::push_timestamp(out, std::time::SystemTime::now());
         out.extend_from_slice(b"\",\"latency_ms\":");
         push_millis(out, self.latency_micros);
         out.extend_from_slice(b",\"message\":\"request completed\",\"http.request.method\":\"");
-        push_str(out, self.method);
+        out.extend_from_slice(self.method.as_bytes());
         out.extend_from_slice(b"\",\"http.response.status_code\":");
         push_uint(out, u64::from(self.status));
         if let Some(route) = self.route {
@@ -486,9 +489,9 @@ impl AccessLine<'_> {
             out.push(b'"');
         }
         out.extend_from_slice(b",\"request_id\":\"");
-        push_str(out, self.request_id);
+        out.extend_from_slice(self.request_id.as_bytes());
         out.extend_from_slice(b"\",\"service\":\"");
-        push_str(out, self.service);
+        out.extend_from_slice(self.service.as_bytes());
         out.extend_from_slice(b"\",\"span_id\":\"");
         out.extend_from_slice(&logline::hex::<16>(u128::from(self.trace.span_id)));
         out.extend_from_slice(b"\",\"trace_id\":\"");

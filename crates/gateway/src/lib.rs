@@ -34,6 +34,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
@@ -42,13 +43,11 @@ use axum::extract::ConnectInfo;
 use common::auth::{HttpJwks, TokenVerifier, VerifierSettings};
 use common::health::{HealthCheck, Readiness};
 use common::request::{RequestObserver, RequestSpans};
-use futures_util::FutureExt;
 use http::HeaderValue;
 use hyper::body::Incoming;
 use limit::{Decision, Limiter, RateLimitSettings};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
-use tracing::Instrument;
 
 pub use config::GatewayConfig;
 pub use proxy::EdgeBody;
@@ -343,20 +342,26 @@ impl Edge {
         if let Some(route) = route {
             observation.span().record("http.route", route);
         }
-        let context = observation.context();
-        // Boxed, so that catching its panics and entering the span moves a pointer, not the
-        // whole future.
-        let forward: futures_util::future::BoxFuture<'_, _> =
-            Box::pin(self.forward(request, client, context, route.is_some()));
-        let forward = AssertUnwindSafe(forward).catch_unwind();
-        let outcome = match observation.span() {
-            span if span.is_none() => forward.await,
-            span => forward.instrument(span.clone()).await,
+        let mut response = {
+            let context = observation.context();
+            let span = observation.span();
+            // Polled where it lies, inside the span (if there is one), its panics caught: a
+            // wrapper of each kind around the future would move the whole future into it.
+            let mut forward =
+                std::pin::pin!(self.forward(request, client, context, route.is_some()));
+            let outcome = std::future::poll_fn(|cx| {
+                let _entered = (!span.is_none()).then(|| span.enter());
+                match std::panic::catch_unwind(AssertUnwindSafe(|| forward.as_mut().poll(cx))) {
+                    Ok(poll) => poll.map(Ok),
+                    Err(panic) => Poll::Ready(Err(panic)),
+                }
+            })
+            .await;
+            outcome.unwrap_or_else(|_| {
+                request_event!(context, error!("handler panicked"));
+                own(common::Problem::internal())
+            })
         };
-        let mut response = outcome.unwrap_or_else(|_| {
-            request_event!(context, error!("handler panicked"));
-            own(common::Problem::internal())
-        });
         self.observer.finish(observation, route, &mut response);
         response
     }

@@ -224,6 +224,7 @@ where
             })?
             .map_err(|e| failed(e.to_string()))?;
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| failed(e.to_string()))?;
