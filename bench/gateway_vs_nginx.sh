@@ -20,6 +20,15 @@ for tool in nginx wrk; do
 done
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 
+# Every listener here uses SO_REUSEPORT, so a leftover process on one of these ports would
+# silently take part of the load: refuse to start instead.
+for port in 29001 29002 29003 29004; do
+  if ss -Hltn "sport = :$port" | grep -q .; then
+    echo "port $port is already in use (a previous run still going?); stop that first" >&2
+    exit 1
+  fi
+done
+
 cargo build --release --locked --quiet -p gateway
 dir=$(mktemp -d)
 pids=()
