@@ -248,13 +248,31 @@ impl RequestObserver {
     /// rather than handled (the gateway's), which takes [`Observation::context`] instead.
     pub fn begin<B>(&self, request: &mut http::Request<B>) -> Observation {
         let started = Instant::now();
-        let request_id = request
-            .headers()
-            .get(X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| is_sane_request_id(v))
-            .map(str::to_owned)
-            .unwrap_or_else(new_request_id);
+        // The caller's id if it is sane (left on the request as it came), else a new one in
+        // its place: one look-up of the header either way.
+        let (request_id, header) = match request.headers_mut().entry(X_REQUEST_ID) {
+            http::header::Entry::Occupied(given)
+                if given.get().to_str().is_ok_and(is_sane_request_id) =>
+            {
+                let id = given.get().to_str().unwrap_or_default().to_owned();
+                (id, Some(given.get().clone()))
+            }
+            entry => {
+                let id = new_request_id();
+                let header = HeaderValue::from_str(&id).ok();
+                if let Some(value) = &header {
+                    match entry {
+                        http::header::Entry::Occupied(mut given) => {
+                            given.insert(value.clone());
+                        }
+                        http::header::Entry::Vacant(none) => {
+                            none.insert(value.clone());
+                        }
+                    }
+                }
+                (id, header)
+            }
+        };
         let incoming = request
             .headers()
             .get(TRACEPARENT)
@@ -302,10 +320,6 @@ impl RequestObserver {
         } else {
             (tracing::Span::none(), own_trace(incoming))
         };
-        let header = HeaderValue::from_str(&request_id).ok();
-        if let Some(value) = &header {
-            request.headers_mut().insert(X_REQUEST_ID, value.clone());
-        }
         Observation {
             started,
             method: request.method().clone(),

@@ -302,7 +302,9 @@ impl Proxy {
         let Some(target) = target else {
             return own(Problem::not_found(format!("no route for {full_path}")));
         };
-        if content_length(request.headers()).is_some_and(|len| len > self.max_body_bytes as u64) {
+        // The body's length as its `Content-Length` declares it (0 when it streams).
+        let declared = http_body::Body::size_hint(request.body()).lower();
+        if declared > self.max_body_bytes as u64 {
             return own(Problem::from_status(StatusCode::PAYLOAD_TOO_LARGE));
         }
         let Ok(uri) = target.upstream.uri(target.path, request.uri().query()) else {
@@ -351,23 +353,22 @@ impl Proxy {
         };
         let trace = common::request::exported_trace(&span, None).unwrap_or(context.trace);
         let outgoing = self.outgoing_request(request, client, uri, upstream, prefix, trace);
-        let response = self
-            .send(upstream, outgoing, retryable, context)
-            .instrument(span.clone())
-            .await;
-        let response = self.settle(upstream, permit, response, context);
-        let status = match &response {
-            Ok(response) => response.status(),
-            Err(failure) => failure.status(),
+        let sent = self.send(upstream, outgoing, retryable, context);
+        let attempt = if span.is_none() {
+            sent.await
+        } else {
+            sent.instrument(span.clone()).await
         };
+        let response = match self.settle(upstream, permit, attempt, context) {
+            Ok(response) => self.pass_through(upstream, response, prefix),
+            Err(failure) => failure,
+        };
+        let status = response.status();
         span.record("http.response.status_code", status.as_u16());
         if status.is_server_error() {
             span.record("otel.status_code", "error");
         }
-        match response {
-            Ok(response) => self.pass_through(upstream, response, prefix),
-            Err(failure) => failure,
-        }
+        response
     }
 
     /// Whether `path` (as the upstream would see it, percent-decoded) is one of the blocked
@@ -516,17 +517,30 @@ impl Proxy {
         trace: common::request::TraceParent,
     ) -> Request<UpstreamBody> {
         let (mut parts, body) = request.into_parts();
-        let original_host = parts.headers.remove(header::HOST);
         strip_hop_by_hop(&mut parts.headers);
         let headers = &mut parts.headers;
+        // Room for what is added below, in one step.
+        headers.reserve(6);
         // Host is the upstream's; the original is kept in X-Forwarded-Host.
-        headers.insert(header::HOST, upstream.host.clone());
-        let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", client.addr.ip())).ok(),
-            None => client.forwarded_for.clone(),
-        };
-        if let Some(value) = forwarded_for {
-            headers.insert(X_FORWARDED_FOR, value);
+        let original_host = headers.insert(header::HOST, upstream.host.clone());
+        match headers.entry(X_FORWARDED_FOR) {
+            header::Entry::Occupied(mut prior) => {
+                let mut chain = prior
+                    .iter()
+                    .filter_map(|value| value.to_str().ok())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                chain.push_str(", ");
+                chain.push_str(&client.addr.ip().to_string());
+                if let Ok(value) = HeaderValue::from_str(&chain) {
+                    prior.insert(value);
+                }
+            }
+            header::Entry::Vacant(none) => {
+                if let Some(value) = client.forwarded_for.clone() {
+                    none.insert(value);
+                }
+            }
         }
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         match original_host {
@@ -731,13 +745,6 @@ const HOP_BY_HOP: [&str; 9] = [
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     let name = name.as_str();
     HOP_BY_HOP.iter().position(|hop| *hop == name)
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -117,6 +117,26 @@ async fn forwarded_headers_request_id_and_trace_context_reach_the_upstream() {
 }
 
 #[tokio::test]
+async fn the_client_is_appended_to_every_prior_forwarded_for_hop() {
+    let upstream = spawn_upstream().await;
+    let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
+    let seen: Value = reqwest::Client::new()
+        .get(gateway.url("/accounts/x"))
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-forwarded-for", "198.51.100.1, 10.0.0.2")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        seen["headers"]["x-forwarded-for"],
+        "203.0.113.7, 198.51.100.1, 10.0.0.2, 127.0.0.1"
+    );
+}
+
+#[tokio::test]
 async fn a_request_without_ids_gets_new_ones_that_the_upstream_sees() {
     let upstream = spawn_upstream().await;
     let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
