@@ -166,7 +166,17 @@ pub fn exported_trace(span: &tracing::Span, parent: Option<TraceParent>) -> Opti
 /// A new request id: a UUIDv7 (time-ordered), hyphenated.
 fn new_request_id() -> String {
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid::Uuid::now_v7()
+    // Without the process-wide context `Uuid::now_v7` locks to order ids made in the same
+    // millisecond: request ids need to be unique, not ordered within a millisecond.
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let timestamp = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        since_epoch.as_secs(),
+        since_epoch.subsec_nanos(),
+    );
+    uuid::Uuid::new_v7(timestamp)
         .hyphenated()
         .encode_lower(&mut text)
         .to_owned()

@@ -722,29 +722,28 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for (index, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << index) != 0 {
-            headers.remove(*name);
+            headers.remove(name);
         }
     }
 }
 
 /// Connection-specific whatever `Connection` says (RFC 9110 §7.6.1, plus the `Keep-Alive`
 /// and `Proxy-Connection` of older clients); `Connection` first.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "keep-alive",
-    "proxy-connection",
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
 ];
 
 /// Where `name` is in [`HOP_BY_HOP`], if it is hop-by-hop.
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
-    let name = name.as_str();
-    HOP_BY_HOP.iter().position(|hop| *hop == name)
+    HOP_BY_HOP.iter().position(|hop| hop == name)
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
