@@ -214,6 +214,7 @@ impl Gateway {
             limiter: config
                 .rate_limit
                 .map(|settings| Arc::new(Limiter::new(settings, redis, &metrics))),
+            rate_limit_policy: config.rate_limit.and_then(rate_limit_policy),
             verifier: Arc::new(TokenVerifier::new(
                 Arc::new(HttpJwks::new(config.jwks_url.clone())),
                 settings,
@@ -257,6 +258,12 @@ impl Gateway {
     pub fn worker(&self) -> Worker {
         let edge = Edge {
             proxy: Arc::new(self.edge.proxy.with_own_pool()),
+            // Not shared: cloning one value from every worker would contend for its count.
+            rate_limit_policy: self
+                .edge
+                .rate_limit_policy
+                .as_ref()
+                .and_then(|policy| HeaderValue::from_bytes(policy.as_bytes()).ok()),
             ..self.edge.clone()
         };
         let own = Router::new().merge(common::health::routes(self.readiness.clone()));
@@ -324,6 +331,8 @@ impl hyper::service::Service<http::Request<Incoming>> for Connection {
 struct Edge {
     proxy: Arc<Proxy>,
     limiter: Option<Arc<Limiter>>,
+    /// `RateLimit-Policy`, the same on every response (a copy per worker).
+    rate_limit_policy: Option<HeaderValue>,
     verifier: Arc<TokenVerifier>,
     rate_limited: prometheus::IntCounterVec,
     trusted_proxies: Arc<[ipnet::IpNet]>,
@@ -376,17 +385,24 @@ impl Edge {
     ) -> http::Response<EdgeBody> {
         let mut quota = None;
         if let (Some(limiter), true) = (&self.limiter, routed) {
-            let caller = Caller::of(&request, client.addr, &self.trusted_proxies);
-            // Boxed: the limiter's future (a token check, maybe a Redis call) would otherwise
-            // make every request's future larger, limited or not.
-            let decision = Box::pin(async {
-                let key = self.client_key(caller).await;
-                limiter.check(&key).await
-            })
-            .await;
-            let policy = limiter.settings();
+            let key = match bearer_token(request.headers()) {
+                // Boxed: a token check would otherwise make every request's future larger.
+                Some(token) => Box::pin(self.subject_key(token)).await,
+                None => None,
+            }
+            .unwrap_or_else(|| {
+                limit::ClientKey::Ip(client::address(
+                    client.addr.ip(),
+                    request.headers(),
+                    &self.trusted_proxies,
+                ))
+            });
+            let decision = match limiter.check_now(&key) {
+                Some(decision) => decision,
+                None => Box::pin(limiter.check(&key)).await,
+            };
             match decision {
-                Decision::Allowed { remaining, reset } => quota = Some((policy, remaining, reset)),
+                Decision::Allowed { remaining, reset } => quota = Some((remaining, reset)),
                 Decision::Limited { retry_after } => {
                     self.rate_limited.with_label_values::<&str>(&[]).inc();
                     let seconds = ceil_seconds(retry_after).max(1);
@@ -396,84 +412,61 @@ impl Edge {
                         format!("too many requests; retry in {seconds} s"),
                     )
                     .with_header(http::header::RETRY_AFTER, HeaderValue::from(seconds)));
-                    rate_limit_headers(response.headers_mut(), policy, 0, retry_after);
+                    self.rate_limit_headers(response.headers_mut(), 0, retry_after);
                     return response;
                 }
             }
         }
         let mut response = self.proxy.forward(request, client, context).await;
-        if let Some((policy, remaining, reset)) = quota {
-            rate_limit_headers(response.headers_mut(), policy, remaining, reset);
+        if let Some((remaining, reset)) = quota {
+            self.rate_limit_headers(response.headers_mut(), remaining, reset);
         }
         response
     }
 
-    /// Who is asking: the subject of a valid token, else the client's IP.
-    async fn client_key(&self, caller: Caller) -> String {
-        let Caller { token, ip } = caller;
-        if let Some(token) = token
-            && let Ok(claims) = self.verifier.verify(&token).await
-        {
-            return format!("sub:{}", claims.sub);
+    /// The subject of `token`, if it is a valid access token.
+    async fn subject_key(&self, token: &str) -> Option<limit::ClientKey> {
+        let claims = self.verifier.verify(token).await.ok()?;
+        Some(limit::ClientKey::Subject(claims.sub))
+    }
+
+    /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers): the burst as
+    /// the quota over the time it takes to refill, what remains now, and when it is full again.
+    fn rate_limit_headers(&self, headers: &mut http::HeaderMap, remaining: u32, reset: Duration) {
+        if let Some(policy) = &self.rate_limit_policy {
+            headers.insert(RATELIMIT_POLICY, policy.clone());
         }
-        format!("ip:{ip}")
+        let mut value = String::with_capacity(32);
+        value.push_str("\"default\";r=");
+        value.push_str(itoa::Buffer::new().format(remaining));
+        value.push_str(";t=");
+        value.push_str(itoa::Buffer::new().format(ceil_seconds(reset)));
+        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+            headers.insert(RATELIMIT, value);
+        }
     }
 }
 
-/// The parts of a request that identify its client.
-struct Caller {
-    token: Option<String>,
-    ip: String,
+const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+
+/// `RateLimit-Policy` of `policy`: `"default";q=<burst>;w=<seconds to refill>`.
+fn rate_limit_policy(policy: RateLimitSettings) -> Option<HeaderValue> {
+    let window = policy.burst.get().div_ceil(policy.rps.get()).max(1);
+    HeaderValue::from_str(&format!("\"default\";q={};w={window}", policy.burst)).ok()
 }
 
-impl Caller {
-    fn of<B>(
-        request: &http::Request<B>,
-        peer: SocketAddr,
-        trusted_proxies: &[ipnet::IpNet],
-    ) -> Self {
-        let token = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(|t| t.trim().to_owned());
-        let ip = client::address(peer.ip(), request.headers(), trusted_proxies).to_string();
-        Self { token, ip }
-    }
+/// The token of an `Authorization: Bearer` header.
+fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
+    Some(token.trim())
 }
 
 fn ceil_seconds(duration: std::time::Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
-}
-
-/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers): the burst as the
-/// quota over the time it takes to refill, what remains now, and when it is full again.
-fn rate_limit_headers(
-    headers: &mut http::HeaderMap,
-    policy: RateLimitSettings,
-    remaining: u32,
-    reset: std::time::Duration,
-) {
-    let window = policy.burst.get().div_ceil(policy.rps.get()).max(1);
-    let values = [
-        (
-            "ratelimit-policy",
-            format!("\"default\";q={};w={window}", policy.burst),
-        ),
-        (
-            "ratelimit",
-            format!("\"default\";r={remaining};t={}", ceil_seconds(reset)),
-        ),
-    ];
-    for (name, value) in values {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
-    }
 }
 
 /// Readiness check `upstream:<name>`: the upstream's own `/readyz` answers 200.

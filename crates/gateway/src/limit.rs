@@ -3,6 +3,7 @@
 //! script) when `GATEWAY_REDIS_URL` is set; if Redis stops answering, the in-process limiter
 //! takes over until it is back.
 
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,9 +37,28 @@ pub enum Decision {
     },
 }
 
+/// Whom a limit is kept for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    /// The subject of a valid access token.
+    Subject(String),
+    /// The client's address, when it has no valid token.
+    Ip(IpAddr),
+}
+
+impl std::fmt::Display for ClientKey {
+    /// `sub:<subject>` or `ip:<address>`, as the Redis keys name them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Subject(subject) => write!(f, "sub:{subject}"),
+            Self::Ip(ip) => write!(f, "ip:{ip}"),
+        }
+    }
+}
+
 type Local = RateLimiter<
-    String,
-    governor::state::keyed::DefaultKeyedStateStore<String>,
+    ClientKey,
+    governor::state::keyed::DefaultKeyedStateStore<ClientKey>,
     governor::clock::DefaultClock,
     StateInformationMiddleware,
 >;
@@ -60,7 +80,7 @@ impl Limiter {
         metrics: &common::metrics::Metrics,
     ) -> Self {
         let quota = Quota::per_second(settings.rps).allow_burst(settings.burst);
-        let local: DefaultKeyedRateLimiter<String> = RateLimiter::keyed(quota);
+        let local: DefaultKeyedRateLimiter<ClientKey> = RateLimiter::keyed(quota);
         Self {
             settings,
             local: local.with_middleware::<StateInformationMiddleware>(),
@@ -86,8 +106,18 @@ impl Limiter {
         self.settings
     }
 
+    /// Counts one request of `client` and decides at once when limits are kept in process
+    /// (no Redis, or Redis resting after a failure); `None` when Redis is to be asked
+    /// ([`Limiter::check`]).
+    pub fn check_now(&self, client: &ClientKey) -> Option<Decision> {
+        match &self.redis {
+            Some(redis) if redis.available() => None,
+            _ => Some(self.check_local(client)),
+        }
+    }
+
     /// Counts one request of `client` and decides.
-    pub async fn check(&self, client: &str) -> Decision {
+    pub async fn check(&self, client: &ClientKey) -> Decision {
         if let Some(redis) = &self.redis
             && redis.available()
         {
@@ -102,9 +132,9 @@ impl Limiter {
         self.check_local(client)
     }
 
-    fn check_local(&self, client: &str) -> Decision {
+    fn check_local(&self, client: &ClientKey) -> Decision {
         let emission = Duration::from_secs(1) / self.settings.rps.get();
-        match self.local.check_key(&client.to_owned()) {
+        match self.local.check_key(client) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 Decision::Allowed {
@@ -193,7 +223,7 @@ impl RedisGcra {
 impl RedisGcra {
     async fn check(
         &self,
-        client: &str,
+        client: &ClientKey,
         settings: RateLimitSettings,
     ) -> Result<Decision, redis::RedisError> {
         let emission_us = 1_000_000 / u64::from(settings.rps.get());
@@ -251,21 +281,30 @@ mod tests {
     #[tokio::test]
     async fn a_burst_is_allowed_then_limited_per_client() {
         let limiter = limiter(1, 3);
+        let one = ClientKey::Ip([10, 0, 0, 1].into());
         let mut remaining = Vec::new();
         for _ in 0..3 {
-            match limiter.check("ip:1").await {
+            match limiter.check_now(&one).unwrap() {
                 Decision::Allowed { remaining: r, .. } => remaining.push(r),
                 Decision::Limited { .. } => panic!("within the burst"),
             }
         }
         assert_eq!(remaining, [2, 1, 0]);
-        match limiter.check("ip:1").await {
+        match limiter.check(&one).await {
             Decision::Limited { retry_after } => assert!(retry_after <= Duration::from_secs(1)),
             Decision::Allowed { .. } => panic!("over the burst"),
         }
+        let two = ClientKey::Ip([10, 0, 0, 2].into());
         assert!(
-            matches!(limiter.check("ip:2").await, Decision::Allowed { .. }),
+            matches!(limiter.check(&two).await, Decision::Allowed { .. }),
             "per client"
         );
+        let subject = ClientKey::Subject("usr_1".into());
+        assert!(matches!(
+            limiter.check(&subject).await,
+            Decision::Allowed { .. }
+        ));
+        assert_eq!(subject.to_string(), "sub:usr_1");
+        assert_eq!(one.to_string(), "ip:10.0.0.1");
     }
 }
