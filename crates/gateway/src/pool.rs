@@ -92,6 +92,8 @@ struct Inner<B> {
     /// Idle connections, the most recently used last (taken first, so the least used ones
     /// age out when traffic falls).
     idle: Mutex<VecDeque<Idle<B>>>,
+    /// Whether the task that closes connections idle too long runs.
+    reaping: std::sync::atomic::AtomicBool,
 }
 
 struct Idle<B> {
@@ -117,6 +119,7 @@ where
                 settings,
                 label,
                 idle: Mutex::new(VecDeque::new()),
+                reaping: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -233,7 +236,34 @@ where
                 tracing::debug!(%error, "upstream connection closed with an error");
             }
         });
+        if !self
+            .inner
+            .reaping
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tokio::spawn(reap(Arc::downgrade(&self.inner)));
+        }
         Ok(sender)
+    }
+}
+
+/// Closes the pool's connections that have been idle too long, however quiet it is, until
+/// the pool is gone.
+async fn reap<B>(pool: Weak<Inner<B>>) {
+    let period = match pool.upgrade() {
+        Some(pool) => pool.settings.idle_timeout / 2,
+        None => return,
+    };
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let expired = pool.settings.idle_timeout;
+        let mut idle = pool.lock();
+        idle.retain(|entry| entry.since.elapsed() < expired && !entry.sender.is_closed());
     }
 }
 
@@ -357,4 +387,96 @@ pub fn host_header(host: &str, port: u16) -> Option<HeaderValue> {
         format!("{host}:{port}")
     };
     HeaderValue::from_str(&value).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Empty};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An upstream that answers one request per connection and then reports, on `closed`, when
+    /// the gateway closes the connection.
+    async fn upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (closed, closed_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let closed = closed.clone();
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 4096];
+                    let mut request = Vec::new();
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    stream.write_all(answer).await.unwrap();
+                    // Kept open until the other side closes it.
+                    while !matches!(stream.read(&mut buffer).await, Ok(0) | Err(_)) {}
+                    let _ = closed.send(());
+                });
+            }
+        });
+        (addr, closed_rx)
+    }
+
+    fn pool(addr: SocketAddr, idle_timeout: Duration) -> Pool<Empty<Bytes>> {
+        Pool::new(PoolSettings {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout,
+            max_idle: 8,
+        })
+    }
+
+    async fn get(pool: &Pool<Empty<Bytes>>) -> Bytes {
+        let request = http::Request::get("/")
+            .header(http::header::HOST, "upstream")
+            .body(Empty::new())
+            .unwrap();
+        let Ok(response) = pool.send(request).await else {
+            panic!("the upstream answers");
+        };
+        response.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_connection_read_to_the_end_goes_back_and_is_closed_once_idle_too_long() {
+        let (addr, mut closed) = upstream().await;
+        let pool = pool(addr, Duration::from_millis(300));
+        assert_eq!(get(&pool).await, "ok");
+        assert_eq!(pool.inner.lock().len(), 1, "back in the pool");
+        // Closed by the pool's reaper, with no request coming to find it expired.
+        tokio::time::timeout(Duration::from_secs(5), closed.recv())
+            .await
+            .expect("the idle connection is closed")
+            .unwrap();
+        assert_eq!(pool.inner.lock().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_response_dropped_unread_does_not_give_its_connection_back() {
+        let (addr, mut closed) = upstream().await;
+        let pool = pool(addr, Duration::from_secs(60));
+        let request = http::Request::get("/")
+            .header(http::header::HOST, "upstream")
+            .body(Empty::new())
+            .unwrap();
+        let Ok(response) = pool.send(request).await else {
+            panic!("the upstream answers");
+        };
+        // Its body unread: the connection cannot carry another request.
+        drop(response);
+        assert_eq!(pool.inner.lock().len(), 0);
+        drop(pool);
+        tokio::time::timeout(Duration::from_secs(5), closed.recv())
+            .await
+            .expect("the connection is closed")
+            .unwrap();
+    }
 }
