@@ -462,8 +462,8 @@ pub enum RequestSpans {
     Always,
     /// Only when spans are exported; otherwise the access log line carries the request's
     /// fields itself, and the few lines logged while serving it add `request_id` and
-    /// `trace_id` from [`current_context`] (the gateway's forwarded requests, which log
-    /// nothing else unless something fails).
+    /// `trace_id` from [`Observation::context`] themselves (the gateway's forwarded requests,
+    /// which log nothing else unless something fails).
     WhenExported,
 }
 

@@ -368,7 +368,7 @@ impl Edge {
             .await;
             outcome.unwrap_or_else(|_| {
                 request_event!(context, error!("handler panicked"));
-                own(common::Problem::internal())
+                own(common::Problem::internal(), context)
             })
         };
         self.observer.finish(observation, route, &mut response);
@@ -406,12 +406,15 @@ impl Edge {
                 Decision::Limited { retry_after } => {
                     self.rate_limited.with_label_values::<&str>(&[]).inc();
                     let seconds = ceil_seconds(retry_after).max(1);
-                    let mut response = own(common::Problem::new(
-                        http::StatusCode::TOO_MANY_REQUESTS,
-                        "rate_limited",
-                        format!("too many requests; retry in {seconds} s"),
-                    )
-                    .with_header(http::header::RETRY_AFTER, HeaderValue::from(seconds)));
+                    let mut response = own(
+                        common::Problem::new(
+                            http::StatusCode::TOO_MANY_REQUESTS,
+                            "rate_limited",
+                            format!("too many requests; retry in {seconds} s"),
+                        )
+                        .with_header(http::header::RETRY_AFTER, HeaderValue::from(seconds)),
+                        context,
+                    );
                     self.rate_limit_headers(response.headers_mut(), 0, retry_after);
                     return response;
                 }

@@ -52,9 +52,10 @@ pub type UpstreamResponseBody = PooledBody<UpstreamBody>;
 /// The body of the gateway's responses: an upstream's, or one of its own.
 pub type EdgeBody = Either<UpstreamResponseBody, Body>;
 
-/// One of the gateway's own responses (a problem), as an [`EdgeBody`] response.
-pub fn own(response: impl IntoResponse) -> http::Response<EdgeBody> {
-    response.into_response().map(Either::Right)
+/// One of the gateway's own answers to the request of `context`, with its request id.
+pub fn own(mut problem: Problem, context: &RequestContext) -> http::Response<EdgeBody> {
+    problem.request_id = Some(context.request_id.clone());
+    problem.into_response().map(Either::Right)
 }
 
 /// An upstream: where requests go, under which name they are reported, its breaker and this
@@ -292,23 +293,30 @@ impl Proxy {
     ) -> http::Response<EdgeBody> {
         let full_path = request.uri().path();
         if has_dot_segments(full_path) {
-            return own(Problem::malformed(
-                "the path may not contain . or .. segments",
-            ));
+            return own(
+                Problem::malformed("the path may not contain . or .. segments"),
+                context,
+            );
         }
         let target = self
             .resolve(full_path)
             .filter(|target| !self.is_blocked(target.path));
         let Some(target) = target else {
-            return own(Problem::not_found(format!("no route for {full_path}")));
+            return own(
+                Problem::not_found(format!("no route for {full_path}")),
+                context,
+            );
         };
         // The body's length as its `Content-Length` declares it (0 when it streams).
         let declared = http_body::Body::size_hint(request.body()).lower();
         if declared > self.max_body_bytes as u64 {
-            return own(Problem::from_status(StatusCode::PAYLOAD_TOO_LARGE));
+            return own(Problem::from_status(StatusCode::PAYLOAD_TOO_LARGE), context);
         }
         let Ok(uri) = target.upstream.uri(target.path, request.uri().query()) else {
-            return own(Problem::malformed("the request path cannot be forwarded"));
+            return own(
+                Problem::malformed("the request path cannot be forwarded"),
+                context,
+            );
         };
         let (upstream, prefix) = (target.upstream, target.prefix);
         let permit = match upstream.breaker.try_acquire() {
@@ -318,15 +326,18 @@ impl Proxy {
                     .metrics
                     .record(Outcome::CircuitOpen, &upstream.breaker);
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                return own(Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "circuit_open",
-                    format!(
-                        "the {} service is failing; not calling it for now",
-                        upstream.name
-                    ),
-                )
-                .with_header(header::RETRY_AFTER, HeaderValue::from(seconds.max(1))));
+                return own(
+                    Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "circuit_open",
+                        format!(
+                            "the {} service is failing; not calling it for now",
+                            upstream.name
+                        ),
+                    )
+                    .with_header(header::RETRY_AFTER, HeaderValue::from(seconds.max(1))),
+                    context,
+                );
             }
         };
         let retryable = matches!(
@@ -450,11 +461,14 @@ impl Proxy {
                     context,
                     info!(upstream = %name, error = %error_chain(&error), "request body failed")
                 );
-                Err(own(if too_long {
-                    Problem::from_status(StatusCode::PAYLOAD_TOO_LARGE)
-                } else {
-                    Problem::malformed("the request body could not be read")
-                }))
+                Err(own(
+                    if too_long {
+                        Problem::from_status(StatusCode::PAYLOAD_TOO_LARGE)
+                    } else {
+                        Problem::malformed("the request body could not be read")
+                    },
+                    context,
+                ))
             }
             Ok(Err(error)) => {
                 permit.record(false);
@@ -465,11 +479,14 @@ impl Proxy {
                     context,
                     warn!(upstream = %name, error = %error, "upstream request failed")
                 );
-                Err(own(Problem::new(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_unavailable",
-                    format!("the {name} service could not be reached"),
-                )))
+                Err(own(
+                    Problem::new(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_unavailable",
+                        format!("the {name} service could not be reached"),
+                    ),
+                    context,
+                ))
             }
             Err(_) => {
                 permit.record(false);
@@ -478,11 +495,14 @@ impl Proxy {
                     context,
                     warn!(upstream = %name, timeout = ?self.upstream_timeout, "upstream timed out")
                 );
-                Err(own(Problem::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    format!("the {name} service did not answer in time"),
-                )))
+                Err(own(
+                    Problem::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream_timeout",
+                        format!("the {name} service did not answer in time"),
+                    ),
+                    context,
+                ))
             }
         }
     }

@@ -58,10 +58,13 @@ async fn a_client_over_its_rate_is_refused_with_429_and_ratelimit_headers() {
         limited.headers()["content-type"],
         "application/problem+json"
     );
-    assert_eq!(
-        limited.json::<Value>().await.unwrap()["code"],
-        "rate_limited"
-    );
+    let request_id = limited.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let problem = limited.json::<Value>().await.unwrap();
+    assert_eq!(problem["code"], "rate_limited");
+    assert_eq!(problem["request_id"], request_id.as_str());
     // The gateway's own probes are not limited.
     assert_eq!(get_status(&gateway, "/healthz").await, 200);
     assert!(

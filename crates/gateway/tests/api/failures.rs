@@ -18,8 +18,13 @@ async fn an_upstream_that_refuses_connections_is_a_502_problem() {
         response.headers()["content-type"],
         "application/problem+json"
     );
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], "upstream_unavailable");
+    assert_eq!(body["request_id"], request_id.as_str(), "{body}");
 }
 
 #[tokio::test]
@@ -31,10 +36,16 @@ async fn an_upstream_slower_than_the_timeout_is_a_504_problem() {
         &[("GATEWAY_UPSTREAM_TIMEOUT_MS", "200".to_owned())],
     )
     .await;
-    let response = reqwest::get(gateway.url("/accounts/slow")).await.unwrap();
+    let response = reqwest::Client::new()
+        .get(gateway.url("/accounts/slow"))
+        .header("x-request-id", "slow-1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 504);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], "upstream_timeout");
+    assert_eq!(body["request_id"], "slow-1");
 }
 
 #[tokio::test]
