@@ -261,11 +261,16 @@ impl RequestObserver {
         // The caller's id if it is sane (left on the request as it came), else a new one in
         // its place: one look-up of the header either way.
         let (request_id, header) = match request.headers_mut().entry(X_REQUEST_ID) {
-            http::header::Entry::Occupied(given)
+            http::header::Entry::Occupied(mut given)
                 if given.get().to_str().is_ok_and(is_sane_request_id) =>
             {
-                let id = given.get().to_str().unwrap_or_default().to_owned();
-                (id, Some(given.get().clone()))
+                let value = given.get().clone();
+                if given.iter().nth(1).is_some() {
+                    // One id goes on, not several.
+                    given.insert(value.clone());
+                }
+                let id = value.to_str().unwrap_or_default().to_owned();
+                (id, Some(value))
             }
             entry => {
                 let id = new_request_id();
@@ -698,6 +703,39 @@ mod tests {
             chrono::DateTime::parse_from_rfc3339(timestamp).is_ok() && timestamp.ends_with('Z'),
             "{timestamp}"
         );
+    }
+
+    #[test]
+    fn a_request_goes_on_with_one_request_id() {
+        let observer = RequestObserver {
+            service: "test",
+            metrics: Metrics::new(),
+            spans: RequestSpans::WhenExported,
+        };
+        let mut twice = http::Request::get("/")
+            .header(X_REQUEST_ID, "first")
+            .header(X_REQUEST_ID, "second")
+            .body(())
+            .unwrap();
+        let observation = observer.begin(&mut twice);
+        assert_eq!(observation.context().request_id, "first");
+        let ids: Vec<_> = twice.headers().get_all(X_REQUEST_ID).iter().collect();
+        assert_eq!(ids, ["first"]);
+        let mut insane = http::Request::get("/")
+            .header(X_REQUEST_ID, "has space")
+            .body(())
+            .unwrap();
+        let observation = observer.begin(&mut insane);
+        let new = &observation.context().request_id;
+        assert_eq!(new.len(), 36, "a new UUID: {new}");
+        assert_eq!(insane.headers()[X_REQUEST_ID], new.as_str());
+        let mut none = http::Request::get("/").body(()).unwrap();
+        let observation = observer.begin(&mut none);
+        assert_eq!(
+            none.headers()[X_REQUEST_ID],
+            observation.context().request_id.as_str()
+        );
+        assert_ne!(observation.context().request_id, *new);
     }
 
     #[test]
