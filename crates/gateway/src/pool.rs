@@ -434,7 +434,7 @@ mod tests {
         })
     }
 
-    async fn get(pool: &Pool<Empty<Bytes>>) -> Bytes {
+    async fn send(pool: &Pool<Empty<Bytes>>) -> http::Response<PooledBody<Empty<Bytes>>> {
         let request = http::Request::get("/")
             .header(http::header::HOST, "upstream")
             .body(Empty::new())
@@ -442,6 +442,11 @@ mod tests {
         let Ok(response) = pool.send(request).await else {
             panic!("the upstream answers");
         };
+        response
+    }
+
+    async fn get(pool: &Pool<Empty<Bytes>>) -> Bytes {
+        let response = send(pool).await;
         response.into_body().collect().await.unwrap().to_bytes()
     }
 
@@ -463,13 +468,7 @@ mod tests {
     async fn a_response_dropped_unread_does_not_give_its_connection_back() {
         let (addr, mut closed) = upstream().await;
         let pool = pool(addr, Duration::from_secs(60));
-        let request = http::Request::get("/")
-            .header(http::header::HOST, "upstream")
-            .body(Empty::new())
-            .unwrap();
-        let Ok(response) = pool.send(request).await else {
-            panic!("the upstream answers");
-        };
+        let response = send(&pool).await;
         // Its body unread: the connection cannot carry another request.
         drop(response);
         assert_eq!(pool.inner.lock().len(), 0);
