@@ -542,7 +542,13 @@ impl Proxy {
         // Room for what is added below, in one step.
         headers.reserve(6);
         // Host is the upstream's; the original is kept in X-Forwarded-Host.
-        let original_host = headers.insert(header::HOST, upstream.host.clone());
+        let original_host = headers
+            .insert(header::HOST, upstream.host.clone())
+            // HTTP/2 carries the host in the URI (`:authority`), not in a header.
+            .or_else(|| {
+                let authority = parts.uri.authority()?;
+                HeaderValue::from_str(authority.as_str()).ok()
+            });
         match headers.entry(X_FORWARDED_FOR) {
             header::Entry::Occupied(mut prior) => {
                 let mut chain = prior

@@ -232,8 +232,12 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_used_again() {
     );
 }
 
-/// `GET path` over HTTP/2 with prior knowledge (h2c): the status, or the error.
-async fn h2c_get(gateway: &common::testkit::Running, path: &str) -> Result<u16, String> {
+/// `GET path` over HTTP/2 with prior knowledge (h2c): the status and body, or the error.
+async fn h2c_get(
+    gateway: &common::testkit::Running,
+    path: &str,
+) -> Result<(u16, bytes::Bytes), String> {
+    use http_body_util::BodyExt;
     let stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -249,15 +253,29 @@ async fn h2c_get(gateway: &common::testkit::Running, path: &str) -> Result<u16, 
         .send_request(request)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(response.status().as_u16())
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((status, body.to_bytes()))
 }
 
 #[tokio::test]
 async fn h2c_clients_are_served_unless_switched_off() {
     let upstream = spawn_upstream().await;
     let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
-    assert_eq!(h2c_get(&gateway, "/accounts/ping").await, Ok(200));
-    assert_eq!(h2c_get(&gateway, "/healthz").await, Ok(200));
+    let (status, body) = h2c_get(&gateway, "/accounts/ping").await.unwrap();
+    assert_eq!(status, 200);
+    let seen: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["path"], "/ping");
+    // The host an HTTP/2 client names in `:authority`.
+    assert_eq!(
+        seen["headers"]["x-forwarded-host"],
+        gateway.addr.to_string().as_str()
+    );
+    assert_eq!(h2c_get(&gateway, "/healthz").await.unwrap().0, 200);
     let http1_only = spawn_gateway(
         upstream.addr,
         upstream.addr,
