@@ -29,6 +29,7 @@ pub mod limit;
 pub mod pool;
 pub mod proxy;
 pub mod server;
+pub mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -51,7 +52,8 @@ use tower::ServiceExt;
 
 pub use config::GatewayConfig;
 pub use proxy::EdgeBody;
-use proxy::{Proxy, Upstream, own};
+use proxy::{Proxy, own};
+use upstream::Upstream;
 
 /// The service's name in logs and spans.
 pub const SERVICE: &str = "gateway";
@@ -183,7 +185,7 @@ fn serve_worker(
 }
 
 /// What every worker shares: routes and their breakers, the rate limiter, the token verifier,
-/// metrics and readiness. Each worker's [`Gateway::router`] adds a connection pool of its own.
+/// metrics and readiness. Each worker's [`Gateway::worker`] adds connections of its own.
 #[derive(Clone)]
 pub struct Gateway {
     edge: Edge,

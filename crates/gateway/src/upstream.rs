@@ -1,0 +1,195 @@
+//! An upstream as the proxy knows it: where it is, its `Host`, its breaker, its metric series
+//! (resolved once), and each worker's connections to it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Request, StatusCode, Uri};
+use http_body_util::{Either, Empty};
+
+use crate::breaker::Breaker;
+use crate::config::GatewayConfig;
+use crate::pool::{self, Pool, PoolSettings};
+use crate::proxy::UpstreamBody;
+use common::metrics::Metrics;
+
+/// An upstream: where requests go, under which name they are reported, its breaker and this
+/// worker's connections to it.
+#[derive(Clone)]
+pub struct Upstream {
+    /// Name in logs, metrics and readiness.
+    pub name: String,
+    /// Its circuit breaker.
+    pub breaker: Arc<Breaker>,
+    /// Its metric series, resolved once.
+    pub(crate) metrics: UpstreamMetrics,
+    /// `http://host:port`, for the client span's `url.full`.
+    pub(crate) origin: String,
+    /// The `Host` header sent to it.
+    pub(crate) host: HeaderValue,
+    /// Base path of the upstream, without a trailing slash (usually empty).
+    base_path: String,
+    /// This worker's keep-alive connections to it.
+    pub(crate) pool: Pool<UpstreamBody>,
+}
+
+impl Upstream {
+    /// An upstream at `url` (`http://host:port[/base]`).
+    pub(crate) fn new(
+        name: &str,
+        url: &url::Url,
+        config: &GatewayConfig,
+        metrics: &ProxyMetrics,
+    ) -> Self {
+        let host = match url.host() {
+            Some(url::Host::Domain(domain)) => domain.to_owned(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            None => "localhost".to_owned(),
+        };
+        let port = url.port_or_known_default().unwrap_or(80);
+        let origin = match url.port() {
+            Some(port) => format!("http://{}:{port}", url.host_str().unwrap_or("localhost")),
+            None => format!("http://{}", url.host_str().unwrap_or("localhost")),
+        };
+        Self {
+            name: name.to_owned(),
+            breaker: Arc::new(Breaker::new(config.breaker)),
+            metrics: metrics.of(name),
+            origin,
+            host: pool::host_header(&host, port)
+                .unwrap_or_else(|| HeaderValue::from_static("localhost")),
+            base_path: url.path().trim_end_matches('/').to_owned(),
+            pool: Pool::new(PoolSettings {
+                host,
+                port,
+                connect_timeout: config.connect_timeout,
+                idle_timeout: Duration::from_secs(60),
+                max_idle: 256,
+            }),
+        }
+    }
+
+    /// The same upstream with no connections yet: each worker's own.
+    pub(crate) fn with_own_pool(&self) -> Self {
+        Self {
+            pool: self.pool.empty_copy(),
+            ..self.clone()
+        }
+    }
+
+    /// The origin-form URI of `path` (and `query`) on this upstream.
+    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        let query_len = query.map_or(0, |q| q.len() + 1);
+        let mut uri = String::with_capacity(self.base_path.len() + path.len() + query_len);
+        uri.push_str(&self.base_path);
+        uri.push_str(path);
+        if let Some(query) = query {
+            uri.push('?');
+            uri.push_str(query);
+        }
+        Ok(Uri::try_from(uri)?)
+    }
+
+    /// `GET path` on this upstream (body read and dropped): its status.
+    pub async fn get(&self, path: &str) -> Result<StatusCode, String> {
+        let request = Request::get(self.uri(path, None).map_err(|e| e.to_string())?)
+            .header(header::HOST, self.host.clone())
+            .body(http_body_util::Limited::new(Either::Right(Empty::new()), 0))
+            .map_err(|e| e.to_string())?;
+        let response = self.pool.send(request).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        // Read to the end, so the connection is kept for the next probe.
+        let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+        Ok(status)
+    }
+}
+
+/// Per-upstream metrics.
+#[derive(Clone)]
+pub(crate) struct ProxyMetrics {
+    requests: prometheus::IntCounterVec,
+    breaker: prometheus::IntGaugeVec,
+}
+
+impl ProxyMetrics {
+    pub(crate) fn new(metrics: &Metrics) -> Self {
+        Self {
+            requests: metrics.counter(
+                "gateway_upstream_requests_total",
+                "Requests to upstreams by outcome (ok, server_error, unreachable, timeout, retried, circuit_open).",
+                &["upstream", "outcome"],
+            ),
+            breaker: metrics.gauge_vec(
+                "gateway_circuit_breaker_state",
+                "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open.",
+                &["upstream"],
+            ),
+        }
+    }
+
+    /// The series of the upstream `name`.
+    fn of(&self, name: &str) -> UpstreamMetrics {
+        UpstreamMetrics {
+            outcomes: Outcome::ALL
+                .map(|outcome| self.requests.with_label_values(&[name, outcome.label()]))
+                .into(),
+            breaker: self.breaker.with_label_values(&[name]),
+        }
+    }
+}
+
+/// How a request to an upstream ended, as counted in `gateway_upstream_requests_total`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Outcome {
+    Ok,
+    ServerError,
+    Unreachable,
+    Timeout,
+    Retried,
+    CircuitOpen,
+}
+
+impl Outcome {
+    const ALL: [Self; 6] = [
+        Self::Ok,
+        Self::ServerError,
+        Self::Unreachable,
+        Self::Timeout,
+        Self::Retried,
+        Self::CircuitOpen,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::ServerError => "server_error",
+            Self::Unreachable => "unreachable",
+            Self::Timeout => "timeout",
+            Self::Retried => "retried",
+            Self::CircuitOpen => "circuit_open",
+        }
+    }
+}
+
+/// One upstream's series: a counter per [`Outcome`] (in [`Outcome::ALL`]'s order) and its
+/// breaker's state.
+#[derive(Clone)]
+pub(crate) struct UpstreamMetrics {
+    outcomes: Arc<[prometheus::IntCounter]>,
+    breaker: prometheus::IntGauge,
+}
+
+impl UpstreamMetrics {
+    pub(crate) fn record(&self, outcome: Outcome, breaker: &Breaker) {
+        if let Some(counter) = self.outcomes.get(outcome as usize) {
+            counter.inc();
+        }
+        self.breaker_state(breaker);
+    }
+
+    pub(crate) fn breaker_state(&self, breaker: &Breaker) {
+        self.breaker.set(breaker.state().code());
+    }
+}
