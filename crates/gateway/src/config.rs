@@ -71,6 +71,11 @@ pub struct GatewayConfig {
     pub connect_timeout: Duration,
     /// `GATEWAY_UPSTREAM_TIMEOUT_MS`: time allowed for an upstream's response headers, default 30000.
     pub upstream_timeout: Duration,
+    /// `GATEWAY_CLIENT_TIMEOUT_MS` (default 60000): how long a client may take to send a
+    /// request's headers, counted from the end of its previous request on a kept-alive
+    /// connection (as nginx's `client_header_timeout` and `keepalive_timeout`); then the
+    /// connection is closed.
+    pub client_timeout: Duration,
     /// Shared HTTP settings.
     pub http: HttpConfig,
     /// `GATEWAY_RATE_LIMIT_RPS` / `GATEWAY_RATE_LIMIT_BURST` per client (default 1000 / 2000;
@@ -197,6 +202,7 @@ impl GatewayConfig {
             fallback,
             connect_timeout: millis("GATEWAY_CONNECT_TIMEOUT_MS", 1000)?,
             upstream_timeout: millis("GATEWAY_UPSTREAM_TIMEOUT_MS", 30_000)?,
+            client_timeout: millis("GATEWAY_CLIENT_TIMEOUT_MS", 60_000)?,
             http: HttpConfig::from_env(env)?,
         })
     }

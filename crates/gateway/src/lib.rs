@@ -63,8 +63,7 @@ pub struct Application {
     /// One listening socket per worker, all on the same address.
     listeners: Vec<std::net::TcpListener>,
     gateway: Gateway,
-    grace: Duration,
-    h2c: bool,
+    serving: server::ServeSettings,
 }
 
 impl Application {
@@ -91,8 +90,11 @@ impl Application {
         Ok(Self {
             listeners,
             gateway: Gateway::new(&config, redis),
-            grace: config.http.shutdown_grace,
-            h2c: config.h2c,
+            serving: server::ServeSettings {
+                h2c: config.h2c,
+                client_timeout: config.client_timeout,
+                grace: config.http.shutdown_grace,
+            },
         })
     }
 
@@ -122,12 +124,12 @@ impl Application {
         for (index, listener) in self.listeners.into_iter().enumerate() {
             let service = self.gateway.worker();
             let stop = stop.clone();
-            let (grace, h2c) = (self.grace, self.h2c);
+            let serving = self.serving;
             let (done, finished_rx) = tokio::sync::oneshot::channel();
             std::thread::Builder::new()
                 .name(format!("gateway-worker-{index}"))
                 .spawn(move || {
-                    let result = serve_worker(listener, service, h2c, stop.clone(), grace);
+                    let result = serve_worker(listener, service, serving, stop.clone());
                     if result.is_err() {
                         stop.cancel();
                     }
@@ -170,16 +172,15 @@ fn worker_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 fn serve_worker(
     listener: std::net::TcpListener,
     service: Worker,
-    h2c: bool,
+    serving: server::ServeSettings,
     shutdown: CancellationToken,
-    grace: Duration,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        server::serve(listener, service, h2c, shutdown, grace).await;
+        server::serve(listener, service, serving, shutdown).await;
         Ok(())
     })
 }

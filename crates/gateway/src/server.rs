@@ -6,27 +6,48 @@
 
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::Worker;
 
+/// How each worker serves its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeSettings {
+    /// Whether HTTP/2 with prior knowledge is accepted too.
+    pub h2c: bool,
+    /// How long an HTTP/1 client may take to send a request's headers, counted from the end
+    /// of its last request on a kept-alive connection.
+    pub client_timeout: Duration,
+    /// How long requests in flight may take to finish once shutdown begins.
+    pub grace: Duration,
+}
+
 /// Serves `worker` on `listener` until `shutdown` fires, then lets the requests in flight
-/// finish for up to `grace` (connections between requests close at once).
+/// finish for up to `settings.grace` (connections between requests close at once).
 pub async fn serve(
     listener: TcpListener,
     worker: Worker,
-    h2c: bool,
+    settings: ServeSettings,
     shutdown: CancellationToken,
-    grace: Duration,
 ) {
     let graceful = GracefulShutdown::new();
     let mut http1 = hyper::server::conn::http1::Builder::new();
-    http1.writev(false);
+    // One write for a head and a small body; a client that sends no (complete) request head
+    // in time is let go, as one idle too long between requests.
+    http1
+        .writev(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.client_timeout);
     let mut auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    auto.http1().writev(false);
+    auto.http1()
+        .writev(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.client_timeout);
+    let h2c = settings.h2c;
+    let grace = settings.grace;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -82,3 +82,46 @@ async fn shutdown_lets_in_flight_requests_finish() {
     assert_eq!(response.text().await.unwrap(), "slow");
     gateway.stop().await.expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn clients_that_send_no_request_in_time_are_let_go() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = spawn_upstream().await;
+    let gateway = spawn_gateway(
+        upstream.addr,
+        upstream.addr,
+        &[("GATEWAY_CLIENT_TIMEOUT_MS", "300".to_owned())],
+    )
+    .await;
+    // Half a request head, then nothing (slowloris).
+    let mut slow = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    slow.write_all(b"GET /accounts/x HTTP/1.1\r\nHost: gateway\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest))
+        .await
+        .expect("the gateway closes a connection whose head does not come")
+        .ok();
+    // One request answered, then idle: closed the same way, as nginx's keepalive_timeout.
+    let stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get("/accounts/x")
+        .header("host", "gateway")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), connection)
+        .await
+        .expect("an idle kept-alive connection is closed")
+        .unwrap()
+        .ok();
+}
