@@ -74,8 +74,9 @@ pub struct GatewayConfig {
     /// `GATEWAY_CLIENT_TIMEOUT_MS` (default 60000): how long a client may take to send a
     /// request's headers, counted from the end of its previous request on a kept-alive
     /// connection (as nginx's `client_header_timeout` and `keepalive_timeout`); then the
-    /// connection is closed.
-    pub client_timeout: Duration,
+    /// connection is closed. `0` (`None`): no limit, for a gateway behind a load balancer
+    /// that enforces one.
+    pub client_timeout: Option<Duration>,
     /// Shared HTTP settings.
     pub http: HttpConfig,
     /// `GATEWAY_RATE_LIMIT_RPS` / `GATEWAY_RATE_LIMIT_BURST` per client (default 1000 / 2000;
@@ -202,7 +203,10 @@ impl GatewayConfig {
             fallback,
             connect_timeout: millis("GATEWAY_CONNECT_TIMEOUT_MS", 1000)?,
             upstream_timeout: millis("GATEWAY_UPSTREAM_TIMEOUT_MS", 30_000)?,
-            client_timeout: millis("GATEWAY_CLIENT_TIMEOUT_MS", 60_000)?,
+            client_timeout: match env.parse_or("GATEWAY_CLIENT_TIMEOUT_MS", 60_000u64)? {
+                0 => None,
+                millis => Some(Duration::from_millis(millis)),
+            },
             http: HttpConfig::from_env(env)?,
         })
     }

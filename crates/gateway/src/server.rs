@@ -19,8 +19,8 @@ pub struct ServeSettings {
     /// Whether HTTP/2 with prior knowledge is accepted too.
     pub h2c: bool,
     /// How long an HTTP/1 client may take to send a request's headers, counted from the end
-    /// of its last request on a kept-alive connection.
-    pub client_timeout: Duration,
+    /// of its last request on a kept-alive connection (`None`: no limit).
+    pub client_timeout: Option<Duration>,
     /// How long requests in flight may take to finish once shutdown begins.
     pub grace: Duration,
 }
