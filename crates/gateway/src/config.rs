@@ -325,6 +325,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_client_timeout_defaults_to_a_minute_and_zero_switches_it_off() {
+        let default = GatewayConfig::from_env(&Env::default()).unwrap();
+        assert_eq!(default.client_timeout, Some(Duration::from_secs(60)));
+        let off = Env::from_pairs([("GATEWAY_CLIENT_TIMEOUT_MS", "0")]);
+        assert_eq!(GatewayConfig::from_env(&off).unwrap().client_timeout, None);
+        let bad = Env::from_pairs([("GATEWAY_CLIENT_TIMEOUT_MS", "soon")]);
+        let error = GatewayConfig::from_env(&bad).unwrap_err();
+        assert_eq!(error.variable, "GATEWAY_CLIENT_TIMEOUT_MS");
+    }
+
+    #[test]
     fn blocked_paths_are_absolute() {
         let env = Env::from_pairs([("GATEWAY_BLOCKED_PATHS", "/metrics, /internal/")]);
         let config = GatewayConfig::from_env(&env).unwrap();
