@@ -71,7 +71,9 @@ pub struct GatewayConfig {
     pub connect_timeout: Duration,
     /// `GATEWAY_UPSTREAM_TIMEOUT_MS`: time allowed for an upstream's response headers, default 30000.
     pub upstream_timeout: Duration,
-    /// `GATEWAY_CLIENT_TIMEOUT_MS` (default 60000): how long a client may take to send a
+    /// `GATEWAY_CLIENT_TIMEOUT_MS` (default 75000, nginx's `keepalive_timeout`, longer than
+    /// the 60 s idle timeout of the usual load balancers in front, so that they are the ones
+    /// to close an idle connection): how long a client may take to send a
     /// request's headers, counted from the end of its previous request on a kept-alive
     /// connection (as nginx's `client_header_timeout` and `keepalive_timeout`); then the
     /// connection is closed. `0` (`None`): no limit, for a gateway behind a load balancer
@@ -203,7 +205,7 @@ impl GatewayConfig {
             fallback,
             connect_timeout: millis("GATEWAY_CONNECT_TIMEOUT_MS", 1000)?,
             upstream_timeout: millis("GATEWAY_UPSTREAM_TIMEOUT_MS", 30_000)?,
-            client_timeout: match env.parse_or("GATEWAY_CLIENT_TIMEOUT_MS", 60_000u64)? {
+            client_timeout: match env.parse_or("GATEWAY_CLIENT_TIMEOUT_MS", 75_000u64)? {
                 0 => None,
                 millis => Some(Duration::from_millis(millis)),
             },
@@ -325,9 +327,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_client_timeout_defaults_to_a_minute_and_zero_switches_it_off() {
+    fn the_client_timeout_defaults_to_75_s_and_zero_switches_it_off() {
         let default = GatewayConfig::from_env(&Env::default()).unwrap();
-        assert_eq!(default.client_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(default.client_timeout, Some(Duration::from_secs(75)));
         let off = Env::from_pairs([("GATEWAY_CLIENT_TIMEOUT_MS", "0")]);
         assert_eq!(GatewayConfig::from_env(&off).unwrap().client_timeout, None);
         let bad = Env::from_pairs([("GATEWAY_CLIENT_TIMEOUT_MS", "soon")]);
