@@ -69,6 +69,11 @@ pub struct GatewayConfig {
     pub fallback: Option<url::Url>,
     /// `GATEWAY_CONNECT_TIMEOUT_MS`, default 1000.
     pub connect_timeout: Duration,
+    /// `GATEWAY_UPSTREAM_IDLE_TIMEOUT_MS` (default 60000): how long an upstream connection is
+    /// kept idle for the next request; below the upstream's own keep-alive timeout, the
+    /// gateway closes idle connections before the upstream does, so none is picked just as
+    /// the upstream closes it.
+    pub upstream_idle_timeout: Duration,
     /// `GATEWAY_UPSTREAM_TIMEOUT_MS`: time allowed for an upstream's response headers, default 30000.
     pub upstream_timeout: Duration,
     /// `GATEWAY_CLIENT_TIMEOUT_MS` (default 75000, nginx's `keepalive_timeout`, longer than
@@ -204,6 +209,7 @@ impl GatewayConfig {
             routes,
             fallback,
             connect_timeout: millis("GATEWAY_CONNECT_TIMEOUT_MS", 1000)?,
+            upstream_idle_timeout: millis("GATEWAY_UPSTREAM_IDLE_TIMEOUT_MS", 60_000)?,
             upstream_timeout: millis("GATEWAY_UPSTREAM_TIMEOUT_MS", 30_000)?,
             client_timeout: match env.parse_or("GATEWAY_CLIENT_TIMEOUT_MS", 75_000u64)? {
                 0 => None,

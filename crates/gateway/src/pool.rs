@@ -251,7 +251,9 @@ where
 /// the pool is gone.
 async fn reap<B>(pool: Weak<Inner<B>>) {
     let period = match pool.upgrade() {
-        Some(pool) => pool.settings.idle_timeout / 2,
+        // Requests never take an expired connection (checked at checkout); this is for
+        // the ones no request comes for, so a coarse period will do.
+        Some(pool) => (pool.settings.idle_timeout / 2).max(Duration::from_millis(100)),
         None => return,
     };
     let mut ticks = tokio::time::interval(period);

@@ -2,7 +2,6 @@
 //! (resolved once), and each worker's connections to it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Request, StatusCode, Uri};
@@ -65,7 +64,7 @@ impl Upstream {
                 host,
                 port,
                 connect_timeout: config.connect_timeout,
-                idle_timeout: Duration::from_secs(60),
+                idle_timeout: config.upstream_idle_timeout,
                 max_idle: 256,
             }),
         }

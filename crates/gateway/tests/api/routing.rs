@@ -174,6 +174,38 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     );
 }
 
+#[tokio::test]
+async fn upstream_connections_idle_past_their_timeout_are_not_used_again() {
+    let upstream = spawn_upstream().await;
+    let gateway = spawn_gateway(
+        upstream.addr,
+        upstream.addr,
+        &[("GATEWAY_UPSTREAM_IDLE_TIMEOUT_MS", "100".to_owned())],
+    )
+    .await;
+    // One client connection, so one gateway worker and its pool.
+    let client = reqwest::Client::new();
+    let port = async |path: &str| {
+        let seen: Value = client
+            .get(gateway.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen["peer_port"].as_u64().unwrap()
+    };
+    let first = port("/accounts/a").await;
+    assert_eq!(port("/accounts/b").await, first, "reused at once");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_ne!(
+        port("/accounts/c").await,
+        first,
+        "a new connection after the idle timeout"
+    );
+}
+
 /// An upstream that answers each connection's first request, keeps the connection open (no
 /// `Connection: close`) for 50 ms, then closes it without a word, as servers with a short
 /// keep-alive timeout do. Returns its address and the number of connections it took.
