@@ -44,15 +44,7 @@ impl<B> std::fmt::Display for SendError<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Connect { reason, .. } => f.write_str(reason),
-            Self::Request(error) => {
-                write!(f, "{error}")?;
-                let mut source = std::error::Error::source(error);
-                while let Some(cause) = source {
-                    write!(f, ": {cause}")?;
-                    source = cause.source();
-                }
-                Ok(())
-            }
+            Self::Request(error) => f.write_str(&error_chain(error)),
         }
     }
 }
@@ -109,11 +101,7 @@ where
 {
     /// An empty pool; connections are made on demand.
     pub fn new(settings: PoolSettings) -> Self {
-        let label = if settings.host.contains(':') {
-            format!("[{}]:{}", settings.host, settings.port)
-        } else {
-            format!("{}:{}", settings.host, settings.port)
-        };
+        let label = format!("{}:{}", bracketed(&settings.host), settings.port);
         Self {
             inner: Arc::new(Inner {
                 settings,
@@ -378,17 +366,32 @@ impl<B> Drop for PooledBody<B> {
 
 /// The `Host` header of `host:port`: the port left out when it is HTTP's default.
 pub fn host_header(host: &str, port: u16) -> Option<HeaderValue> {
-    let host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    };
+    let host = bracketed(host);
     let value = if port == 80 {
-        host
+        host.into_owned()
     } else {
         format!("{host}:{port}")
     };
     HeaderValue::from_str(&value).ok()
+}
+
+/// `host` as it stands before `:port`: an IPv6 address in brackets.
+fn bracketed(host: &str) -> std::borrow::Cow<'_, str> {
+    if host.contains(':') {
+        format!("[{host}]").into()
+    } else {
+        host.into()
+    }
+}
+
+/// `error` and each of its causes, `: `-separated.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    for cause in std::iter::successors(error.source(), |cause| cause.source()) {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+    }
+    text
 }
 
 #[cfg(test)]
@@ -450,6 +453,15 @@ mod tests {
     async fn get(pool: &Pool<Empty<Bytes>>) -> Bytes {
         let response = send(pool).await;
         response.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[test]
+    fn host_headers_leave_out_the_default_port_and_bracket_ipv6() {
+        let host = |h: &str, p: u16| host_header(h, p).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(host("accounts", 80), "accounts");
+        assert_eq!(host("accounts", 8081), "accounts:8081");
+        assert_eq!(host("::1", 8081), "[::1]:8081");
+        assert_eq!(host("::1", 80), "[::1]");
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use crate::breaker::Permit;
 use crate::config::GatewayConfig;
-use crate::pool::{PooledBody, SendError};
+use crate::pool::{PooledBody, SendError, error_chain};
 use crate::upstream::{Outcome, ProxyMetrics, Upstream};
 
 /// The client at the other end of one connection, and what it adds to `X-Forwarded-For`
@@ -596,17 +596,6 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// Where `name` is in [`HOP_BY_HOP`], if it is hop-by-hop.
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     HOP_BY_HOP.iter().position(|hop| hop == name)
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

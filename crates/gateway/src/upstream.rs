@@ -23,7 +23,7 @@ pub struct Upstream {
     pub breaker: Arc<Breaker>,
     /// Its metric series, resolved once.
     pub(crate) metrics: UpstreamMetrics,
-    /// `http://host:port`, for the client span's `url.full`.
+    /// `http://` and the `Host` header, for the client span's `url.full`.
     pub(crate) origin: String,
     /// The `Host` header sent to it.
     pub(crate) host: HeaderValue,
@@ -48,17 +48,14 @@ impl Upstream {
             None => "localhost".to_owned(),
         };
         let port = url.port_or_known_default().unwrap_or(80);
-        let origin = match url.port() {
-            Some(port) => format!("http://{}:{port}", url.host_str().unwrap_or("localhost")),
-            None => format!("http://{}", url.host_str().unwrap_or("localhost")),
-        };
+        let host_header =
+            pool::host_header(&host, port).unwrap_or_else(|| HeaderValue::from_static("localhost"));
         Self {
             name: name.to_owned(),
             breaker: Arc::new(Breaker::new(config.breaker)),
             metrics: metrics.of(name),
-            origin,
-            host: pool::host_header(&host, port)
-                .unwrap_or_else(|| HeaderValue::from_static("localhost")),
+            origin: format!("http://{}", host_header.to_str().unwrap_or("localhost")),
+            host: host_header,
             base_path: url.path().trim_end_matches('/').to_owned(),
             pool: Pool::new(PoolSettings {
                 host,
