@@ -9,7 +9,8 @@ use serde_json::Value;
 use common::testkit::{Cuttable, Running, redis_url};
 
 use crate::helpers::{
-    closed_port, gateway_metrics, spawn_flaky_upstream, spawn_gateway, spawn_upstream,
+    closed_port, gateway_metrics, spawn_flaky_upstream, spawn_gateway, spawn_in_front,
+    spawn_upstream,
 };
 
 async fn get_status(gateway: &Running, path: &str) -> u16 {
@@ -362,8 +363,7 @@ async fn only_safe_or_idempotent_requests_are_retried() {
 
 #[tokio::test]
 async fn dot_segments_are_refused() {
-    let upstream = spawn_upstream().await;
-    let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
+    let (_upstream, gateway) = spawn_in_front(&[]).await;
     // Sent raw: reqwest would normalize the path.
     for path in [
         "/accounts/../payments/x",
@@ -387,8 +387,7 @@ async fn dot_segments_are_refused() {
 
 #[tokio::test]
 async fn a_relative_location_is_rewritten_to_work_through_the_gateway() {
-    let upstream = spawn_upstream().await;
-    let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
+    let (_upstream, gateway) = spawn_in_front(&[]).await;
     let response = reqwest::Client::new()
         .post(gateway.url("/payments/created"))
         .send()

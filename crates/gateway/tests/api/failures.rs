@@ -5,7 +5,7 @@ use std::time::Duration;
 use common::testkit::{assert_live, readiness};
 use serde_json::Value;
 
-use crate::helpers::{closed_port, spawn_gateway, spawn_upstream};
+use crate::helpers::{closed_port, spawn_gateway, spawn_in_front, spawn_upstream};
 
 #[tokio::test]
 async fn an_upstream_that_refuses_connections_is_a_502_problem() {
@@ -29,13 +29,7 @@ async fn an_upstream_that_refuses_connections_is_a_502_problem() {
 
 #[tokio::test]
 async fn an_upstream_slower_than_the_timeout_is_a_504_problem() {
-    let upstream = spawn_upstream().await;
-    let gateway = spawn_gateway(
-        upstream.addr,
-        upstream.addr,
-        &[("GATEWAY_UPSTREAM_TIMEOUT_MS", "200".to_owned())],
-    )
-    .await;
+    let (_upstream, gateway) = spawn_in_front(&[("GATEWAY_UPSTREAM_TIMEOUT_MS", "200")]).await;
     let response = reqwest::Client::new()
         .get(gateway.url("/accounts/slow"))
         .header("x-request-id", "slow-1")
@@ -68,8 +62,7 @@ async fn readiness_requires_every_upstream_to_be_ready() {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish() {
-    let upstream = spawn_upstream().await;
-    let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
+    let (_upstream, gateway) = spawn_in_front(&[]).await;
     let url = gateway.url("/accounts/slow");
     let in_flight = tokio::spawn(async move { reqwest::get(url).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -86,13 +79,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
 #[tokio::test]
 async fn clients_that_send_no_request_in_time_are_let_go() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let upstream = spawn_upstream().await;
-    let gateway = spawn_gateway(
-        upstream.addr,
-        upstream.addr,
-        &[("GATEWAY_CLIENT_TIMEOUT_MS", "300".to_owned())],
-    )
-    .await;
+    let (_upstream, gateway) = spawn_in_front(&[("GATEWAY_CLIENT_TIMEOUT_MS", "300")]).await;
     // Half a request head, then nothing (slowloris).
     let mut slow = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
     slow.write_all(b"GET /accounts/x HTTP/1.1\r\nHost: gateway\r\n")

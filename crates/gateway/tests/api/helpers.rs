@@ -100,6 +100,26 @@ pub async fn spawn_gateway(
     Running::spawn(addr, |shutdown| app.run(shutdown))
 }
 
+/// An echo upstream and a gateway routing both `/accounts` and `/payments` to it, with
+/// `extra` settings.
+pub async fn spawn_in_front(extra: &[(&str, &str)]) -> (Running, Running) {
+    let upstream = spawn_upstream().await;
+    let extra: Vec<(&str, String)> = extra
+        .iter()
+        .map(|(name, value)| (*name, (*value).to_owned()))
+        .collect();
+    let gateway = spawn_gateway(upstream.addr, upstream.addr, &extra).await;
+    (upstream, gateway)
+}
+
+/// GET `path` through the gateway with `client` (its connection kept, so the same gateway
+/// worker) and decode the echo.
+pub async fn echoed_by(client: &reqwest::Client, gateway: &Running, path: &str) -> Value {
+    let response = client.get(gateway.url(path)).send().await.unwrap();
+    assert_eq!(response.status(), 200, "GET {path}");
+    response.json().await.unwrap()
+}
+
 /// GET through the gateway and decode the echo.
 pub async fn echoed(gateway: &Running, path: &str) -> Value {
     let response = reqwest::get(gateway.url(path)).await.unwrap();

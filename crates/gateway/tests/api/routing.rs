@@ -2,7 +2,9 @@
 
 use serde_json::Value;
 
-use crate::helpers::{closed_port, echoed, spawn_gateway, spawn_upstream};
+use crate::helpers::{
+    closed_port, echoed, echoed_by, spawn_gateway, spawn_in_front, spawn_upstream,
+};
 
 #[tokio::test]
 async fn the_prefix_is_stripped_and_the_query_kept() {
@@ -30,8 +32,7 @@ async fn the_prefix_is_stripped_and_the_query_kept() {
 
 #[tokio::test]
 async fn a_path_that_only_starts_like_a_prefix_is_not_routed() {
-    let upstream = spawn_upstream().await;
-    let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
+    let (_upstream, gateway) = spawn_in_front(&[]).await;
     for path in ["/accountsx", "/payment", "/", "/other/accounts"] {
         let response = reqwest::get(gateway.url(path)).await.unwrap();
         assert_eq!(response.status(), 404, "{path}");
@@ -118,8 +119,7 @@ async fn forwarded_headers_request_id_and_trace_context_reach_the_upstream() {
 
 #[tokio::test]
 async fn the_client_is_appended_to_every_prior_forwarded_for_hop() {
-    let upstream = spawn_upstream().await;
-    let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
+    let (_upstream, gateway) = spawn_in_front(&[]).await;
     let seen: Value = reqwest::Client::new()
         .get(gateway.url("/accounts/x"))
         .header("x-forwarded-for", "203.0.113.7")
@@ -138,8 +138,7 @@ async fn the_client_is_appended_to_every_prior_forwarded_for_hop() {
 
 #[tokio::test]
 async fn a_request_without_ids_gets_new_ones_that_the_upstream_sees() {
-    let upstream = spawn_upstream().await;
-    let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
+    let (_upstream, gateway) = spawn_in_front(&[]).await;
     let response = reqwest::get(gateway.url("/accounts/x")).await.unwrap();
     let request_id = response.headers()["x-request-id"]
         .to_str()
@@ -152,19 +151,11 @@ async fn a_request_without_ids_gets_new_ones_that_the_upstream_sees() {
 
 #[tokio::test]
 async fn upstream_connections_are_kept_alive_and_reused() {
-    let upstream = spawn_upstream().await;
-    let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
+    let (_upstream, gateway) = spawn_in_front(&[]).await;
     let client = reqwest::Client::new();
     let mut ports = std::collections::BTreeSet::new();
     for _ in 0..10 {
-        let seen: Value = client
-            .get(gateway.url("/accounts/ping"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let seen = echoed_by(&client, &gateway, "/accounts/ping").await;
         ports.insert(seen["peer_port"].as_u64().unwrap());
     }
     assert_eq!(
@@ -176,25 +167,13 @@ async fn upstream_connections_are_kept_alive_and_reused() {
 
 #[tokio::test]
 async fn upstream_connections_idle_past_their_timeout_are_not_used_again() {
-    let upstream = spawn_upstream().await;
-    let gateway = spawn_gateway(
-        upstream.addr,
-        upstream.addr,
-        &[("GATEWAY_UPSTREAM_IDLE_TIMEOUT_MS", "100".to_owned())],
-    )
-    .await;
+    let (_upstream, gateway) = spawn_in_front(&[("GATEWAY_UPSTREAM_IDLE_TIMEOUT_MS", "100")]).await;
     // One client connection, so one gateway worker and its pool.
     let client = reqwest::Client::new();
     let port = async |path: &str| {
-        let seen: Value = client
-            .get(gateway.url(path))
-            .send()
-            .await
+        echoed_by(&client, &gateway, path).await["peer_port"]
+            .as_u64()
             .unwrap()
-            .json()
-            .await
-            .unwrap();
-        seen["peer_port"].as_u64().unwrap()
     };
     let first = port("/accounts/a").await;
     assert_eq!(port("/accounts/b").await, first, "reused at once");
@@ -296,8 +275,7 @@ async fn h2c_get(
 
 #[tokio::test]
 async fn h2c_clients_are_served_unless_switched_off() {
-    let upstream = spawn_upstream().await;
-    let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
+    let (upstream, gateway) = spawn_in_front(&[]).await;
     let (status, body) = h2c_get(&gateway, "/accounts/ping").await.unwrap();
     assert_eq!(status, 200);
     let seen: Value = serde_json::from_slice(&body).unwrap();
@@ -321,13 +299,7 @@ async fn h2c_clients_are_served_unless_switched_off() {
 
 #[tokio::test]
 async fn large_bodies_stream_both_ways() {
-    let upstream = spawn_upstream().await;
-    let gateway = spawn_gateway(
-        upstream.addr,
-        upstream.addr,
-        &[("MAX_BODY_BYTES", (8 * 1024 * 1024).to_string())],
-    )
-    .await;
+    let (_upstream, gateway) = spawn_in_front(&[("MAX_BODY_BYTES", "8388608")]).await;
     let client = reqwest::Client::new();
     let body = vec![b'a'; 5 * 1024 * 1024];
     let seen: Value = client
@@ -351,8 +323,7 @@ async fn large_bodies_stream_both_ways() {
 
 #[tokio::test]
 async fn a_body_over_the_limit_is_refused_with_413() {
-    let upstream = spawn_upstream().await;
-    let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
+    let (_upstream, gateway) = spawn_in_front(&[]).await;
     let response = reqwest::Client::new()
         .post(gateway.url("/payments/upload"))
         .body(vec![b'a'; 1024 * 1024 + 1024])
@@ -366,13 +337,7 @@ async fn a_body_over_the_limit_is_refused_with_413() {
 
 #[tokio::test]
 async fn a_streamed_body_over_the_limit_is_a_413_and_no_fault_of_the_upstream() {
-    let upstream = spawn_upstream().await;
-    let gateway = spawn_gateway(
-        upstream.addr,
-        upstream.addr,
-        &[("GATEWAY_BREAKER_FAILURES", "1".to_owned())],
-    )
-    .await;
+    let (_upstream, gateway) = spawn_in_front(&[("GATEWAY_BREAKER_FAILURES", "1")]).await;
     let client = reqwest::Client::new();
     // No Content-Length: the limit is found while the body streams upstream.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
@@ -395,8 +360,7 @@ async fn a_streamed_body_over_the_limit_is_a_413_and_no_fault_of_the_upstream() 
 
 #[tokio::test]
 async fn upstream_error_responses_pass_through_untouched() {
-    let upstream = spawn_upstream().await;
-    let gateway = spawn_gateway(upstream.addr, upstream.addr, &[]).await;
+    let (_upstream, gateway) = spawn_in_front(&[]).await;
     let response = reqwest::get(gateway.url("/accounts/teapot")).await.unwrap();
     assert_eq!(response.status(), 418);
     assert_eq!(response.text().await.unwrap(), "short and stout");
@@ -476,4 +440,24 @@ async fn routes_from_a_file_add_upstreams_longest_prefix_first() {
     let checks = body["checks"].as_object().unwrap();
     assert!(checks.contains_key("upstream:reports"), "{body}");
     assert!(!checks.contains_key("upstream:search"), "{body}");
+}
+
+#[tokio::test]
+async fn a_client_that_gives_up_mid_upload_is_no_fault_of_the_upstream() {
+    use tokio::io::AsyncWriteExt;
+    let (_upstream, gateway) = spawn_in_front(&[("GATEWAY_BREAKER_FAILURES", "1")]).await;
+    let mut client = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    client
+        .write_all(
+            b"POST /payments/upload HTTP/1.1\r\nHost: gateway\r\ncontent-length: 100000\r\n\r\npartial",
+        )
+        .await
+        .unwrap();
+    // Gone before the rest of its body.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    drop(client);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // One upstream failure would have opened the breaker.
+    let seen = echoed(&gateway, "/payments/after").await;
+    assert_eq!(seen["path"], "/after");
 }
