@@ -27,11 +27,6 @@ pub fn current_request_id() -> Option<String> {
     CURRENT.try_with(|context| context.request_id.clone()).ok()
 }
 
-/// The request being served by this task, if any: for log lines outside a request span.
-pub fn current_context() -> Option<RequestContext> {
-    CURRENT.try_with(Clone::clone).ok()
-}
-
 /// Whether a caller-supplied request id is worth keeping: 1–128 characters of
 /// `A-Z a-z 0-9 - _ . : /+=`, so it is safe in logs and headers.
 pub fn is_sane_request_id(value: &str) -> bool {
@@ -206,10 +201,6 @@ pub struct RequestContext {
     /// This hop's span within the caller's trace (or a new trace).
     pub trace: TraceParent,
 }
-
-/// Marks a response that came from an upstream as is (the gateway's), so it is not rewritten.
-#[derive(Debug, Clone, Copy)]
-pub struct PassThrough;
 
 /// Middleware: request id and trace context in, span and access log around the request,
 /// `X-Request-ID` out, and bare error statuses (axum's 404/405/413, ...) as problem+json.
@@ -572,7 +563,6 @@ impl RequestObserver {
 fn problem_for_bare_error(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error())
-        || response.extensions().get::<PassThrough>().is_some()
         || is_json(response.headers())
     {
         return response;

@@ -101,11 +101,6 @@ impl Limiter {
         }
     }
 
-    /// The policy, for `RateLimit-Policy`.
-    pub fn settings(&self) -> RateLimitSettings {
-        self.settings
-    }
-
     /// Counts one request of `client` and decides at once when limits are kept in process
     /// (no Redis, or Redis resting after a failure); `None` when Redis is to be asked
     /// ([`Limiter::check`]).

@@ -142,14 +142,6 @@ impl Proxy {
             .map(|r| &r.upstream)
     }
 
-    /// Every upstream, the fallback included.
-    pub fn all_upstreams(&self) -> impl Iterator<Item = &Upstream> {
-        self.routes
-            .iter()
-            .map(|r| &r.upstream)
-            .chain(self.fallback.iter())
-    }
-
     /// The same routes, breakers and metrics with connections of its own: each worker thread
     /// keeps its upstream connections on its own runtime.
     pub fn with_own_pool(&self) -> Self {
