@@ -562,9 +562,7 @@ impl RequestObserver {
 /// keeping headers such as `Allow` and `Retry-After`.
 fn problem_for_bare_error(response: Response) -> Response {
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error())
-        || is_json(response.headers())
-    {
+    if !(status.is_client_error() || status.is_server_error()) || is_json(response.headers()) {
         return response;
     }
     let kept: Vec<(HeaderName, HeaderValue)> = response

@@ -10,7 +10,7 @@ use common::testkit::{Cuttable, Running, redis_url};
 
 use crate::helpers::{
     closed_port, gateway_metrics, spawn_flaky_upstream, spawn_gateway, spawn_in_front,
-    spawn_upstream,
+    spawn_upstream, spawn_upstream_at,
 };
 
 async fn get_status(gateway: &Running, path: &str) -> u16 {
@@ -359,6 +359,42 @@ async fn only_safe_or_idempotent_requests_are_retried() {
         4,
         "a POST with an Idempotency-Key is"
     );
+}
+
+#[tokio::test]
+async fn a_retried_request_reaches_the_upstream_with_its_whole_body() {
+    // Nothing listens at first; the upstream comes up between the first try and a retry.
+    let addr = closed_port().await;
+    let gateway = spawn_gateway(addr, addr, &[]).await;
+    let late = tokio::spawn(async move {
+        // After the first try (at once), before the last (50 ms, then 100 ms more).
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+        spawn_upstream_at(addr).await
+    });
+    let response = reqwest::Client::new()
+        .post(gateway.url("/payments/v1/payments"))
+        .header("idempotency-key", "k-1")
+        .body("{\"amount\":1}")
+        .send()
+        .await
+        .unwrap();
+    let _upstream = late.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["body_len"], 12, "the body the first try did not send");
+    let metrics = gateway_metrics(&gateway).await;
+    let retries: u32 = metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(
+                r#"gateway_upstream_requests_total{outcome="retried",upstream="payments"} "#,
+            )
+        })
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retries >= 1, "the first try found no upstream: {metrics}");
 }
 
 #[tokio::test]

@@ -37,6 +37,11 @@ async fn echo(ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request) -> a
 /// An upstream on port 0: `/slow` answers after 1.5 s, `/readyz` answers 200, `/teapot`
 /// answers a plain-text 418, everything else echoes.
 pub async fn spawn_upstream() -> Running {
+    spawn_upstream_at("127.0.0.1:0".parse().unwrap()).await
+}
+
+/// [`spawn_upstream`] on `addr`.
+pub async fn spawn_upstream_at(addr: SocketAddr) -> Running {
     let router = Router::new()
         .route("/readyz", get(|| async { "ready" }))
         .route(
@@ -61,7 +66,7 @@ pub async fn spawn_upstream() -> Running {
             get(|| async { Bytes::from(vec![b'x'; 3 * 1024 * 1024]) }),
         )
         .fallback(any(echo));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     Running::spawn(addr, move |shutdown| async move {
         axum::serve(
