@@ -79,11 +79,10 @@ pub struct Permit<'a> {
 
 impl Permit<'_> {
     /// Records how the request ended.
-    pub fn record(self, success: bool) {
-        let breaker = self.breaker;
-        // Nothing for the drop to undo.
-        std::mem::forget(self);
-        breaker.record(success);
+    pub fn record(mut self, success: bool) {
+        // A verdict: nothing for the drop to undo.
+        self.trial = false;
+        self.breaker.record(success);
     }
 }
 
