@@ -25,6 +25,7 @@ macro_rules! request_event {
 pub mod breaker;
 pub mod client;
 pub mod config;
+pub mod h1;
 pub mod limit;
 pub mod pool;
 pub mod proxy;

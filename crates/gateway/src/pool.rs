@@ -8,6 +8,11 @@
 //! request before anything is sent, and the caller may retry it without keeping a copy; one
 //! found closed by the upstream only when the request is handed to it gives the request back
 //! ([`SendRequest::try_send_request`]) and the next connection is tried.
+//!
+//! Requests without a body (most of them: GET, HEAD, DELETE) go over connections of their
+//! own, read and written in line by the request's task ([`crate::h1`]); hyper's client
+//! connections, each driven by a task, carry the requests with a body, which they send while
+//! reading the response.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -25,6 +30,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::h1;
+
 /// How a request to an upstream failed.
 pub enum SendError<B> {
     /// No connection could be made (refused, unreachable, not resolved, too slow to connect):
@@ -38,6 +45,8 @@ pub enum SendError<B> {
     /// The connection failed once the request was handed to it; the upstream may have seen
     /// some or all of it.
     Request(hyper::Error),
+    /// A request without a body failed once sent (see [`crate::h1`]).
+    Inline(h1::Error),
 }
 
 impl<B> std::fmt::Display for SendError<B> {
@@ -45,6 +54,7 @@ impl<B> std::fmt::Display for SendError<B> {
         match self {
             Self::Connect { reason, .. } => f.write_str(reason),
             Self::Request(error) => f.write_str(&error_chain(error)),
+            Self::Inline(error) => write!(f, "{error}"),
         }
     }
 }
@@ -84,6 +94,8 @@ struct Inner<B> {
     /// Idle connections, the most recently used last (taken first, so the least used ones
     /// age out when traffic falls).
     idle: Mutex<VecDeque<Idle<B>>>,
+    /// Idle connections for requests without a body, the most recently used last.
+    inline_idle: Mutex<VecDeque<(h1::Connection, Instant)>>,
     /// Whether the task that closes connections idle too long runs.
     reaping: std::sync::atomic::AtomicBool,
 }
@@ -107,6 +119,7 @@ where
                 settings,
                 label,
                 idle: Mutex::new(VecDeque::new()),
+                inline_idle: Mutex::new(VecDeque::new()),
                 reaping: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -129,11 +142,17 @@ where
 
     /// Sends `request` (origin-form URI, `Host` set) over an idle connection or a new one.
     /// The response's body hands its connection back to the pool once it has been read to
-    /// the end.
+    /// the end. A request without a body that may be `replayed` (the caller's judgement: a
+    /// safe method, or one with an idempotency key) and finds its kept-alive connection
+    /// closed before any response comes is sent again on the next connection, as nginx does.
     pub async fn send(
         &self,
         request: http::Request<B>,
+        replayable: bool,
     ) -> Result<http::Response<PooledBody<B>>, SendError<B>> {
+        if request.body().is_end_stream() {
+            return self.send_inline(request, replayable).await;
+        }
         let mut request = request;
         loop {
             let (mut sender, reused) = match self.take_idle() {
@@ -153,13 +172,13 @@ where
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
-                    let body = PooledBody {
+                    let body = PooledBody(Kind::Hyper {
                         body,
                         connection: Some(Checkin {
                             sender,
                             pool: Arc::downgrade(&self.inner),
                         }),
-                    };
+                    });
                     return Ok(http::Response::from_parts(parts, body));
                 }
                 // An idle connection the upstream had closed, found out before anything was
@@ -172,6 +191,59 @@ where
                 Err(error) => return Err(SendError::Request(error.into_error())),
             }
         }
+    }
+
+    /// [`send`](Self::send) for a request without a body.
+    async fn send_inline(
+        &self,
+        request: http::Request<B>,
+        replayable: bool,
+    ) -> Result<http::Response<PooledBody<B>>, SendError<B>> {
+        let (head, body) = request.into_parts();
+        loop {
+            let (connection, reused) = match self.take_inline() {
+                Some(connection) => (connection, true),
+                None => match Box::pin(self.connect_stream()).await {
+                    Ok(stream) => (h1::Connection::new(stream), false),
+                    Err(reason) => {
+                        return Err(SendError::Connect {
+                            reason,
+                            request: Box::new(http::Request::from_parts(head, body)),
+                        });
+                    }
+                },
+            };
+            match connection.send(&head).await {
+                Ok(response) => {
+                    let pool = Arc::downgrade(&self.inner);
+                    return Ok(response.map(|body| PooledBody(Kind::Inline { body, pool })));
+                }
+                // The upstream closed a kept-alive connection as the request went out (its
+                // keep-alive timeout, most likely): another connection gets it, if it may be
+                // sent twice. A new connection failing so is an answer.
+                Err(h1::Error::Closed(_)) if reused && replayable => {}
+                Err(error) => return Err(SendError::Inline(error)),
+            }
+        }
+    }
+
+    /// The most recently used idle connection for a request without a body that can still
+    /// be used; expired ones are let go.
+    fn take_inline(&self) -> Option<h1::Connection> {
+        let mut idle = self.inner.lock_inline();
+        let expired = self.inner.settings.idle_timeout;
+        while idle
+            .front()
+            .is_some_and(|(_, since)| since.elapsed() >= expired)
+        {
+            idle.pop_front();
+        }
+        while let Some((mut connection, _)) = idle.pop_back() {
+            if connection.is_reusable() {
+                return Some(connection);
+            }
+        }
+        None
     }
 
     /// The most recently used idle connection that is ready for a request; closed and
@@ -201,8 +273,25 @@ where
         None
     }
 
-    /// A new connection, its I/O driven by a task of its own on the current runtime.
+    /// A new hyper client connection, its I/O driven by a task of its own on the current
+    /// runtime.
     async fn connect(&self) -> Result<SendRequest<B>, String> {
+        let stream = self.connect_stream().await?;
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", self.inner.label))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "upstream connection closed with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// A new TCP connection to the upstream (and the reaper started, with the first).
+    async fn connect_stream(&self) -> Result<TcpStream, String> {
         let settings = &self.inner.settings;
         let failed = |reason: String| format!("cannot connect to {}: {reason}", self.inner.label);
         let stream = tokio::time::timeout(settings.connect_timeout, connect_tcp(settings))
@@ -214,16 +303,6 @@ where
                 ))
             })?
             .map_err(|e| failed(e.to_string()))?;
-        let (sender, connection) = hyper::client::conn::http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream connection closed with an error");
-            }
-        });
         if !self
             .inner
             .reaping
@@ -231,7 +310,7 @@ where
         {
             tokio::spawn(reap(Arc::downgrade(&self.inner)));
         }
-        Ok(sender)
+        Ok(stream)
     }
 }
 
@@ -252,8 +331,11 @@ async fn reap<B>(pool: Weak<Inner<B>>) {
             return;
         };
         let expired = pool.settings.idle_timeout;
-        let mut idle = pool.lock();
-        idle.retain(|entry| entry.since.elapsed() < expired && !entry.sender.is_closed());
+        pool.lock()
+            .retain(|entry| entry.since.elapsed() < expired && !entry.sender.is_closed());
+        pool.lock_inline().retain_mut(|(connection, since)| {
+            since.elapsed() < expired && connection.is_reusable()
+        });
     }
 }
 
@@ -262,6 +344,20 @@ impl<B> Inner<B> {
         self.idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_inline(&self) -> std::sync::MutexGuard<'_, VecDeque<(h1::Connection, Instant)>> {
+        self.inline_idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps `connection` for the next request without a body, unless the pool is full.
+    fn checkin_inline(&self, connection: h1::Connection) {
+        let mut idle = self.lock_inline();
+        if idle.len() < self.settings.max_idle {
+            idle.push_back((connection, Instant::now()));
+        }
     }
 
     /// Keeps `sender` for the next request, unless the pool is full.
@@ -308,49 +404,87 @@ struct Checkin<B> {
 
 /// An upstream response's body; once read to its end, its connection goes back to the pool
 /// (dropped before that, the connection is closed, as the rest of the response is unread).
-pub struct PooledBody<B> {
-    body: Incoming,
-    connection: Option<Checkin<B>>,
+pub struct PooledBody<B>(Kind<B>);
+
+enum Kind<B> {
+    /// From a hyper client connection.
+    Hyper {
+        body: Incoming,
+        connection: Option<Checkin<B>>,
+    },
+    /// Read in line ([`crate::h1`]).
+    Inline {
+        body: h1::Body,
+        pool: Weak<Inner<B>>,
+    },
 }
 
 impl<B> PooledBody<B> {
     fn finish(&mut self) {
-        if let Some(Checkin { sender, pool }) = self.connection.take()
-            && let Some(pool) = pool.upgrade()
-        {
-            pool.checkin(sender);
+        match &mut self.0 {
+            Kind::Hyper { connection, .. } => {
+                if let Some(Checkin { sender, pool }) = connection.take()
+                    && let Some(pool) = pool.upgrade()
+                {
+                    pool.checkin(sender);
+                }
+            }
+            Kind::Inline { body, pool } => {
+                if let Some(connection) = body.take_reusable()
+                    && let Some(pool) = pool.upgrade()
+                {
+                    pool.checkin_inline(connection);
+                }
+            }
         }
     }
 }
 
-// Only the `Incoming` body is ever polled, and it is `Unpin`.
+// `Incoming` and `h1::Body` are `Unpin`; `B` is never polled here.
 impl<B> Unpin for PooledBody<B> {}
 
 impl<B> Body for PooledBody<B> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        let (polled, end) = match &mut this.0 {
+            Kind::Hyper { body, connection } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                if let Poll::Ready(Some(Err(_))) = &polled {
+                    drop(connection.take());
+                }
+                (polled.map_err(Into::into), body.is_end_stream())
+            }
+            Kind::Inline { body, .. } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                (polled.map_err(Into::into), body.is_end_stream())
+            }
+        };
         match &polled {
             Poll::Ready(None) => this.finish(),
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.finish(),
-            Poll::Ready(Some(Err(_))) => drop(this.connection.take()),
+            Poll::Ready(Some(Ok(_))) if end => this.finish(),
             _ => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.0 {
+            Kind::Hyper { body, .. } => body.is_end_stream(),
+            Kind::Inline { body, .. } => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.0 {
+            Kind::Hyper { body, .. } => body.size_hint(),
+            Kind::Inline { body, .. } => body.size_hint(),
+        }
     }
 }
 
@@ -358,7 +492,7 @@ impl<B> Drop for PooledBody<B> {
     fn drop(&mut self) {
         // A body with nothing left to read (no body at all, or all of it read) may be
         // dropped without its end having been polled.
-        if self.body.is_end_stream() {
+        if self.is_end_stream() {
             self.finish();
         }
     }
@@ -429,7 +563,7 @@ mod tests {
         (addr, closed_rx)
     }
 
-    fn pool(addr: SocketAddr, idle_timeout: Duration) -> Pool<Empty<Bytes>> {
+    fn pool<B: RequestBody>(addr: SocketAddr, idle_timeout: Duration) -> Pool<B> {
         Pool::new(PoolSettings {
             host: addr.ip().to_string(),
             port: addr.port(),
@@ -439,20 +573,45 @@ mod tests {
         })
     }
 
-    async fn send(pool: &Pool<Empty<Bytes>>) -> http::Response<PooledBody<Empty<Bytes>>> {
-        let request = http::Request::get("/")
+    /// What the tests send: no body (an in-line connection) or one (hyper's).
+    trait RequestBody:
+        Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+    {
+        fn new() -> Self;
+    }
+    impl RequestBody for Empty<Bytes> {
+        fn new() -> Self {
+            Empty::new()
+        }
+    }
+    impl RequestBody for http_body_util::Full<Bytes> {
+        fn new() -> Self {
+            http_body_util::Full::new(Bytes::from_static(b"x"))
+        }
+    }
+
+    fn request<B: RequestBody>() -> http::Request<B> {
+        http::Request::post("/")
             .header(http::header::HOST, "upstream")
-            .body(Empty::new())
-            .unwrap();
-        let Ok(response) = pool.send(request).await else {
+            .body(B::new())
+            .unwrap()
+    }
+
+    async fn send<B: RequestBody>(pool: &Pool<B>) -> http::Response<PooledBody<B>> {
+        let Ok(response) = pool.send(request(), true).await else {
             panic!("the upstream answers");
         };
         response
     }
 
-    async fn get(pool: &Pool<Empty<Bytes>>) -> Bytes {
+    async fn get<B: RequestBody>(pool: &Pool<B>) -> Bytes {
         let response = send(pool).await;
         response.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    /// Idle connections of both kinds.
+    fn idle<B>(pool: &Pool<B>) -> usize {
+        pool.inner.lock().len() + pool.inner.lock_inline().len()
     }
 
     #[test]
@@ -464,32 +623,92 @@ mod tests {
         assert_eq!(host("::1", 80), "[::1]");
     }
 
-    #[tokio::test]
-    async fn a_connection_read_to_the_end_goes_back_and_is_closed_once_idle_too_long() {
+    async fn goes_back_once_read_and_is_closed_once_idle_too_long<B: RequestBody>() {
         let (addr, mut closed) = upstream().await;
-        let pool = pool(addr, Duration::from_millis(300));
+        let pool = pool::<B>(addr, Duration::from_millis(300));
         assert_eq!(get(&pool).await, "ok");
-        assert_eq!(pool.inner.lock().len(), 1, "back in the pool");
+        assert_eq!(idle(&pool), 1, "back in the pool");
         // Closed by the pool's reaper, with no request coming to find it expired.
         tokio::time::timeout(Duration::from_secs(5), closed.recv())
             .await
             .expect("the idle connection is closed")
             .unwrap();
-        assert_eq!(pool.inner.lock().len(), 0);
+        assert_eq!(idle(&pool), 0);
     }
 
     #[tokio::test]
-    async fn a_response_dropped_unread_does_not_give_its_connection_back() {
+    async fn a_connection_read_to_the_end_goes_back_and_is_closed_once_idle_too_long() {
+        goes_back_once_read_and_is_closed_once_idle_too_long::<Empty<Bytes>>().await;
+        goes_back_once_read_and_is_closed_once_idle_too_long::<http_body_util::Full<Bytes>>().await;
+    }
+
+    async fn is_not_given_back_unread<B: RequestBody>() {
         let (addr, mut closed) = upstream().await;
-        let pool = pool(addr, Duration::from_secs(60));
+        let pool = pool::<B>(addr, Duration::from_secs(60));
         let response = send(&pool).await;
         // Its body unread: the connection cannot carry another request.
         drop(response);
-        assert_eq!(pool.inner.lock().len(), 0);
+        assert_eq!(idle(&pool), 0);
         drop(pool);
         tokio::time::timeout(Duration::from_secs(5), closed.recv())
             .await
             .expect("the connection is closed")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_response_dropped_unread_does_not_give_its_connection_back() {
+        is_not_given_back_unread::<Empty<Bytes>>().await;
+        is_not_given_back_unread::<http_body_util::Full<Bytes>>().await;
+    }
+
+    /// An upstream that answers the first request on each connection and closes the
+    /// connection when the next one comes, without answering (as one whose keep-alive timeout
+    /// fires just then): how many connections it took.
+    async fn closing_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 4096];
+                    let mut request = Vec::new();
+                    for answer in [true, false] {
+                        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut buffer).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => request.extend_from_slice(&buffer[..n]),
+                            }
+                        }
+                        request.clear();
+                        if answer {
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            stream.write_all(ok).await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_replayable_request_whose_kept_alive_connection_closes_unanswered_goes_on_another() {
+        let (addr, accepted) = closing_upstream().await;
+        let pool = pool::<Empty<Bytes>>(addr, Duration::from_secs(60));
+        assert_eq!(get(&pool).await, "ok");
+        // The kept connection takes the next request and closes: the request goes again.
+        assert_eq!(get(&pool).await, "ok");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // Not replayable: the failure is the answer.
+        let failed = pool.send(request(), false).await;
+        assert!(matches!(
+            failed,
+            Err(SendError::Inline(h1::Error::Closed(_)))
+        ));
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

@@ -313,8 +313,11 @@ impl Proxy {
     ) -> Attempt {
         let mut attempt = 0;
         loop {
-            let result =
-                tokio::time::timeout(self.upstream_timeout, upstream.pool.send(request)).await;
+            let result = tokio::time::timeout(
+                self.upstream_timeout,
+                upstream.pool.send(request, retryable),
+            )
+            .await;
             match result {
                 Ok(Err(SendError::Connect {
                     reason,

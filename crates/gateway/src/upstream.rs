@@ -94,7 +94,11 @@ impl Upstream {
             .header(header::HOST, self.host.clone())
             .body(http_body_util::Limited::new(Either::Right(Empty::new()), 0))
             .map_err(|e| e.to_string())?;
-        let response = self.pool.send(request).await.map_err(|e| e.to_string())?;
+        let response = self
+            .pool
+            .send(request, true)
+            .await
+            .map_err(|e| e.to_string())?;
         let status = response.status();
         // Read to the end, so the connection is kept for the next probe.
         let _ = http_body_util::BodyExt::collect(response.into_body()).await;

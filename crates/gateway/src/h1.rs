@@ -1,0 +1,735 @@
+//! A request without a body, and its response, over one kept-alive HTTP/1.1 connection,
+//! written and read by the task of the request itself.
+//!
+//! Most requests through the gateway have no body (GET, HEAD, DELETE). For them the
+//! connection's I/O is done in line: the head is written with one `send`, the response head
+//! read and parsed (httparse, as hyper does) in the same turn of the worker that read the
+//! client's request, and the body read as the client's connection asks for it. Hyper's client
+//! connection, by design, runs on a task of its own and hands each request, response and body
+//! chunk across channels, which costs wake-ups and scheduling rounds per request (measured in
+//! the README's benchmark section). Requests with a body keep hyper's client, which sends the
+//! body while reading the response (full duplex).
+//!
+//! The response's framing follows RFC 9112 §6.3: no body for `HEAD` and 1xx/204/304; a
+//! `Transfer-Encoding` ending in `chunked` decoded; otherwise `Content-Length`; otherwise the
+//! body ends when the upstream closes. A connection is reused only when its response was
+//! complete, self-delimited, HTTP/1.1 and not `Connection: close`, and nothing else arrived;
+//! an idle connection on which anything arrives (the upstream closing it, or bytes it should
+//! not have sent) is not reused.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use http_body::{Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Most header lines in a response (hyper's default too).
+const MAX_HEADERS: usize = 100;
+/// Largest response head, and largest chunk-size or trailer line.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_LINE_BYTES: usize = 4 * 1024;
+/// How much is read at a time.
+const READ_BYTES: usize = 16 * 1024;
+
+/// How a response could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The connection closed (or was reset) before any byte of the response came: the
+    /// upstream dropped a kept-alive connection as the request went out, or failed before
+    /// answering.
+    #[error("the connection closed before a response: {0}")]
+    Closed(String),
+    /// Reading or writing failed once the response had begun.
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    /// What the upstream sent is not a valid HTTP/1.1 response.
+    #[error("invalid response: {0}")]
+    Invalid(&'static str),
+}
+
+/// One connection to an upstream, between requests.
+pub struct Connection {
+    io: TcpStream,
+    /// Read but not yet used (empty between requests).
+    read: BytesMut,
+    /// The request head being written; kept for its capacity.
+    write: Vec<u8>,
+}
+
+impl Connection {
+    /// A new connection over `io`.
+    pub fn new(io: TcpStream) -> Self {
+        Self {
+            io,
+            read: BytesMut::new(),
+            write: Vec::new(),
+        }
+    }
+
+    /// Whether an idle connection can carry another request: the upstream has not closed it
+    /// and has sent nothing since the last response. Costs no system call unless something
+    /// arrived.
+    pub fn is_reusable(&mut self) -> bool {
+        match self
+            .io
+            .poll_read_ready(&mut Context::from_waker(Waker::noop()))
+        {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Readiness can be left over from the last read; look.
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Sends a request without a body (`head`: its method, origin-form target and headers,
+    /// `Host` among them) and reads the response's head; the body follows in the [`Body`].
+    pub async fn send(
+        mut self,
+        head: &http::request::Parts,
+    ) -> Result<http::Response<Body>, Error> {
+        self.write_head(head);
+        if let Err(error) = self.io.write_all(&self.write).await {
+            return Err(Error::Closed(error.to_string()));
+        }
+        let mut received = false;
+        loop {
+            if let Some((parts, framing, keep_alive)) = self.parse_head(&head.method)? {
+                let body = Body {
+                    connection: Some(self),
+                    framing,
+                    keep_alive,
+                    complete: false,
+                };
+                return Ok(http::Response::from_parts(parts, body));
+            }
+            if self.read.len() >= MAX_HEAD_BYTES {
+                return Err(Error::Invalid("response head too large"));
+            }
+            match std::future::poll_fn(|cx| self.poll_read(cx)).await {
+                Ok(0) if !received => return Err(Error::Closed("end of stream".to_owned())),
+                Ok(0) => return Err(Error::Invalid("incomplete response head")),
+                Ok(_) => received = true,
+                Err(error) if !received => return Err(Error::Closed(error.to_string())),
+                Err(error) => return Err(Error::Io(error)),
+            }
+        }
+    }
+
+    fn write_head(&mut self, head: &http::request::Parts) {
+        let out = &mut self.write;
+        out.clear();
+        out.extend_from_slice(head.method.as_str().as_bytes());
+        out.push(b' ');
+        let target = head
+            .uri
+            .path_and_query()
+            .map_or("/", |target| target.as_str());
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in &head.headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Reads what the upstream has sent into `read`: how many bytes (0 at its end).
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        self.read.reserve(READ_BYTES);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+
+    /// The response's head once all of it has been read (informational responses skipped),
+    /// with its body's framing and whether the connection may be kept.
+    fn parse_head(
+        &mut self,
+        method: &Method,
+    ) -> Result<Option<(http::response::Parts, Framing, bool)>, Error> {
+        loop {
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut slots);
+            let length = match parsed.parse(&self.read) {
+                Ok(httparse::Status::Complete(length)) => length,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Err(Error::Invalid("too many header lines"));
+                }
+                Err(_) => return Err(Error::Invalid("malformed response head")),
+            };
+            let status = StatusCode::from_u16(parsed.code.unwrap_or_default())
+                .map_err(|_| Error::Invalid("invalid status code"))?;
+            if status.is_informational() {
+                // 100 Continue, 103 Early Hints: the answer follows. (A 101 cannot have been
+                // asked for: `Upgrade` is never forwarded.)
+                if status == StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(Error::Invalid("unrequested protocol switch"));
+                }
+                self.read.advance(length);
+                continue;
+            }
+            let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+            let mut declared: Option<u64> = None;
+            let mut transfer_encoded = false;
+            let mut chunked = false;
+            let mut keep_alive = parsed.version == Some(1);
+            for line in parsed.headers.iter() {
+                let name = HeaderName::from_bytes(line.name.as_bytes())
+                    .map_err(|_| Error::Invalid("invalid header name"))?;
+                let value = HeaderValue::from_bytes(line.value)
+                    .map_err(|_| Error::Invalid("invalid header value"))?;
+                if name == header::CONTENT_LENGTH {
+                    let length = parse_length(line.value)?;
+                    if declared.is_some_and(|seen| seen != length) {
+                        return Err(Error::Invalid("conflicting Content-Length"));
+                    }
+                    declared = Some(length);
+                } else if name == header::TRANSFER_ENCODING {
+                    // The last coding decides: anything but `chunked` is read to the end of
+                    // the connection.
+                    transfer_encoded = true;
+                    chunked = line
+                        .value
+                        .rsplit(|b| *b == b',')
+                        .next()
+                        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                } else if name == header::CONNECTION && has_token(line.value, b"close") {
+                    keep_alive = false;
+                }
+                headers.append(name, value);
+            }
+            let framing = if *method == Method::HEAD
+                || status == StatusCode::NO_CONTENT
+                || status == StatusCode::NOT_MODIFIED
+            {
+                Framing::Length(0)
+            } else if transfer_encoded {
+                if declared.is_some() {
+                    // Both framings (a request smuggling pattern): `Transfer-Encoding` wins and
+                    // the connection is not reused (RFC 9112 §6.3).
+                    headers.remove(header::CONTENT_LENGTH);
+                    keep_alive = false;
+                }
+                if chunked {
+                    Framing::Chunked(Chunk::Size)
+                } else {
+                    Framing::Close
+                }
+            } else if let Some(length) = declared {
+                Framing::Length(length)
+            } else {
+                Framing::Close
+            };
+            if matches!(framing, Framing::Close) {
+                keep_alive = false;
+            }
+            self.read.advance(length);
+            let (mut parts, ()) = http::Response::new(()).into_parts();
+            parts.status = status;
+            parts.headers = headers;
+            return Ok(Some((parts, framing, keep_alive)));
+        }
+    }
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitively).
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// A `Content-Length` value: digits only.
+fn parse_length(value: &[u8]) -> Result<u64, Error> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(Error::Invalid("invalid Content-Length"));
+    }
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or(Error::Invalid("invalid Content-Length"))
+}
+
+/// How a response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// After this many more bytes.
+    Length(u64),
+    /// With the last chunk (and trailers, which are read and dropped).
+    Chunked(Chunk),
+    /// When the upstream closes the connection.
+    Close,
+}
+
+/// Where a chunked body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// At a chunk-size line.
+    Size,
+    /// Within a chunk's data: this many bytes left.
+    Data(u64),
+    /// At the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk, at a trailer line (the empty one ends the body).
+    Trailers,
+}
+
+/// A response body, read from its connection as it is polled. Once read to its end, the
+/// connection can be had back for the next request ([`Body::take_reusable`]).
+pub struct Body {
+    /// `None` once reading failed (the connection is dropped: closed).
+    connection: Option<Connection>,
+    framing: Framing,
+    keep_alive: bool,
+    complete: bool,
+}
+
+impl Body {
+    /// The connection, if the body has been read to its end and the connection may carry
+    /// another request.
+    pub fn take_reusable(&mut self) -> Option<Connection> {
+        if !self.complete || !self.keep_alive {
+            return None;
+        }
+        // Bytes past the response: the upstream is out of step; do not reuse.
+        self.connection.take().filter(|c| c.read.is_empty())
+    }
+
+    fn fail(&mut self, error: Error) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        self.connection = None;
+        Poll::Ready(Some(Err(error)))
+    }
+
+    fn finish(&mut self) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        self.complete = true;
+        Poll::Ready(None)
+    }
+
+    /// `n` bytes from the read buffer as a frame.
+    fn data(connection: &mut Connection, n: usize) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        Poll::Ready(Some(Ok(Frame::data(connection.read.split_to(n).freeze()))))
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = self.get_mut();
+        loop {
+            if this.complete {
+                return Poll::Ready(None);
+            }
+            let Some(connection) = this.connection.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let buffered = connection.read.len();
+            match &mut this.framing {
+                Framing::Length(0) => return this.finish(),
+                Framing::Length(rest) if buffered > 0 => {
+                    let n = buffered.min(usize::try_from(*rest).unwrap_or(usize::MAX));
+                    *rest -= n as u64;
+                    if *rest == 0 {
+                        this.complete = true;
+                    }
+                    return Self::data(connection, n);
+                }
+                Framing::Chunked(Chunk::Data(rest)) if buffered > 0 => {
+                    let n = buffered.min(usize::try_from(*rest).unwrap_or(usize::MAX));
+                    *rest -= n as u64;
+                    if *rest == 0 {
+                        this.framing = Framing::Chunked(Chunk::DataEnd);
+                    }
+                    return Self::data(connection, n);
+                }
+                Framing::Close if buffered > 0 => return Self::data(connection, buffered),
+                Framing::Chunked(Chunk::DataEnd) if buffered >= 2 => {
+                    if &connection.read[..2] != b"\r\n" {
+                        return this.fail(Error::Invalid("chunk data not followed by CRLF"));
+                    }
+                    connection.read.advance(2);
+                    this.framing = Framing::Chunked(Chunk::Size);
+                    continue;
+                }
+                Framing::Chunked(state @ (Chunk::Size | Chunk::Trailers)) => {
+                    if let Some(end) = connection.read.windows(2).position(|w| w == b"\r\n") {
+                        let line = connection.read.split_to(end + 2);
+                        let line = &line[..end];
+                        if *state == Chunk::Trailers {
+                            if line.is_empty() {
+                                return this.finish();
+                            }
+                            continue;
+                        }
+                        match chunk_size(line) {
+                            Some(0) => *state = Chunk::Trailers,
+                            Some(size) => *state = Chunk::Data(size),
+                            None => return this.fail(Error::Invalid("invalid chunk size")),
+                        }
+                        continue;
+                    }
+                    if buffered > MAX_LINE_BYTES {
+                        return this.fail(Error::Invalid("chunk-size or trailer line too long"));
+                    }
+                }
+                // Nothing buffered to go on with: read more.
+                _ => {}
+            }
+            match ready!(connection.poll_read(cx)) {
+                Ok(0) if this.framing == Framing::Close => return this.finish(),
+                Ok(0) => return this.fail(Error::Invalid("body cut short")),
+                Ok(_) => {}
+                Err(error) => return this.fail(Error::Io(error)),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.complete || self.framing == Framing::Length(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            _ if self.complete => SizeHint::with_exact(0),
+            Framing::Length(rest) => SizeHint::with_exact(rest),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// The size in a chunk-size line (hex digits, extensions after `;` ignored).
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if digits.is_empty() || digits.len() > 15 {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    /// What an upstream connection does with each request it reads.
+    enum Step {
+        /// Writes these pieces, a pause between them.
+        Answer(Vec<&'static [u8]>),
+        /// Closes the connection without answering.
+        Close,
+    }
+    use Step::{Answer, Close};
+
+    /// An upstream whose n-th connection takes the n-th script, one step per request (and
+    /// closes after its last step); each request head it reads is sent on the channel.
+    async fn upstream(scripts: Vec<Vec<Step>>) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (heads, heads_rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for script in scripts {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let heads = heads.clone();
+                tokio::spawn(async move {
+                    let mut read = Vec::new();
+                    for step in script {
+                        let mut buffer = [0u8; 4096];
+                        let end = loop {
+                            if let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break end + 4;
+                            }
+                            match stream.read(&mut buffer).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => read.extend_from_slice(&buffer[..n]),
+                            }
+                        };
+                        let head: Vec<u8> = read.drain(..end).collect();
+                        let _ = heads.send(String::from_utf8(head).unwrap());
+                        match step {
+                            Close => return,
+                            Answer(pieces) => {
+                                for piece in pieces {
+                                    stream.write_all(piece).await.unwrap();
+                                    tokio::time::sleep(Duration::from_millis(5)).await;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, heads_rx)
+    }
+
+    use std::net::SocketAddr;
+
+    async fn connect(addr: SocketAddr) -> Connection {
+        Connection::new(TcpStream::connect(addr).await.unwrap())
+    }
+
+    fn head(method: Method, target: &str) -> http::request::Parts {
+        let (mut parts, ()) = http::Request::builder()
+            .method(method)
+            .uri(target)
+            .header(header::HOST, "upstream:8081")
+            .header("x-request-id", "r-1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        parts
+            .headers
+            .append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        parts
+    }
+
+    /// Sends `GET /` on `connection`: the status, headers, body, and the connection if it may
+    /// be reused.
+    async fn get(
+        connection: Connection,
+        method: Method,
+    ) -> (
+        StatusCode,
+        HeaderMap,
+        Result<Bytes, Error>,
+        Option<Connection>,
+    ) {
+        let response = connection.send(&head(method, "/a?b=1")).await.unwrap();
+        let (parts, mut body) = response.into_parts();
+        let mut data = BytesMut::new();
+        let read = loop {
+            match body.frame().await {
+                None => break Ok(data.freeze()),
+                Some(Ok(frame)) => data.extend_from_slice(&frame.into_data().unwrap()),
+                Some(Err(error)) => break Err(error),
+            }
+        };
+        (parts.status, parts.headers, read, body.take_reusable())
+    }
+
+    #[tokio::test]
+    async fn the_request_head_goes_out_as_given_and_a_sized_body_comes_back_in_pieces() {
+        let (addr, mut heads) = upstream(vec![vec![
+            Answer(vec![
+                b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nX-A: 1\r\nX-A: 2\r\n\r\nhel",
+                b"lo ",
+                b"world",
+            ]),
+            Answer(vec![b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"]),
+        ]])
+        .await;
+        let (status, headers, body, reusable) = get(connect(addr).await, Method::GET).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body.unwrap(), "hello world");
+        assert_eq!(
+            headers.get_all("x-a").iter().collect::<Vec<_>>(),
+            ["1", "2"]
+        );
+        assert_eq!(
+            heads.recv().await.unwrap(),
+            "GET /a?b=1 HTTP/1.1\r\nhost: upstream:8081\r\nx-request-id: r-1\r\nx-forwarded-for: 10.0.0.1\r\n\r\n"
+        );
+        // The same connection carries the next request.
+        let mut connection = reusable.expect("a complete response leaves the connection reusable");
+        assert!(connection.is_reusable());
+        let (status, _, body, reusable) = get(connection, Method::DELETE).await;
+        assert_eq!(
+            (status, body.unwrap()),
+            (StatusCode::CREATED, Bytes::from("ok"))
+        );
+        assert!(reusable.is_some());
+        assert!(
+            heads
+                .recv()
+                .await
+                .unwrap()
+                .starts_with("DELETE /a?b=1 HTTP/1.1\r\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_is_decoded_across_reads_with_extensions_and_trailers() {
+        let (addr, _) = upstream(vec![vec![Answer(vec![
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhel",
+            b"lo\r\n",
+            b"6\r\n world\r\nA",
+            b"\r\n0123456789\r\n0\r\nX-Trailer: t\r\n",
+            b"\r\n",
+        ])]])
+        .await;
+        let (_, headers, body, reusable) = get(connect(addr).await, Method::GET).await;
+        assert_eq!(body.unwrap(), "hello world0123456789");
+        assert!(headers.contains_key(header::TRANSFER_ENCODING));
+        assert!(reusable.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_body_without_length_is_read_to_the_close_and_the_connection_not_kept() {
+        let (addr, _) = upstream(vec![vec![Answer(vec![
+            b"HTTP/1.1 200 OK\r\n\r\nall ",
+            b"of it",
+        ])]])
+        .await;
+        let (_, _, body, reusable) = get(connect(addr).await, Method::GET).await;
+        assert_eq!(body.unwrap(), "all of it");
+        assert!(reusable.is_none());
+    }
+
+    #[tokio::test]
+    async fn head_204_and_304_have_no_body_whatever_their_headers_say() {
+        let (addr, _) = upstream(vec![vec![
+            Answer(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"]),
+            Answer(vec![b"HTTP/1.1 204 No Content\r\n\r\n"]),
+            Answer(vec![
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+            ]),
+        ]])
+        .await;
+        let (status, headers, body, reusable) = get(connect(addr).await, Method::HEAD).await;
+        assert_eq!((status, body.unwrap()), (StatusCode::OK, Bytes::new()));
+        assert_eq!(headers[header::CONTENT_LENGTH], "5");
+        let (status, _, body, reusable) = get(reusable.unwrap(), Method::GET).await;
+        assert_eq!(
+            (status, body.unwrap()),
+            (StatusCode::NO_CONTENT, Bytes::new())
+        );
+        let (status, _, body, reusable) = get(reusable.unwrap(), Method::GET).await;
+        assert_eq!(
+            (status, body.unwrap()),
+            (StatusCode::NOT_MODIFIED, Bytes::new())
+        );
+        assert!(reusable.is_some());
+    }
+
+    #[tokio::test]
+    async fn informational_responses_are_skipped() {
+        let (addr, _) = upstream(vec![vec![Answer(vec![
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ])]])
+        .await;
+        let (status, headers, body, _) = get(connect(addr).await, Method::GET).await;
+        assert_eq!((status, body.unwrap()), (StatusCode::OK, Bytes::from("ok")));
+        assert!(!headers.contains_key(header::LINK));
+    }
+
+    #[tokio::test]
+    async fn connections_the_response_says_not_to_keep_are_not_kept() {
+        let answers: [&'static [u8]; 4] = [
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            // Both framings: chunked is believed, the length dropped, the connection not kept.
+            b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            // More than the response: the upstream is out of step.
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n",
+        ];
+        let (addr, _) = upstream(answers.iter().map(|a| vec![Answer(vec![*a])]).collect()).await;
+        for answer in answers {
+            let (_, headers, body, reusable) = get(connect(addr).await, Method::GET).await;
+            let text = String::from_utf8_lossy(answer);
+            assert_eq!(body.unwrap(), "ok", "{text}");
+            assert!(reusable.is_none(), "{text}");
+            if text.contains("chunked") {
+                assert!(!headers.contains_key(header::CONTENT_LENGTH));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn invalid_responses_fail_with_the_reason() {
+        let heads: [(&'static [u8], &str); 4] = [
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+                "conflicting Content-Length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\nok",
+                "invalid Content-Length",
+            ),
+            (b"SSH-2.0-OpenSSH\r\n\r\n", "malformed response head"),
+            (
+                b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+                "unrequested protocol switch",
+            ),
+        ];
+        let (addr, _) = upstream(heads.iter().map(|(a, _)| vec![Answer(vec![*a])]).collect()).await;
+        for (answer, reason) in heads {
+            let error = connect(addr)
+                .await
+                .send(&head(Method::GET, "/"))
+                .await
+                .err();
+            let text = String::from_utf8_lossy(answer);
+            assert!(
+                matches!(&error, Some(Error::Invalid(r)) if *r == reason),
+                "{text}: {error:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_or_badly_chunked_fails_and_the_connection_is_dropped() {
+        let answers: [&'static [u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY0\r\n\r\n",
+        ];
+        let (addr, _) = upstream(answers.iter().map(|a| vec![Answer(vec![*a])]).collect()).await;
+        for answer in answers {
+            let (status, _, body, reusable) = get(connect(addr).await, Method::GET).await;
+            let text = String::from_utf8_lossy(answer);
+            assert_eq!(status, StatusCode::OK);
+            assert!(body.is_err(), "{text}");
+            assert!(reusable.is_none(), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_answering_says_so_and_an_idle_one_is_seen_closed() {
+        let (addr, mut heads) = upstream(vec![
+            vec![Close],
+            vec![Answer(vec![
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            ])],
+        ])
+        .await;
+        let error = connect(addr)
+            .await
+            .send(&head(Method::GET, "/"))
+            .await
+            .err();
+        assert!(matches!(error, Some(Error::Closed(_))), "{error:?}");
+        heads.recv().await.unwrap();
+        // The second connection: answered, then closed by the upstream (its script is done).
+        let (_, _, body, reusable) = get(connect(addr).await, Method::GET).await;
+        assert_eq!(body.unwrap(), "ok");
+        let mut idle = reusable.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while idle.is_reusable() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the upstream's close is noticed");
+    }
+}
