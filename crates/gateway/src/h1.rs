@@ -61,13 +61,14 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A new connection over `io`.
-    pub fn new(io: TcpStream) -> Self {
-        Self {
+    /// A new connection over `io`. (Boxed once for its lifetime: it moves with every request
+    /// and response, through the pool and each layer of the gateway.)
+    pub fn new(io: TcpStream) -> Box<Self> {
+        Box::new(Self {
             io,
             read: BytesMut::new(),
             write: Vec::new(),
-        }
+        })
     }
 
     /// Whether an idle connection can carry another request: the upstream has not closed it
@@ -91,7 +92,7 @@ impl Connection {
     /// Sends a request without a body (`head`: its method, origin-form target and headers,
     /// `Host` among them) and reads the response's head; the body follows in the [`Body`].
     pub async fn send(
-        mut self,
+        mut self: Box<Self>,
         head: &http::request::Parts,
     ) -> Result<http::Response<Body>, Error> {
         self.write_head(head);
@@ -155,9 +156,16 @@ impl Connection {
         method: &Method,
     ) -> Result<Option<(http::response::Parts, Framing, bool)>, Error> {
         loop {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut parsed = httparse::Response::new(&mut slots);
-            let length = match parsed.parse(&self.read) {
+            // Left uninitialised (as hyper does): filling 100 slots would cost more than
+            // parsing the few lines there are.
+            let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut []);
+            let parser = httparse::ParserConfig::default();
+            let length = match parser.parse_response_with_uninit_headers(
+                &mut parsed,
+                &self.read,
+                &mut slots,
+            ) {
                 Ok(httparse::Status::Complete(length)) => length,
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(httparse::Error::TooManyHeaders) => {
@@ -181,11 +189,16 @@ impl Connection {
             let mut transfer_encoded = false;
             let mut chunked = false;
             let mut keep_alive = parsed.version == Some(1);
+            // The values share one copy of the head instead of a copy each.
+            let head = Bytes::copy_from_slice(&self.read[..length]);
+            let start = self.read.as_ptr() as usize;
             for line in parsed.headers.iter() {
                 let name = HeaderName::from_bytes(line.name.as_bytes())
                     .map_err(|_| Error::Invalid("invalid header name"))?;
-                let value = HeaderValue::from_bytes(line.value)
-                    .map_err(|_| Error::Invalid("invalid header value"))?;
+                let offset = line.value.as_ptr() as usize - start;
+                let value =
+                    HeaderValue::from_maybe_shared(head.slice(offset..offset + line.value.len()))
+                        .map_err(|_| Error::Invalid("invalid header value"))?;
                 if name == header::CONTENT_LENGTH {
                     let length = parse_length(line.value)?;
                     if declared.is_some_and(|seen| seen != length) {
@@ -287,7 +300,7 @@ enum Chunk {
 /// connection can be had back for the next request ([`Body::take_reusable`]).
 pub struct Body {
     /// `None` once reading failed (the connection is dropped: closed).
-    connection: Option<Connection>,
+    connection: Option<Box<Connection>>,
     framing: Framing,
     keep_alive: bool,
     complete: bool,
@@ -296,7 +309,7 @@ pub struct Body {
 impl Body {
     /// The connection, if the body has been read to its end and the connection may carry
     /// another request.
-    pub fn take_reusable(&mut self) -> Option<Connection> {
+    pub fn take_reusable(&mut self) -> Option<Box<Connection>> {
         if !self.complete || !self.keep_alive {
             return None;
         }
@@ -484,7 +497,7 @@ mod tests {
 
     use std::net::SocketAddr;
 
-    async fn connect(addr: SocketAddr) -> Connection {
+    async fn connect(addr: SocketAddr) -> Box<Connection> {
         Connection::new(TcpStream::connect(addr).await.unwrap())
     }
 
@@ -506,13 +519,13 @@ mod tests {
     /// Sends `GET /` on `connection`: the status, headers, body, and the connection if it may
     /// be reused.
     async fn get(
-        connection: Connection,
+        connection: Box<Connection>,
         method: Method,
     ) -> (
         StatusCode,
         HeaderMap,
         Result<Bytes, Error>,
-        Option<Connection>,
+        Option<Box<Connection>>,
     ) {
         let response = connection.send(&head(method, "/a?b=1")).await.unwrap();
         let (parts, mut body) = response.into_parts();

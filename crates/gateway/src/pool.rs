@@ -95,7 +95,7 @@ struct Inner<B> {
     /// age out when traffic falls).
     idle: Mutex<VecDeque<Idle<B>>>,
     /// Idle connections for requests without a body, the most recently used last.
-    inline_idle: Mutex<VecDeque<(h1::Connection, Instant)>>,
+    inline_idle: Mutex<VecDeque<(Box<h1::Connection>, Instant)>>,
     /// Whether the task that closes connections idle too long runs.
     reaping: std::sync::atomic::AtomicBool,
 }
@@ -229,7 +229,7 @@ where
 
     /// The most recently used idle connection for a request without a body that can still
     /// be used; expired ones are let go.
-    fn take_inline(&self) -> Option<h1::Connection> {
+    fn take_inline(&self) -> Option<Box<h1::Connection>> {
         let mut idle = self.inner.lock_inline();
         let expired = self.inner.settings.idle_timeout;
         while idle
@@ -346,14 +346,14 @@ impl<B> Inner<B> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn lock_inline(&self) -> std::sync::MutexGuard<'_, VecDeque<(h1::Connection, Instant)>> {
+    fn lock_inline(&self) -> std::sync::MutexGuard<'_, VecDeque<(Box<h1::Connection>, Instant)>> {
         self.inline_idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Keeps `connection` for the next request without a body, unless the pool is full.
-    fn checkin_inline(&self, connection: h1::Connection) {
+    fn checkin_inline(&self, connection: Box<h1::Connection>) {
         let mut idle = self.lock_inline();
         if idle.len() < self.settings.max_idle {
             idle.push_back((connection, Instant::now()));
