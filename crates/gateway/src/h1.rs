@@ -27,6 +27,8 @@ use http_body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::pool::SetHeaders;
+
 /// Most header lines in a response (hyper's default too).
 const MAX_HEADERS: usize = 100;
 /// Largest response head, and largest chunk-size or trailer line.
@@ -90,12 +92,14 @@ impl Connection {
     }
 
     /// Sends a request without a body (`head`: its method, origin-form target and headers,
-    /// `Host` among them) and reads the response's head; the body follows in the [`Body`].
+    /// `Host` among them; `set`: header lines in place of any of the same names in `head`)
+    /// and reads the response's head; the body follows in the [`Body`].
     pub async fn send(
         mut self: Box<Self>,
         head: &http::request::Parts,
+        set: &SetHeaders,
     ) -> Result<http::Response<Body>, Error> {
-        self.write_head(head);
+        self.write_head(head, set);
         if let Err(error) = self.io.write_all(&self.write).await {
             return Err(Error::Closed(error.to_string()));
         }
@@ -123,7 +127,7 @@ impl Connection {
         }
     }
 
-    fn write_head(&mut self, head: &http::request::Parts) {
+    fn write_head(&mut self, head: &http::request::Parts, set: &SetHeaders) {
         let out = &mut self.write;
         out.clear();
         out.extend_from_slice(head.method.as_str().as_bytes());
@@ -134,7 +138,15 @@ impl Connection {
             .map_or("/", |target| target.as_str());
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &head.headers {
+        let lines = head
+            .headers
+            .iter()
+            .filter(|(name, _)| !set.iter().any(|(replaced, _)| replaced == *name))
+            .chain(
+                set.iter()
+                    .filter_map(|(name, value)| Some((name, value.as_ref()?))),
+            );
+        for (name, value) in lines {
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());
@@ -527,7 +539,7 @@ mod tests {
         Result<Bytes, Error>,
         Option<Box<Connection>>,
     ) {
-        let response = connection.send(&head(method, "/a?b=1")).await.unwrap();
+        let response = connection.send(&head(method, "/a?b=1"), &[]).await.unwrap();
         let (parts, mut body) = response.into_parts();
         let mut data = BytesMut::new();
         let read = loop {
@@ -577,6 +589,33 @@ mod tests {
                 .await
                 .unwrap()
                 .starts_with("DELETE /a?b=1 HTTP/1.1\r\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn set_headers_replace_the_requests_own_of_the_same_name_or_remove_them() {
+        let (addr, mut heads) =
+            upstream(vec![vec![Answer(vec![b"HTTP/1.1 204 No Content\r\n\r\n"])]]).await;
+        let set = [
+            (
+                header::HOST,
+                Some(HeaderValue::from_static("accounts:8081")),
+            ),
+            (HeaderName::from_static("x-forwarded-for"), None),
+            (
+                HeaderName::from_static("x-forwarded-proto"),
+                Some(HeaderValue::from_static("http")),
+            ),
+        ];
+        let response = connect(addr)
+            .await
+            .send(&head(Method::GET, "/"), &set)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            heads.recv().await.unwrap(),
+            "GET / HTTP/1.1\r\nx-request-id: r-1\r\nhost: accounts:8081\r\nx-forwarded-proto: http\r\n\r\n"
         );
     }
 
@@ -689,7 +728,7 @@ mod tests {
         for (answer, reason) in heads {
             let error = connect(addr)
                 .await
-                .send(&head(Method::GET, "/"))
+                .send(&head(Method::GET, "/"), &[])
                 .await
                 .err();
             let text = String::from_utf8_lossy(answer);
@@ -728,7 +767,7 @@ mod tests {
         .await;
         let error = connect(addr)
             .await
-            .send(&head(Method::GET, "/"))
+            .send(&head(Method::GET, "/"), &[])
             .await
             .err();
         assert!(matches!(error, Some(Error::Closed(_))), "{error:?}");

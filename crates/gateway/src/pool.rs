@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -58,6 +58,11 @@ impl<B> std::fmt::Display for SendError<B> {
         }
     }
 }
+
+/// Header lines a request is sent with in place of any of the same names it has (`None`:
+/// without that header). For a request without a body they are written straight into the
+/// head it is sent with; otherwise set in its header map first.
+pub type SetHeaders = [(HeaderName, Option<HeaderValue>)];
 
 /// One worker's idle connections to one upstream, and how to make more.
 pub struct Pool<B> {
@@ -148,12 +153,21 @@ where
     pub async fn send(
         &self,
         request: http::Request<B>,
+        set: &SetHeaders,
         replayable: bool,
     ) -> Result<http::Response<PooledBody<B>>, SendError<B>> {
         if request.body().is_end_stream() {
-            return self.send_inline(request, replayable).await;
+            return self.send_inline(request, set, replayable).await;
         }
         let mut request = request;
+        let headers = request.headers_mut();
+        headers.reserve(set.len());
+        for (name, value) in set {
+            match value {
+                Some(value) => headers.insert(name.clone(), value.clone()),
+                None => headers.remove(name),
+            };
+        }
         loop {
             let (mut sender, reused) = match self.take_idle() {
                 Some(sender) => (sender, true),
@@ -197,6 +211,7 @@ where
     async fn send_inline(
         &self,
         request: http::Request<B>,
+        set: &SetHeaders,
         replayable: bool,
     ) -> Result<http::Response<PooledBody<B>>, SendError<B>> {
         let (head, body) = request.into_parts();
@@ -213,7 +228,7 @@ where
                     }
                 },
             };
-            match connection.send(&head).await {
+            match connection.send(&head, set).await {
                 Ok(response) => {
                     let pool = Arc::downgrade(&self.inner);
                     return Ok(response.map(|body| PooledBody(Kind::Inline { body, pool })));
@@ -598,7 +613,7 @@ mod tests {
     }
 
     async fn send<B: RequestBody>(pool: &Pool<B>) -> http::Response<PooledBody<B>> {
-        let Ok(response) = pool.send(request(), true).await else {
+        let Ok(response) = pool.send(request(), &[], true).await else {
             panic!("the upstream answers");
         };
         response
@@ -704,7 +719,7 @@ mod tests {
         assert_eq!(get(&pool).await, "ok");
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
         // Not replayable: the failure is the answer.
-        let failed = pool.send(request(), false).await;
+        let failed = pool.send(request(), &[], false).await;
         assert!(matches!(
             failed,
             Err(SendError::Inline(h1::Error::Closed(_)))

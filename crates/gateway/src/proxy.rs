@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use crate::breaker::Permit;
 use crate::config::GatewayConfig;
-use crate::pool::{PooledBody, SendError, error_chain};
+use crate::pool::{PooledBody, SendError, SetHeaders, error_chain};
 use crate::upstream::{Outcome, ProxyMetrics, Upstream};
 
 /// The client at the other end of one connection, and what it adds to `X-Forwarded-For`
@@ -269,11 +269,11 @@ impl Proxy {
             )
         };
         let trace = common::request::exported_trace(&span, None).unwrap_or(context.trace);
-        let outgoing = self.outgoing_request(request, client, uri, upstream, prefix, trace);
+        let (outgoing, set) = self.outgoing_request(request, client, uri, upstream, prefix, trace);
         // One future, instrumented whether or not there is a span (entering none costs a
         // branch): awaiting it on two paths would give the request's future room for both.
         let attempt = self
-            .send(upstream, outgoing, retryable, context)
+            .send(upstream, outgoing, &set, retryable, context)
             .instrument(span.clone())
             .await;
         let response = match self.settle(upstream, permit, attempt, context) {
@@ -308,15 +308,18 @@ impl Proxy {
         &self,
         upstream: &Upstream,
         mut request: Request<UpstreamBody>,
+        set: &SetHeaders,
         retryable: bool,
         context: &RequestContext,
     ) -> Attempt {
         let mut attempt = 0;
         loop {
-            let result = tokio::time::timeout(
+            // Boxed: every future above this one (the request's, moved whole a few times on
+            // its way to the connection's task) would otherwise hold this one's state.
+            let result = Box::pin(tokio::time::timeout(
                 self.upstream_timeout,
-                upstream.pool.send(request, retryable),
-            )
+                upstream.pool.send(request, set, retryable),
+            ))
             .await;
             match result {
                 Ok(Err(SendError::Connect {
@@ -435,7 +438,12 @@ impl Proxy {
         http::Response::from_parts(parts, Either::Left(body))
     }
 
-    /// The request to send upstream, `trace` its parent span.
+    /// The request to send upstream (hop-by-hop headers removed, origin-form URI), and the
+    /// headers the gateway sets on it in place of the client's: `Host` (the upstream's; the
+    /// client's kept in `X-Forwarded-Host`), `X-Forwarded-For` (`client` added to the hops
+    /// before), `-Proto`, `-Prefix` and `traceparent` (`trace` its parent span). They are
+    /// not put in the request's header map: for most requests the pool writes them straight
+    /// into the head it sends.
     fn outgoing_request(
         &self,
         request: Request<Incoming>,
@@ -444,58 +452,57 @@ impl Proxy {
         upstream: &Upstream,
         prefix: Option<&Prefix>,
         trace: common::request::TraceParent,
-    ) -> Request<UpstreamBody> {
+    ) -> (Request<UpstreamBody>, Forwarding) {
         let (mut parts, body) = request.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let headers = &mut parts.headers;
-        // Room for what is added below, in one step.
-        headers.reserve(6);
-        // Host is the upstream's; the original is kept in X-Forwarded-Host.
-        let original_host = headers
-            .insert(header::HOST, upstream.host.clone())
+        let headers = &parts.headers;
+        let original_host = match headers.get(header::HOST) {
+            Some(host) => Some(host.clone()),
             // HTTP/2 carries the host in the URI (`:authority`), not in a header.
-            .or_else(|| {
-                let authority = parts.uri.authority()?;
-                HeaderValue::from_str(authority.as_str()).ok()
-            });
-        match headers.entry(X_FORWARDED_FOR) {
-            header::Entry::Occupied(mut prior) => {
-                let mut chain = prior
-                    .iter()
-                    .filter_map(|value| value.to_str().ok())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                chain.push_str(", ");
-                chain.push_str(&client.addr.ip().to_string());
-                if let Ok(value) = HeaderValue::from_str(&chain) {
-                    prior.insert(value);
-                }
-            }
-            header::Entry::Vacant(none) => {
-                if let Some(value) = client.forwarded_for.clone() {
-                    none.insert(value);
-                }
-            }
-        }
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        match original_host {
-            Some(host) => headers.insert(X_FORWARDED_HOST, host),
-            None => headers.remove(X_FORWARDED_HOST),
+            None => parts
+                .uri
+                .authority()
+                .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok()),
         };
-        match prefix.and_then(|prefix| prefix.header.clone()) {
-            Some(value) => headers.insert(X_FORWARDED_PREFIX, value),
-            None => headers.remove(X_FORWARDED_PREFIX),
+        let mut prior = headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .peekable();
+        let forwarded_for = if prior.peek().is_none() {
+            client.forwarded_for.clone()
+        } else {
+            let mut chain = prior.collect::<Vec<_>>().join(", ");
+            chain.push_str(", ");
+            chain.push_str(&client.addr.ip().to_string());
+            HeaderValue::from_str(&chain)
+                .ok()
+                .or_else(|| client.forwarded_for.clone())
         };
-        headers.insert(TRACEPARENT, trace.to_header());
+        let set = [
+            (header::HOST, Some(upstream.host.clone())),
+            (X_FORWARDED_FOR, forwarded_for),
+            (X_FORWARDED_PROTO, Some(HeaderValue::from_static("http"))),
+            (X_FORWARDED_HOST, original_host),
+            (
+                X_FORWARDED_PREFIX,
+                prefix.and_then(|prefix| prefix.header.clone()),
+            ),
+            (TRACEPARENT, Some(trace.to_header())),
+        ];
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
         parts.extensions = http::Extensions::new();
-        Request::from_parts(
+        let request = Request::from_parts(
             parts,
             http_body_util::Limited::new(Either::Left(body), self.max_body_bytes),
-        )
+        );
+        (request, set)
     }
 }
+
+/// The headers the gateway sets on a forwarded request (see [`Proxy::outgoing_request`]).
+type Forwarding = [(HeaderName, Option<HeaderValue>); 6];
 
 /// How sending to an upstream went: in time or not, and then answered or failed.
 type Attempt = Result<

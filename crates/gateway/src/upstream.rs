@@ -96,7 +96,7 @@ impl Upstream {
             .map_err(|e| e.to_string())?;
         let response = self
             .pool
-            .send(request, true)
+            .send(request, &[], true)
             .await
             .map_err(|e| e.to_string())?;
         let status = response.status();
