@@ -226,8 +226,16 @@ impl Connection {
                         .rsplit(|b| *b == b',')
                         .next()
                         .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-                } else if name == header::CONNECTION && has_token(line.value, b"close") {
-                    keep_alive = false;
+                } else if name == header::CONNECTION {
+                    if has_token(line.value, b"close") {
+                        keep_alive = false;
+                    }
+                    // About this connection only, and read here: not passed on, unless it
+                    // names other headers as connection-specific (left for the caller to
+                    // remove with them).
+                    if only_tokens(line.value, &[b"close", b"keep-alive"]) {
+                        continue;
+                    }
                 }
                 headers.append(name, value);
             }
@@ -270,6 +278,14 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|b| *b == b',')
         .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Whether a comma-separated header value lists nothing but some of `tokens`.
+fn only_tokens(value: &[u8], tokens: &[&[u8]]) -> bool {
+    value.split(|b| *b == b',').all(|item| {
+        let item = item.trim_ascii();
+        item.is_empty() || tokens.iter().any(|token| item.eq_ignore_ascii_case(token))
+    })
 }
 
 /// A `Content-Length` value: digits only.
@@ -671,6 +687,20 @@ mod tests {
             (StatusCode::NOT_MODIFIED, Bytes::new())
         );
         assert!(reusable.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_connection_header_is_read_and_dropped_unless_it_names_other_headers() {
+        let (addr, _) = upstream(vec![vec![
+            Answer(vec![b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n"]),
+            Answer(vec![b"HTTP/1.1 200 OK\r\nConnection: x-hop, close\r\nX-Hop: 1\r\nContent-Length: 0\r\n\r\n"]),
+        ]])
+        .await;
+        let (_, headers, _, reusable) = get(connect(addr).await, Method::GET).await;
+        assert!(!headers.contains_key(header::CONNECTION));
+        let (_, headers, _, reusable) = get(reusable.unwrap(), Method::GET).await;
+        assert_eq!(headers[header::CONNECTION], "x-hop, close");
+        assert!(reusable.is_none());
     }
 
     #[tokio::test]
