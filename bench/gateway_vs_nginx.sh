@@ -8,7 +8,11 @@
 # a file, hop-by-hop headers dropped. The gateway's rate limiter is measured both off and on
 # (a limit high enough never to refuse), since nginx does not limit unless told to.
 #
-# Usage: bench/gateway_vs_nginx.sh [seconds] [connections] [rounds]
+# With INSTRUCTIONS=1 (needs valgrind) it then counts the instructions per request each proxy
+# runs in user space, under callgrind: the difference between a 2 s and a 10 s wrk run, so
+# start-up is left out; nginx as one process (`master_process off`), the gateway as it runs.
+#
+# Usage: [INSTRUCTIONS=1] bench/gateway_vs_nginx.sh [seconds] [connections] [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
@@ -22,7 +26,7 @@ nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 
 # Every listener here uses SO_REUSEPORT, so a leftover process on one of these ports would
 # silently take part of the load: refuse to start instead.
-for port in 29001 29002 29003 29004; do
+for port in 29001 29002 29003 29004 29005 29006; do
   if ss -Hltn "sport = :$port" | grep -q .; then
     echo "port $port is already in use (a previous run still going?); stop that first" >&2
     exit 1
@@ -122,3 +126,31 @@ for round in $(seq 1 "$rounds"); do
       "$round" "$1" "$rps" "$p50" "$p99" "${bad:-0}"
   done
 done
+
+[ "${INSTRUCTIONS:-0}" = 1 ] || exit 0
+command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
+count() { # count <name> <port> <command...>: instructions of one wrk run of 2 s and one of 10 s
+  local name=$1 port=$2; shift 2
+  local runs=()
+  for run_seconds in 2 10; do
+    valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" "$@" \
+      >"$dir/$name.log" 2>"$dir/$name.valgrind" &
+    local pid=$!
+    for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/accounts/" >/dev/null && break; sleep 0.2; done
+    local requests
+    requests=$(wrk -t1 -c16 -d"${run_seconds}s" "http://127.0.0.1:$port/accounts/" | awk '/requests in/ {print $1}')
+    kill -INT "$pid" 2>/dev/null || true
+    kill -QUIT "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    runs+=("$requests" "$(grep -o 'Collected : [0-9]*' "$dir/$name.valgrind" | awk '{print $3}')")
+  done
+  printf '%-8s %6s instructions per request (user space)\n' "$name" \
+    $(( (runs[3] - runs[1]) / (runs[2] - runs[0]) ))
+}
+sed -e 's/^worker_processes auto;/worker_processes 1; daemon off; master_process off;/' \
+  -e 's/29002/29005/' -e 's/nginx.pid;/single.pid;/' "$dir/proxy/nginx.conf" >"$dir/proxy/single.conf"
+echo "under callgrind, wrk -t1 -c16:"
+count nginx 29005 "$nginx_bin" -p "$dir/proxy" -c single.conf
+export GATEWAY_ADDR=127.0.0.1:29006 GATEWAY_ACCOUNTS_URL=http://127.0.0.1:29001 \
+  GATEWAY_PAYMENTS_URL=http://127.0.0.1:29001 GATEWAY_RATE_LIMIT_RPS=0
+count gateway 29006 ./target/release/gateway

@@ -88,7 +88,8 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     /// How long a connection may stay idle before it is closed.
     pub idle_timeout: Duration,
-    /// Most idle connections kept; more are closed once their response is done.
+    /// Most idle connections kept (of each kind: in-line and hyper's); more are closed once
+    /// their response is done.
     pub max_idle: usize,
 }
 
