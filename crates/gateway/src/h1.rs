@@ -31,8 +31,9 @@ use crate::pool::SetHeaders;
 
 /// Most header lines in a response (hyper's default too).
 const MAX_HEADERS: usize = 100;
-/// Largest response head, and largest chunk-size or trailer line.
+/// Largest response head.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Largest chunk-size or trailer line of a chunked body.
 const MAX_LINE_BYTES: usize = 4 * 1024;
 /// How much is read at a time.
 const READ_BYTES: usize = 16 * 1024;
@@ -47,7 +48,7 @@ pub enum Error {
     Closed(String),
     /// Reading or writing failed once the response had begun.
     #[error("connection error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// What the upstream sent is not a valid HTTP/1.1 response.
     #[error("invalid response: {0}")]
     Invalid(&'static str),

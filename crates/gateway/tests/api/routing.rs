@@ -76,45 +76,63 @@ async fn blocked_upstream_paths_are_not_forwarded() {
 async fn forwarded_headers_request_id_and_trace_context_reach_the_upstream() {
     let upstream = spawn_upstream().await;
     let gateway = spawn_gateway(closed_port().await, upstream.addr, &[]).await;
-    let response = reqwest::Client::new()
-        .get(gateway.url("/payments/v1/payments"))
-        .header("x-request-id", "req-42")
-        .header(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )
-        .header("connection", "x-hop")
-        .header("x-hop", "must not pass")
-        .header("x-custom", "kept")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.headers()["x-request-id"], "req-42");
-    let seen: Value = response.json().await.unwrap();
-    let headers = &seen["headers"];
-    assert_eq!(headers["x-request-id"], "req-42");
-    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
-    assert_eq!(headers["x-forwarded-proto"], "http");
-    assert_eq!(headers["x-forwarded-prefix"], "/payments");
-    assert_eq!(
-        headers["x-forwarded-host"],
-        gateway.addr.to_string().as_str()
-    );
-    assert_eq!(headers["host"], upstream.addr.to_string().as_str());
-    assert_eq!(headers["x-custom"], "kept");
-    assert!(
-        headers.get("x-hop").is_none(),
-        "hop-by-hop header forwarded"
-    );
-    let traceparent = headers["traceparent"].as_str().unwrap();
-    assert!(
-        traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
-        "same trace: {traceparent}"
-    );
-    assert!(
-        !traceparent.contains("00f067aa0ba902b7"),
-        "a new parent span"
-    );
+    // Without a body the gateway writes the request head itself; with one, hyper's client
+    // sends it: both with the same headers.
+    for with_body in [false, true] {
+        let client = reqwest::Client::new();
+        // The POST also comes through a proxy: its hop is kept before the client's.
+        let (request, forwarded_for) = if with_body {
+            let post = client
+                .post(gateway.url("/payments/v1/payments"))
+                .body("{}")
+                .header("x-forwarded-for", "203.0.113.7");
+            (post, "203.0.113.7, 127.0.0.1")
+        } else {
+            (
+                client.get(gateway.url("/payments/v1/payments")),
+                "127.0.0.1",
+            )
+        };
+        let response = request
+            .header("x-request-id", "req-42")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .header("connection", "x-hop")
+            .header("x-hop", "must not pass")
+            .header("x-custom", "kept")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["x-request-id"], "req-42");
+        let seen: Value = response.json().await.unwrap();
+        assert_eq!(seen["method"], if with_body { "POST" } else { "GET" });
+        let headers = &seen["headers"];
+        assert_eq!(headers["x-request-id"], "req-42");
+        assert_eq!(headers["x-forwarded-for"], forwarded_for);
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-prefix"], "/payments");
+        assert_eq!(
+            headers["x-forwarded-host"],
+            gateway.addr.to_string().as_str()
+        );
+        assert_eq!(headers["host"], upstream.addr.to_string().as_str());
+        assert_eq!(headers["x-custom"], "kept");
+        assert!(
+            headers.get("x-hop").is_none(),
+            "hop-by-hop header forwarded"
+        );
+        let traceparent = headers["traceparent"].as_str().unwrap();
+        assert!(
+            traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "same trace: {traceparent}"
+        );
+        assert!(
+            !traceparent.contains("00f067aa0ba902b7"),
+            "a new parent span"
+        );
+    }
 }
 
 #[tokio::test]
