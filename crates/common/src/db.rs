@@ -138,6 +138,97 @@ pub async fn connect_postgres(url: &str, max_connections: u32) -> Result<PgPool,
         .map_err(StoreError::from)
 }
 
+/// What a store needs to know of the sqlx database it runs on, beyond `sqlx::Database`: its
+/// name in spans, how its pool is handed out, and the SQL where the two backends differ. Each
+/// service's store is one implementation generic over `DB: Backend` (the SQL is otherwise
+/// portable: both accept `$n` placeholders, `ON CONFLICT` and `RETURNING`).
+pub trait Backend: sqlx::Database<Arguments: sqlx::IntoArguments<Self>> {
+    /// `db.system.name` of the spans (OpenTelemetry's name for the database system).
+    const SYSTEM: &'static str;
+    /// What a `SELECT` that claims rows for work appends, so that concurrent claimers skip the
+    /// rows another has locked: `FOR UPDATE SKIP LOCKED` on PostgreSQL; nothing on SQLite,
+    /// where a write transaction already excludes every other writer.
+    const SKIP_LOCKED: &'static str;
+    /// Whether row locks taken by [`Self::SKIP_LOCKED`] exist at all (PostgreSQL), so that
+    /// holding a transaction open keeps other claimers off the rows. On SQLite an open write
+    /// transaction would stop every writer of the database instead.
+    const ROW_LOCKS: bool;
+
+    /// The pool as the backend-agnostic [`Pool`] (readiness checks, shutdown).
+    fn into_pool(pool: sqlx::Pool<Self>) -> Pool;
+
+    /// Rows an `INSERT`, `UPDATE` or `DELETE` changed (sqlx has no trait for it).
+    fn rows_affected(result: &Self::QueryResult) -> u64;
+}
+
+impl Backend for sqlx::Sqlite {
+    const SYSTEM: &'static str = "sqlite";
+    const SKIP_LOCKED: &'static str = "";
+    const ROW_LOCKS: bool = false;
+
+    fn into_pool(pool: sqlx::Pool<Self>) -> Pool {
+        Pool::Sqlite(pool)
+    }
+
+    fn rows_affected(result: &Self::QueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
+impl Backend for sqlx::Postgres {
+    const SYSTEM: &'static str = "postgresql";
+    const SKIP_LOCKED: &'static str = "FOR UPDATE SKIP LOCKED";
+    const ROW_LOCKS: bool = true;
+
+    fn into_pool(pool: sqlx::Pool<Self>) -> Pool {
+        Pool::Postgres(pool)
+    }
+
+    fn rows_affected(result: &Self::QueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
+/// A service's migrations, one directory per backend (embedded with `sqlx::migrate!`).
+pub struct Migrations {
+    /// `migrations/sqlite`.
+    pub sqlite: Migrator,
+    /// `migrations/postgres`.
+    pub postgres: Migrator,
+}
+
+impl Migrations {
+    /// Both sets, accepting applied migrations this release does not know (a newer
+    /// release's), so that an older replica still starts during a rolling update or a rollback.
+    pub fn new(mut sqlite: Migrator, mut postgres: Migrator) -> Self {
+        sqlite.set_ignore_missing(true);
+        postgres.set_ignore_missing(true);
+        Self { sqlite, postgres }
+    }
+}
+
+/// Opens the database `url` names (PostgreSQL: a pool of up to `max_connections`) and applies
+/// the service's migrations for that backend. The caller wraps the pool in its store.
+pub async fn open(
+    url: &DatabaseUrl,
+    max_connections: u32,
+    migrations: &Migrations,
+) -> Result<Pool, StoreError> {
+    Ok(match url {
+        DatabaseUrl::Sqlite(path) => Pool::Sqlite(open_sqlite(path, &migrations.sqlite).await?),
+        DatabaseUrl::Postgres(url) => {
+            Pool::Postgres(open_postgres(url, max_connections, &migrations.postgres).await?)
+        }
+    })
+}
+
+/// Only runs the service's migrations on the database `url` names, then closes it (the
+/// `migrate` subcommand: a Kubernetes Job before a rolling update).
+pub async fn migrate(url: &DatabaseUrl, migrations: &Migrations) -> Result<(), StoreError> {
+    open(url, 1, migrations).await?.close().await;
+    Ok(())
+}
+
 /// What storage can fail with; knows nothing of HTTP.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {

@@ -1,19 +1,14 @@
-//! Accounts storage: one trait, a SQLite and a PostgreSQL implementation, the same tests for
-//! both. The SQL is portable (both accept `$n` placeholders, `ON CONFLICT`, `RETURNING`), so
-//! both implementations are generated from one body in `sql.rs`.
+//! Accounts storage: one trait, one implementation generic over the database (SQLite or
+//! PostgreSQL, in `sql.rs`), the same tests for both.
 
-#[macro_use]
 mod sql;
-mod postgres;
-mod sqlite;
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use common::db::{DatabaseUrl, Pool, StoreError};
+use common::db::{DatabaseUrl, Migrations, Pool, StoreError};
 
-pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use sql::SqlStore;
 
 /// A user row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -204,8 +199,18 @@ pub async fn open(
     url: &DatabaseUrl,
     max_connections: u32,
 ) -> Result<Arc<dyn AccountsStore>, StoreError> {
-    Ok(match url {
-        DatabaseUrl::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
-        DatabaseUrl::Postgres(url) => Arc::new(PgStore::open(url, max_connections).await?),
-    })
+    Ok(
+        match common::db::open(url, max_connections, &migrations()).await? {
+            Pool::Sqlite(pool) => Arc::new(SqlStore::new(pool)),
+            Pool::Postgres(pool) => Arc::new(SqlStore::new(pool)),
+        },
+    )
+}
+
+/// The accounts schema for each backend, embedded in the binary.
+pub fn migrations() -> Migrations {
+    Migrations::new(
+        sqlx::migrate!("./migrations/sqlite"),
+        sqlx::migrate!("./migrations/postgres"),
+    )
 }

@@ -1,313 +1,338 @@
-//! The SQL of [`AccountsStore`](super::AccountsStore), shared by the SQLite and PostgreSQL
-//! implementations: `impl_accounts_store!(Type)` implements the trait for a store whose
-//! `pool` field is a pool of either backend.
+//! [`AccountsStore`] on SQLite and PostgreSQL: one implementation, generic over the sqlx
+//! database (`SqlStore<Sqlite>`, `SqlStore<Postgres>`). The SQL is the same for both; where
+//! the backends differ, [`Backend`] names the difference.
 
-macro_rules! impl_accounts_store {
-    ($store:ty, $variant:ident, $system:literal) => {
-        #[async_trait::async_trait]
-        impl $crate::store::AccountsStore for $store {
-            fn database(&self) -> common::db::Pool {
-                common::db::Pool::$variant(self.pool.clone())
-            }
+use chrono::{DateTime, Utc};
+use common::db::{Backend, Pool, StoreError};
+use sqlx::{Decode, Encode, Executor, FromRow, Type};
 
-            #[tracing::instrument(name = "db published_keys", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "published_keys"))]
-            async fn published_keys(
-                &self,
-                now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<Vec<serde_json::Value>, common::db::StoreError> {
-                Ok(self
-                    .live_signing_keys(now)
-                    .await?
-                    .into_iter()
-                    .map(|key| key.public_jwk)
-                    .collect())
-            }
+use super::{
+    AccountsStore, ClientRecord, RefreshTokenRecord, SigningKeyRecord, Throttle, UserRecord,
+};
 
-            #[tracing::instrument(name = "db live_signing_keys", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "live_signing_keys"))]
-            async fn live_signing_keys(
-                &self,
-                now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<Vec<$crate::store::SigningKeyRecord>, common::db::StoreError> {
-                Ok(sqlx::query_as(
-                    "SELECT kid, alg, public_jwk, private_key, created_at, retired_at, expires_at \
-                     FROM signing_keys WHERE expires_at IS NULL OR expires_at > $1 \
-                     ORDER BY created_at DESC",
-                )
-                .bind(now)
-                .fetch_all(&self.pool)
-                .await?)
-            }
+/// Accounts in an sqlx database: `SqlStore<sqlx::Sqlite>` or `SqlStore<sqlx::Postgres>`.
+pub struct SqlStore<DB: Backend> {
+    pool: sqlx::Pool<DB>,
+}
 
-            #[tracing::instrument(name = "db rotate_signing_key", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "rotate_signing_key"))]
-            async fn rotate_signing_key(
-                &self,
-                key: &$crate::store::SigningKeyRecord,
-                now: chrono::DateTime<chrono::Utc>,
-                expires_at: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(), common::db::StoreError> {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query(
-                    "UPDATE signing_keys SET retired_at = $1, expires_at = $2 WHERE retired_at IS NULL",
-                )
-                .bind(now)
-                .bind(expires_at)
-                .execute(&mut *tx)
+impl<DB: Backend> SqlStore<DB> {
+    /// A store over an opened and migrated pool.
+    pub fn new(pool: sqlx::Pool<DB>) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait::async_trait]
+impl<DB> AccountsStore for SqlStore<DB>
+where
+    DB: Backend,
+    // What the queries below need of the database: to run on a pool or a transaction, to
+    // bind these types, and to read these rows.
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
+    for<'q> sqlx::types::Json<&'q serde_json::Value>: Encode<'q, DB> + Type<DB>,
+    for<'r> UserRecord: FromRow<'r, DB::Row>,
+    for<'r> ClientRecord: FromRow<'r, DB::Row>,
+    for<'r> RefreshTokenRecord: FromRow<'r, DB::Row>,
+    for<'r> SigningKeyRecord: FromRow<'r, DB::Row>,
+    for<'r> Throttle: FromRow<'r, DB::Row>,
+    for<'r> (String,): FromRow<'r, DB::Row>,
+{
+    fn database(&self) -> Pool {
+        DB::into_pool(self.pool.clone())
+    }
+
+    #[tracing::instrument(name = "db published_keys", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "published_keys"))]
+    async fn published_keys(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        Ok(self
+            .live_signing_keys(now)
+            .await?
+            .into_iter()
+            .map(|key| key.public_jwk)
+            .collect())
+    }
+
+    #[tracing::instrument(name = "db live_signing_keys", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "live_signing_keys"))]
+    async fn live_signing_keys(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT kid, alg, public_jwk, private_key, created_at, retired_at, expires_at \
+             FROM signing_keys WHERE expires_at IS NULL OR expires_at > $1 \
+             ORDER BY created_at DESC",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    #[tracing::instrument(name = "db rotate_signing_key", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "rotate_signing_key"))]
+    async fn rotate_signing_key(
+        &self,
+        key: &SigningKeyRecord,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE signing_keys SET retired_at = $1, expires_at = $2 WHERE retired_at IS NULL",
+        )
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, public_jwk, private_key, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&key.kid)
+        .bind(&key.alg)
+        .bind(sqlx::types::Json(&key.public_jwk))
+        .bind(&key.private_key)
+        .bind(key.created_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM signing_keys WHERE expires_at < $1")
+            .bind(now - chrono::Duration::days(1))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "db insert_user", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "insert_user"))]
+    async fn insert_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (id, email, email_normalized, name, password_hash, role, \
+             disabled, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&user.id)
+        .bind(&user.email)
+        .bind(&user.email_normalized)
+        .bind(&user.name)
+        .bind(&user.password_hash)
+        .bind(&user.role)
+        .bind(user.disabled)
+        .bind(user.created_at)
+        .bind(user.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "db user_by_email", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "user_by_email"))]
+    async fn user_by_email(
+        &self,
+        email_normalized: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT * FROM users WHERE email_normalized = $1")
+                .bind(email_normalized)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    #[tracing::instrument(name = "db user_by_id", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "user_by_id"))]
+    async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    #[tracing::instrument(name = "db set_password_hash", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "set_password_hash"))]
+    async fn set_password_hash(
+        &self,
+        id: &str,
+        hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
+            .bind(hash)
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "db any_admin", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "any_admin"))]
+    async fn any_admin(&self) -> Result<bool, StoreError> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM users WHERE role = 'admin' LIMIT 1")
+                .fetch_optional(&self.pool)
                 .await?;
-                sqlx::query(
-                    "INSERT INTO signing_keys (kid, alg, public_jwk, private_key, created_at) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(&key.kid)
-                .bind(&key.alg)
-                .bind(sqlx::types::Json(&key.public_jwk))
-                .bind(&key.private_key)
-                .bind(key.created_at)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("DELETE FROM signing_keys WHERE expires_at < $1")
-                    .bind(now - chrono::Duration::days(1))
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(())
-            }
+        Ok(row.is_some())
+    }
 
-            #[tracing::instrument(name = "db insert_user", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "insert_user"))]
-            async fn insert_user(
-                &self,
-                user: &$crate::store::UserRecord,
-            ) -> Result<(), common::db::StoreError> {
-                sqlx::query(
-                    "INSERT INTO users (id, email, email_normalized, name, password_hash, role, \
-                     disabled, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind(&user.id)
-                .bind(&user.email)
-                .bind(&user.email_normalized)
-                .bind(&user.name)
-                .bind(&user.password_hash)
-                .bind(&user.role)
-                .bind(user.disabled)
-                .bind(user.created_at)
-                .bind(user.updated_at)
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            }
+    #[tracing::instrument(name = "db insert_client", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "insert_client"))]
+    async fn insert_client(&self, client: &ClientRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO clients (client_id, name, secret_hash, scopes, disabled, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&client.client_id)
+        .bind(&client.name)
+        .bind(&client.secret_hash)
+        .bind(&client.scopes)
+        .bind(client.disabled)
+        .bind(client.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
 
-            #[tracing::instrument(name = "db user_by_email", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "user_by_email"))]
-            async fn user_by_email(
-                &self,
-                email_normalized: &str,
-            ) -> Result<Option<$crate::store::UserRecord>, common::db::StoreError> {
-                Ok(sqlx::query_as("SELECT * FROM users WHERE email_normalized = $1")
-                    .bind(email_normalized)
-                    .fetch_optional(&self.pool)
-                    .await?)
-            }
+    #[tracing::instrument(name = "db client_by_id", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "client_by_id"))]
+    async fn client_by_id(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM clients WHERE client_id = $1")
+            .bind(client_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
 
-            #[tracing::instrument(name = "db user_by_id", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "user_by_id"))]
-            async fn user_by_id(
-                &self,
-                id: &str,
-            ) -> Result<Option<$crate::store::UserRecord>, common::db::StoreError> {
-                Ok(sqlx::query_as("SELECT * FROM users WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?)
-            }
+    #[tracing::instrument(name = "db insert_refresh_token", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "insert_refresh_token"))]
+    async fn insert_refresh_token(&self, token: &RefreshTokenRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO refresh_tokens (id, token_hash, family_id, user_id, client_id, \
+             scope, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&token.id)
+        .bind(&token.token_hash)
+        .bind(&token.family_id)
+        .bind(&token.user_id)
+        .bind(&token.client_id)
+        .bind(&token.scope)
+        .bind(token.created_at)
+        .bind(token.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
 
-            #[tracing::instrument(name = "db set_password_hash", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "set_password_hash"))]
-            async fn set_password_hash(
-                &self,
-                id: &str,
-                hash: &str,
-                now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(), common::db::StoreError> {
-                sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
-                    .bind(hash)
-                    .bind(now)
-                    .bind(id)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
-            }
+    #[tracing::instrument(name = "db refresh_token_by_hash", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "refresh_token_by_hash"))]
+    async fn refresh_token_by_hash(
+        &self,
+        hash: &str,
+    ) -> Result<Option<RefreshTokenRecord>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT * FROM refresh_tokens WHERE token_hash = $1")
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
 
-            #[tracing::instrument(name = "db any_admin", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "any_admin"))]
-            async fn any_admin(&self) -> Result<bool, common::db::StoreError> {
-                let row: Option<(String,)> =
-                    sqlx::query_as("SELECT id FROM users WHERE role = 'admin' LIMIT 1")
-                        .fetch_optional(&self.pool)
-                        .await?;
-                Ok(row.is_some())
-            }
+    #[tracing::instrument(name = "db mark_refresh_token_used", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "mark_refresh_token_used"))]
+    async fn mark_refresh_token_used(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE refresh_tokens SET used_at = $1 \
+             WHERE id = $2 AND used_at IS NULL AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(DB::rows_affected(&result) == 1)
+    }
 
-            #[tracing::instrument(name = "db insert_client", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "insert_client"))]
-            async fn insert_client(
-                &self,
-                client: &$crate::store::ClientRecord,
-            ) -> Result<(), common::db::StoreError> {
-                sqlx::query(
-                    "INSERT INTO clients (client_id, name, secret_hash, scopes, disabled, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(&client.client_id)
-                .bind(&client.name)
-                .bind(&client.secret_hash)
-                .bind(&client.scopes)
-                .bind(client.disabled)
-                .bind(client.created_at)
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            }
+    #[tracing::instrument(name = "db revoke_refresh_family", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "revoke_refresh_family"))]
+    async fn revoke_refresh_family(
+        &self,
+        family_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $1 \
+             WHERE family_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(family_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
 
-            #[tracing::instrument(name = "db client_by_id", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "client_by_id"))]
-            async fn client_by_id(
-                &self,
-                client_id: &str,
-            ) -> Result<Option<$crate::store::ClientRecord>, common::db::StoreError> {
-                Ok(sqlx::query_as("SELECT * FROM clients WHERE client_id = $1")
-                    .bind(client_id)
-                    .fetch_optional(&self.pool)
-                    .await?)
-            }
-
-            #[tracing::instrument(name = "db insert_refresh_token", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "insert_refresh_token"))]
-            async fn insert_refresh_token(
-                &self,
-                token: &$crate::store::RefreshTokenRecord,
-            ) -> Result<(), common::db::StoreError> {
-                sqlx::query(
-                    "INSERT INTO refresh_tokens (id, token_hash, family_id, user_id, client_id, \
-                     scope, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(&token.id)
-                .bind(&token.token_hash)
-                .bind(&token.family_id)
-                .bind(&token.user_id)
-                .bind(&token.client_id)
-                .bind(&token.scope)
-                .bind(token.created_at)
-                .bind(token.expires_at)
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            }
-
-            #[tracing::instrument(name = "db refresh_token_by_hash", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "refresh_token_by_hash"))]
-            async fn refresh_token_by_hash(
-                &self,
-                hash: &str,
-            ) -> Result<Option<$crate::store::RefreshTokenRecord>, common::db::StoreError> {
-                Ok(sqlx::query_as("SELECT * FROM refresh_tokens WHERE token_hash = $1")
-                    .bind(hash)
-                    .fetch_optional(&self.pool)
-                    .await?)
-            }
-
-            #[tracing::instrument(name = "db mark_refresh_token_used", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "mark_refresh_token_used"))]
-            async fn mark_refresh_token_used(
-                &self,
-                id: &str,
-                now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<bool, common::db::StoreError> {
-                let result = sqlx::query(
-                    "UPDATE refresh_tokens SET used_at = $1 \
-                     WHERE id = $2 AND used_at IS NULL AND revoked_at IS NULL",
-                )
-                .bind(now)
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
-                Ok(result.rows_affected() == 1)
-            }
-
-            #[tracing::instrument(name = "db revoke_refresh_family", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "revoke_refresh_family"))]
-            async fn revoke_refresh_family(
-                &self,
-                family_id: &str,
-                now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(), common::db::StoreError> {
-                sqlx::query(
-                    "UPDATE refresh_tokens SET revoked_at = $1 \
-                     WHERE family_id = $2 AND revoked_at IS NULL",
-                )
-                .bind(now)
-                .bind(family_id)
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            }
-
-            #[tracing::instrument(name = "db throttle", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "throttle"))]
-            async fn throttle(
-                &self,
-                key: &str,
-            ) -> Result<Option<$crate::store::Throttle>, common::db::StoreError> {
-                Ok(sqlx::query_as("SELECT failures, locked_until FROM login_throttle WHERE key = $1")
-                    .bind(key)
-                    .fetch_optional(&self.pool)
-                    .await?)
-            }
-
-            #[tracing::instrument(name = "db set_throttle", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "set_throttle"))]
-            async fn set_throttle(
-                &self,
-                key: &str,
-                throttle: $crate::store::Throttle,
-                now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(), common::db::StoreError> {
-                sqlx::query(
-                    "INSERT INTO login_throttle (key, failures, locked_until, updated_at) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO UPDATE SET \
-                     failures = excluded.failures, locked_until = excluded.locked_until, \
-                     updated_at = excluded.updated_at",
-                )
+    #[tracing::instrument(name = "db throttle", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "throttle"))]
+    async fn throttle(&self, key: &str) -> Result<Option<Throttle>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT failures, locked_until FROM login_throttle WHERE key = $1")
                 .bind(key)
-                .bind(throttle.failures)
-                .bind(throttle.locked_until)
-                .bind(now)
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            }
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
 
-            #[tracing::instrument(name = "db clear_throttle", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "clear_throttle"))]
-            async fn clear_throttle(&self, key: &str) -> Result<(), common::db::StoreError> {
-                sqlx::query("DELETE FROM login_throttle WHERE key = $1")
-                    .bind(key)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
-            }
+    #[tracing::instrument(name = "db set_throttle", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "set_throttle"))]
+    async fn set_throttle(
+        &self,
+        key: &str,
+        throttle: Throttle,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO login_throttle (key, failures, locked_until, updated_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO UPDATE SET \
+             failures = excluded.failures, locked_until = excluded.locked_until, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(key)
+        .bind(throttle.failures)
+        .bind(throttle.locked_until)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
 
-            #[tracing::instrument(name = "db revoke_access_token", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "revoke_access_token"))]
-            async fn revoke_access_token(
-                &self,
-                jti: &str,
-                expires_at: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(), common::db::StoreError> {
-                sqlx::query(
-                    "INSERT INTO revoked_access_tokens (jti, expires_at) VALUES ($1, $2) \
-                     ON CONFLICT (jti) DO NOTHING",
-                )
+    #[tracing::instrument(name = "db clear_throttle", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "clear_throttle"))]
+    async fn clear_throttle(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM login_throttle WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "db revoke_access_token", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "revoke_access_token"))]
+    async fn revoke_access_token(
+        &self,
+        jti: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO revoked_access_tokens (jti, expires_at) VALUES ($1, $2) \
+             ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "db access_token_revoked", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "access_token_revoked"))]
+    async fn access_token_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT jti FROM revoked_access_tokens WHERE jti = $1")
                 .bind(jti)
-                .bind(expires_at)
-                .execute(&self.pool)
+                .fetch_optional(&self.pool)
                 .await?;
-                Ok(())
-            }
-
-            #[tracing::instrument(name = "db access_token_revoked", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "access_token_revoked"))]
-            async fn access_token_revoked(&self, jti: &str) -> Result<bool, common::db::StoreError> {
-                let row: Option<(String,)> =
-                    sqlx::query_as("SELECT jti FROM revoked_access_tokens WHERE jti = $1")
-                        .bind(jti)
-                        .fetch_optional(&self.pool)
-                        .await?;
-                Ok(row.is_some())
-            }
-        }
-    };
+        Ok(row.is_some())
+    }
 }

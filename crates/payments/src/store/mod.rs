@@ -1,23 +1,19 @@
-//! Payments storage: one trait, a SQLite and a PostgreSQL implementation, the same tests for
-//! both. Most SQL is portable and lives once in `sql.rs`; claiming work differs (PostgreSQL
-//! uses `FOR UPDATE SKIP LOCKED` so several processors never take the same payment).
+//! Payments storage: one trait, one implementation generic over the database (SQLite or
+//! PostgreSQL, in `sql.rs`), the same tests for both. Claiming work differs (PostgreSQL uses
+//! `FOR UPDATE SKIP LOCKED` so several processors never take the same payment).
 
-#[macro_use]
 mod sql;
-mod postgres;
-mod sqlite;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::db::{DatabaseUrl, Pool, StoreError};
+use common::db::{DatabaseUrl, Migrations, Pool, StoreError};
 
 use crate::domain::events::Event;
 use crate::domain::payment::{Payment, PaymentStatus};
 
-pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use sql::SqlStore;
 
 /// What an idempotency key allows the request to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,8 +201,18 @@ pub async fn open(
     url: &DatabaseUrl,
     max_connections: u32,
 ) -> Result<Arc<dyn PaymentsStore>, StoreError> {
-    Ok(match url {
-        DatabaseUrl::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
-        DatabaseUrl::Postgres(url) => Arc::new(PgStore::open(url, max_connections).await?),
-    })
+    Ok(
+        match common::db::open(url, max_connections, &migrations()).await? {
+            Pool::Sqlite(pool) => Arc::new(SqlStore::new(pool)),
+            Pool::Postgres(pool) => Arc::new(SqlStore::new(pool)),
+        },
+    )
+}
+
+/// The payments schema for each backend, embedded in the binary.
+pub fn migrations() -> Migrations {
+    Migrations::new(
+        sqlx::migrate!("./migrations/sqlite"),
+        sqlx::migrate!("./migrations/postgres"),
+    )
 }

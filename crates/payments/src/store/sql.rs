@@ -1,429 +1,512 @@
-//! The SQL of [`PaymentsStore`](super::PaymentsStore) that both backends share (both accept
-//! `$n` placeholders, `ON CONFLICT` and `RETURNING`). `impl_payments_store!(Type, Variant,
-//! claim_next)` implements the trait for a store whose `pool` field is a pool of that backend;
-//! `claim_next` is the backend's own statement for taking pending work.
+//! [`PaymentsStore`] on SQLite and PostgreSQL: one implementation, generic over the sqlx
+//! database (`SqlStore<Sqlite>`, `SqlStore<Postgres>`). The SQL is the same for both but for
+//! claiming work, where [`Backend::SKIP_LOCKED`] and [`Backend::ROW_LOCKS`] name what differs:
+//! PostgreSQL claims with `FOR UPDATE SKIP LOCKED`, so processors and relays on several
+//! replicas never take the same row; SQLite serializes writers instead.
 
-macro_rules! impl_payments_store {
-    ($store:ty, $variant:ident, $system:literal, $claim_pending:expr, $outbox_lock:literal, $hold_lock_while_publishing:literal) => {
-        impl $store {
-            async fn insert_event<'c, E>(executor: E, event: &$crate::domain::events::Event, payment: &$crate::domain::payment::Payment) -> Result<(), sqlx::Error>
-            where
-                E: sqlx::Executor<'c, Database = <$store as $crate::store::sql::Backend>::Db>,
-            {
-                sqlx::query(
-                    "INSERT INTO payment_events (id, payment_id, owner, type, event, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(&event.id)
-                .bind(&payment.id)
-                .bind(&payment.owner)
-                .bind(&event.kind)
-                .bind(sqlx::types::Json(&event.body))
-                .bind(event.time)
-                .execute(executor)
-                .await
-                .map(drop)
-            }
-        }
+use std::time::Duration;
 
-        #[async_trait::async_trait]
-        impl $crate::store::PaymentsStore for $store {
-            fn database(&self) -> common::db::Pool {
-                common::db::Pool::$variant(self.pool.clone())
-            }
+use chrono::{DateTime, Utc};
+use common::db::{Backend, Pool, StoreError};
+use sqlx::{AssertSqlSafe, Decode, Encode, Executor, FromRow, Type};
 
-            #[tracing::instrument(name = "db claim_idempotency_key", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "claim_idempotency_key"))]
-            async fn claim_idempotency_key(
-                &self,
-                principal: &str,
-                key: &str,
-                fingerprint: &str,
-                now: chrono::DateTime<chrono::Utc>,
-                ttl: std::time::Duration,
-                lock_timeout: std::time::Duration,
-            ) -> Result<$crate::store::KeyClaim, common::db::StoreError> {
-                use $crate::store::KeyClaim;
-                sqlx::query("DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND expires_at <= $3")
-                    .bind(principal)
-                    .bind(key)
-                    .bind(now)
-                    .execute(&self.pool)
-                    .await?;
-                let inserted = sqlx::query(
-                    "INSERT INTO idempotency_keys (principal, key, fingerprint, locked_at, created_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (principal, key) DO NOTHING",
-                )
-                .bind(principal)
-                .bind(key)
-                .bind(fingerprint)
-                .bind(now)
-                .bind(now + ttl)
-                .execute(&self.pool)
-                .await?;
-                if inserted.rows_affected() == 1 {
-                    return Ok(KeyClaim::Proceed);
-                }
-                let row: Option<(String, Option<chrono::DateTime<chrono::Utc>>, Option<i32>, Option<String>, Option<String>)> =
-                    sqlx::query_as(
-                        "SELECT fingerprint, locked_at, response_status, response_body, payment_id \
-                         FROM idempotency_keys WHERE principal = $1 AND key = $2",
-                    )
-                    .bind(principal)
-                    .bind(key)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                let Some((stored_fingerprint, locked_at, status, body, payment_id)) = row else {
-                    // Purged between our insert and our read: the client may simply retry.
-                    return Ok(KeyClaim::InFlight);
-                };
-                if stored_fingerprint != fingerprint {
-                    return Ok(KeyClaim::Mismatch);
-                }
-                if let (Some(status), Some(body)) = (status, body) {
-                    return Ok(KeyClaim::Replay {
-                        status: u16::try_from(status).unwrap_or(500),
-                        body,
-                        payment_id,
-                    });
-                }
-                match locked_at {
-                    Some(locked_at) if (now - locked_at).to_std().is_ok_and(|held| held >= lock_timeout) => {
-                        // The request that held it died: take it over, unless someone else just did.
-                        let taken = sqlx::query(
-                            "UPDATE idempotency_keys SET locked_at = $1 WHERE principal = $2 AND key = $3 \
-                             AND locked_at = $4 AND response_status IS NULL",
-                        )
-                        .bind(now)
-                        .bind(principal)
-                        .bind(key)
-                        .bind(locked_at)
-                        .execute(&self.pool)
-                        .await?;
-                        Ok(if taken.rows_affected() == 1 { KeyClaim::Proceed } else { KeyClaim::InFlight })
-                    }
-                    _ => Ok(KeyClaim::InFlight),
-                }
-            }
+use super::{Finish, KeyClaim, OutboxEvent, PaymentsStore, RelayOutcome, SavedResponse};
+use crate::domain::events::{self, Event};
+use crate::domain::payment::Payment;
+use crate::relay::EventPublisher;
 
-            #[tracing::instrument(name = "db release_idempotency_key", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "release_idempotency_key"))]
-            async fn release_idempotency_key(
-                &self,
-                principal: &str,
-                key: &str,
-                locked_at: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(), common::db::StoreError> {
-                sqlx::query(
-                    "DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND locked_at = $3 \
-                     AND response_status IS NULL",
-                )
-                    .bind(principal)
-                    .bind(key)
-                    .bind(locked_at)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
-            }
-
-            #[tracing::instrument(name = "db purge_idempotency_keys", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "purge_idempotency_keys"))]
-            async fn purge_idempotency_keys(&self, now: chrono::DateTime<chrono::Utc>) -> Result<u64, common::db::StoreError> {
-                let result = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1")
-                    .bind(now)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(result.rows_affected())
-            }
-
-            #[tracing::instrument(name = "db create_payment", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "create_payment"))]
-            async fn create_payment(
-                &self,
-                payment: &$crate::domain::payment::Payment,
-                event: &$crate::domain::events::Event,
-                response: Option<$crate::store::SavedResponse<'_>>,
-            ) -> Result<(), common::db::StoreError> {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query(
-                    "INSERT INTO payments (id, owner, status, amount_minor, currency, description, payment_method, \
-                     attempts, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8)",
-                )
-                .bind(&payment.id)
-                .bind(&payment.owner)
-                .bind(&payment.status)
-                .bind(payment.amount_minor)
-                .bind(&payment.currency)
-                .bind(&payment.description)
-                .bind(&payment.payment_method)
-                .bind(payment.created_at)
-                .execute(&mut *tx)
-                .await?;
-                Self::insert_event(&mut *tx, event, payment).await?;
-                if let Some(response) = response {
-                    // Fenced by the lock: a request that ran past the lock timeout, whose key
-                    // another request has taken over since, must not create a second payment.
-                    let saved = sqlx::query(
-                        "UPDATE idempotency_keys SET response_status = $1, response_body = $2, payment_id = $3, \
-                         locked_at = NULL WHERE principal = $4 AND key = $5 AND locked_at = $6 \
-                         AND response_status IS NULL",
-                    )
-                    .bind(i32::from(response.status))
-                    .bind(response.body)
-                    .bind(&payment.id)
-                    .bind(response.principal)
-                    .bind(response.key)
-                    .bind(response.locked_at)
-                    .execute(&mut *tx)
-                    .await?;
-                    if saved.rows_affected() != 1 {
-                        // Dropping the transaction rolls the payment and its event back.
-                        return Err(common::db::StoreError::Conflict(
-                            "the idempotency key's lock was taken over by another request".into(),
-                        ));
-                    }
-                }
-                tx.commit().await?;
-                Ok(())
-            }
-
-            #[tracing::instrument(name = "db payment", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "payment"))]
-            async fn payment(&self, id: &str) -> Result<Option<$crate::domain::payment::Payment>, common::db::StoreError> {
-                Ok(sqlx::query_as("SELECT * FROM payments WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?)
-            }
-
-            #[tracing::instrument(name = "db list_payments", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "list_payments"))]
-            async fn list_payments(
-                &self,
-                owner: Option<&str>,
-                before: Option<(chrono::DateTime<chrono::Utc>, String)>,
-                limit: i64,
-            ) -> Result<Vec<$crate::domain::payment::Payment>, common::db::StoreError> {
-                let (before_time, before_id) = match before {
-                    Some((time, id)) => (Some(time), Some(id)),
-                    None => (None, None),
-                };
-                Ok(sqlx::query_as(
-                    "SELECT * FROM payments WHERE ($1 IS NULL OR owner = $1) \
-                     AND ($2 IS NULL OR created_at < $2 OR (created_at = $2 AND id < $3)) \
-                     ORDER BY created_at DESC, id DESC LIMIT $4",
-                )
-                .bind(owner)
-                .bind(before_time)
-                .bind(before_id)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            #[tracing::instrument(name = "db cancel_payment", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "cancel_payment"))]
-            async fn cancel_payment(
-                &self,
-                id: &str,
-                now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<Option<$crate::domain::payment::Payment>, common::db::StoreError> {
-                let mut tx = self.pool.begin().await?;
-                let canceled: Option<$crate::domain::payment::Payment> = sqlx::query_as(
-                    "UPDATE payments SET status = 'canceled', lease_until = NULL, updated_at = $1 \
-                     WHERE id = $2 AND status = 'pending' RETURNING *",
-                )
-                .bind(now)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some(payment) = &canceled {
-                    let event = $crate::domain::events::state_changed(payment, now);
-                    Self::insert_event(&mut *tx, &event, payment).await?;
-                }
-                tx.commit().await?;
-                Ok(canceled)
-            }
-
-            #[tracing::instrument(name = "db claim_next_payment", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "claim_next_payment"))]
-            async fn claim_next_payment(
-                &self,
-                now: chrono::DateTime<chrono::Utc>,
-                lease: std::time::Duration,
-            ) -> Result<Option<$crate::domain::payment::Payment>, common::db::StoreError> {
-                let lease_until = now + lease;
-                let mut tx = self.pool.begin().await?;
-                let pending: Option<$crate::domain::payment::Payment> = sqlx::query_as($claim_pending)
-                    .bind(now)
-                    .bind(lease_until)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if let Some(payment) = pending {
-                    let event = $crate::domain::events::state_changed(&payment, now);
-                    Self::insert_event(&mut *tx, &event, &payment).await?;
-                    tx.commit().await?;
-                    return Ok(Some(payment));
-                }
-                let expired: Option<$crate::domain::payment::Payment> = sqlx::query_as(
-                    "UPDATE payments SET lease_until = $2, updated_at = $1 WHERE id = ( \
-                       SELECT id FROM payments WHERE status = 'processing' AND lease_until < $1 \
-                       ORDER BY lease_until LIMIT 1) \
-                     AND status = 'processing' AND lease_until < $1 RETURNING *",
-                )
-                .bind(now)
-                .bind(lease_until)
-                .fetch_optional(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(expired)
-            }
-
-            #[tracing::instrument(name = "db finish_payment", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "finish_payment"))]
-            async fn finish_payment(
-                &self,
-                id: &str,
-                finish: $crate::store::Finish<'_>,
-                now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<Option<$crate::domain::payment::Payment>, common::db::StoreError> {
-                let (code, message) = finish.failure.unzip();
-                let mut tx = self.pool.begin().await?;
-                let finished: Option<$crate::domain::payment::Payment> = sqlx::query_as(
-                    "UPDATE payments SET status = $1, failure_code = $2, failure_message = $3, attempts = $4, \
-                     lease_until = NULL, updated_at = $5 WHERE id = $6 AND status = 'processing' RETURNING *",
-                )
-                .bind(finish.status.as_str())
-                .bind(code)
-                .bind(message)
-                .bind(finish.attempts)
-                .bind(now)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some(payment) = &finished {
-                    let event = $crate::domain::events::state_changed(payment, now);
-                    Self::insert_event(&mut *tx, &event, payment).await?;
-                }
-                tx.commit().await?;
-                Ok(finished)
-            }
-
-            #[tracing::instrument(name = "db retry_payment_later", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "retry_payment_later"))]
-            async fn retry_payment_later(
-                &self,
-                id: &str,
-                attempts: i32,
-                retry_at: chrono::DateTime<chrono::Utc>,
-                now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(), common::db::StoreError> {
-                sqlx::query(
-                    "UPDATE payments SET attempts = $1, lease_until = $2, updated_at = $3 \
-                     WHERE id = $4 AND status = 'processing'",
-                )
-                .bind(attempts)
-                .bind(retry_at)
-                .bind(now)
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            }
-
-            #[tracing::instrument(name = "db payment_events", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "payment_events"))]
-            async fn payment_events(&self, payment_id: &str) -> Result<Vec<serde_json::Value>, common::db::StoreError> {
-                let rows: Vec<(sqlx::types::Json<serde_json::Value>,)> =
-                    sqlx::query_as("SELECT event FROM payment_events WHERE payment_id = $1 ORDER BY seq")
-                        .bind(payment_id)
-                        .fetch_all(&self.pool)
-                        .await?;
-                Ok(rows.into_iter().map(|(event,)| event.0).collect())
-            }
-
-            #[tracing::instrument(name = "db relay_batch", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "relay_batch"))]
-            async fn relay_batch(
-                &self,
-                limit: i64,
-                publisher: &dyn $crate::relay::EventPublisher,
-                now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<$crate::store::RelayOutcome, common::db::StoreError> {
-                let select = || {
-                    sqlx::query_as::<_, $crate::store::OutboxEvent>(concat!(
-                        "SELECT seq, id, type, payment_id, event, created_at FROM payment_events e \
-                         WHERE published_at IS NULL AND NOT EXISTS ( \
-                           SELECT 1 FROM payment_events earlier WHERE earlier.payment_id = e.payment_id \
-                           AND earlier.published_at IS NULL AND earlier.seq < e.seq) \
-                         ORDER BY seq LIMIT $1 ",
-                        $outbox_lock
-                    ))
-                    .bind(limit)
-                };
-                // PostgreSQL: hold the row locks while publishing, so other relays skip these
-                // rows. SQLite: a write transaction would stop every writer; read, publish, then write.
-                let mut held = if $hold_lock_while_publishing { Some(self.pool.begin().await?) } else { None };
-                let batch = match held.as_mut() {
-                    Some(tx) => select().fetch_all(&mut **tx).await?,
-                    None => select().fetch_all(&self.pool).await?,
-                };
-                if batch.is_empty() {
-                    return Ok($crate::store::RelayOutcome::default());
-                }
-                let acked = publisher.publish(&batch).await;
-                let mut tx = match held {
-                    Some(tx) => tx,
-                    None => self.pool.begin().await?,
-                };
-                for id in &acked {
-                    sqlx::query("UPDATE payment_events SET published_at = $1 WHERE id = $2")
-                        .bind(now)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-                Ok($crate::store::RelayOutcome { sent: acked.len(), failed: batch.len() - acked.len() })
-            }
-
-            #[tracing::instrument(name = "db prune_published_events", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "prune_published_events"))]
-            async fn prune_published_events(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, common::db::StoreError> {
-                let result = sqlx::query("DELETE FROM payment_events WHERE published_at < $1")
-                    .bind(before)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(result.rows_affected())
-            }
-
-            #[tracing::instrument(name = "db outbox_backlog", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "outbox_backlog"))]
-            async fn outbox_backlog(&self) -> Result<i64, common::db::StoreError> {
-                let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM payment_events WHERE published_at IS NULL")
-                    .fetch_one(&self.pool)
-                    .await?;
-                Ok(count)
-            }
-
-            #[tracing::instrument(name = "db events_page", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "events_page"))]
-            async fn events_page(
-                &self,
-                owner: Option<&str>,
-                after: i64,
-                limit: i64,
-            ) -> Result<Vec<(i64, serde_json::Value)>, common::db::StoreError> {
-                let rows: Vec<(i64, sqlx::types::Json<serde_json::Value>)> = sqlx::query_as(
-                    "SELECT seq, event FROM payment_events WHERE ($1 IS NULL OR owner = $1) AND seq > $2 \
-                     ORDER BY seq LIMIT $3",
-                )
-                .bind(owner)
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
-                Ok(rows.into_iter().map(|(seq, event)| (seq, event.0)).collect())
-            }
-
-            #[tracing::instrument(name = "db count_payments", skip_all, fields(otel.kind = "client", db.system.name = $system, db.operation.name = "count_payments"))]
-            async fn count_payments(&self) -> Result<i64, common::db::StoreError> {
-                let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM payments")
-                    .fetch_one(&self.pool)
-                    .await?;
-                Ok(count)
-            }
-        }
-    };
+/// Payments in an sqlx database: `SqlStore<sqlx::Sqlite>` or `SqlStore<sqlx::Postgres>`.
+pub struct SqlStore<DB: Backend> {
+    pool: sqlx::Pool<DB>,
 }
 
-/// Names a store's database type, for the shared helpers above.
-pub trait Backend {
-    /// The sqlx database.
-    type Db: sqlx::Database;
+impl<DB: Backend> SqlStore<DB> {
+    /// A store over an opened and migrated pool.
+    pub fn new(pool: sqlx::Pool<DB>) -> Self {
+        Self { pool }
+    }
+}
+
+/// Takes the oldest pending payment and marks it processing, leased until `$2` (`$1` = now).
+fn claim_pending<DB: Backend>() -> AssertSqlSafe<String> {
+    AssertSqlSafe(format!(
+        "UPDATE payments SET status = 'processing', lease_until = $2, updated_at = $1 WHERE id = ( \
+           SELECT id FROM payments WHERE status = 'pending' ORDER BY created_at LIMIT 1 {}) \
+         AND status = 'pending' RETURNING *",
+        DB::SKIP_LOCKED
+    ))
+}
+
+/// Writes `event` about `payment` to `payment_events` (the history and the outbox), on
+/// `executor`: the transaction of the change it records.
+async fn insert_event<'c, DB: Backend>(
+    executor: impl Executor<'c, Database = DB>,
+    event: &Event,
+    payment: &Payment,
+) -> Result<(), sqlx::Error>
+where
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> sqlx::types::Json<&'q serde_json::Value>: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query(
+        "INSERT INTO payment_events (id, payment_id, owner, type, event, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&event.id)
+    .bind(&payment.id)
+    .bind(&payment.owner)
+    .bind(&event.kind)
+    .bind(sqlx::types::Json(&event.body))
+    .bind(event.time)
+    .execute(executor)
+    .await
+    .map(drop)
+}
+
+#[async_trait::async_trait]
+impl<DB> PaymentsStore for SqlStore<DB>
+where
+    DB: Backend,
+    // What the queries below need of the database: to run on a pool or a transaction, to
+    // bind these types, and to read these rows.
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i32: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB>,
+    for<'q> sqlx::types::Json<&'q serde_json::Value>: Encode<'q, DB> + Type<DB>,
+    for<'q> sqlx::types::Json<serde_json::Value>: Decode<'q, DB> + Type<DB>,
+    for<'r> Payment: FromRow<'r, DB::Row>,
+    for<'r> OutboxEvent: FromRow<'r, DB::Row>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'r> (sqlx::types::Json<serde_json::Value>,): FromRow<'r, DB::Row>,
+    for<'r> (i64, sqlx::types::Json<serde_json::Value>): FromRow<'r, DB::Row>,
+    for<'r> (
+        String,
+        Option<DateTime<Utc>>,
+        Option<i32>,
+        Option<String>,
+        Option<String>,
+    ): FromRow<'r, DB::Row>,
+{
+    fn database(&self) -> Pool {
+        DB::into_pool(self.pool.clone())
+    }
+
+    #[tracing::instrument(name = "db claim_idempotency_key", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "claim_idempotency_key"))]
+    async fn claim_idempotency_key(
+        &self,
+        principal: &str,
+        key: &str,
+        fingerprint: &str,
+        now: DateTime<Utc>,
+        ttl: Duration,
+        lock_timeout: Duration,
+    ) -> Result<KeyClaim, StoreError> {
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND expires_at <= $3",
+        )
+        .bind(principal)
+        .bind(key)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let inserted = sqlx::query(
+                "INSERT INTO idempotency_keys (principal, key, fingerprint, locked_at, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (principal, key) DO NOTHING",
+            )
+            .bind(principal)
+            .bind(key)
+            .bind(fingerprint)
+            .bind(now)
+            .bind(now + ttl)
+            .execute(&self.pool)
+            .await?;
+        if DB::rows_affected(&inserted) == 1 {
+            return Ok(KeyClaim::Proceed);
+        }
+        let row: Option<(
+            String,
+            Option<DateTime<Utc>>,
+            Option<i32>,
+            Option<String>,
+            Option<String>,
+        )> = sqlx::query_as(
+            "SELECT fingerprint, locked_at, response_status, response_body, payment_id \
+                     FROM idempotency_keys WHERE principal = $1 AND key = $2",
+        )
+        .bind(principal)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((stored_fingerprint, locked_at, status, body, payment_id)) = row else {
+            // Purged between our insert and our read: the client may simply retry.
+            return Ok(KeyClaim::InFlight);
+        };
+        if stored_fingerprint != fingerprint {
+            return Ok(KeyClaim::Mismatch);
+        }
+        if let (Some(status), Some(body)) = (status, body) {
+            return Ok(KeyClaim::Replay {
+                status: u16::try_from(status).unwrap_or(500),
+                body,
+                payment_id,
+            });
+        }
+        match locked_at {
+            Some(locked_at)
+                if (now - locked_at)
+                    .to_std()
+                    .is_ok_and(|held| held >= lock_timeout) =>
+            {
+                // The request that held it died: take it over, unless someone else just did.
+                let taken = sqlx::query(
+                    "UPDATE idempotency_keys SET locked_at = $1 WHERE principal = $2 AND key = $3 \
+                         AND locked_at = $4 AND response_status IS NULL",
+                )
+                .bind(now)
+                .bind(principal)
+                .bind(key)
+                .bind(locked_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(if DB::rows_affected(&taken) == 1 {
+                    KeyClaim::Proceed
+                } else {
+                    KeyClaim::InFlight
+                })
+            }
+            _ => Ok(KeyClaim::InFlight),
+        }
+    }
+
+    #[tracing::instrument(name = "db release_idempotency_key", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "release_idempotency_key"))]
+    async fn release_idempotency_key(
+        &self,
+        principal: &str,
+        key: &str,
+        locked_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND locked_at = $3 \
+                 AND response_status IS NULL",
+        )
+        .bind(principal)
+        .bind(key)
+        .bind(locked_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "db purge_idempotency_keys", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "purge_idempotency_keys"))]
+    async fn purge_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let result = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(DB::rows_affected(&result))
+    }
+
+    #[tracing::instrument(name = "db create_payment", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "create_payment"))]
+    async fn create_payment(
+        &self,
+        payment: &Payment,
+        event: &Event,
+        response: Option<SavedResponse<'_>>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+                "INSERT INTO payments (id, owner, status, amount_minor, currency, description, payment_method, \
+                 attempts, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8)",
+            )
+            .bind(&payment.id)
+            .bind(&payment.owner)
+            .bind(&payment.status)
+            .bind(payment.amount_minor)
+            .bind(&payment.currency)
+            .bind(&payment.description)
+            .bind(&payment.payment_method)
+            .bind(payment.created_at)
+            .execute(&mut *tx)
+            .await?;
+        insert_event::<DB>(&mut *tx, event, payment).await?;
+        if let Some(response) = response {
+            // Fenced by the lock: a request that ran past the lock timeout, whose key
+            // another request has taken over since, must not create a second payment.
+            let saved = sqlx::query(
+                    "UPDATE idempotency_keys SET response_status = $1, response_body = $2, payment_id = $3, \
+                     locked_at = NULL WHERE principal = $4 AND key = $5 AND locked_at = $6 \
+                     AND response_status IS NULL",
+                )
+                .bind(i32::from(response.status))
+                .bind(response.body)
+                .bind(&payment.id)
+                .bind(response.principal)
+                .bind(response.key)
+                .bind(response.locked_at)
+                .execute(&mut *tx)
+                .await?;
+            if DB::rows_affected(&saved) != 1 {
+                // Dropping the transaction rolls the payment and its event back.
+                return Err(StoreError::Conflict(
+                    "the idempotency key's lock was taken over by another request".into(),
+                ));
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "db payment", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "payment"))]
+    async fn payment(&self, id: &str) -> Result<Option<Payment>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM payments WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    #[tracing::instrument(name = "db list_payments", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "list_payments"))]
+    async fn list_payments(
+        &self,
+        owner: Option<&str>,
+        before: Option<(DateTime<Utc>, String)>,
+        limit: i64,
+    ) -> Result<Vec<Payment>, StoreError> {
+        let (before_time, before_id) = match before {
+            Some((time, id)) => (Some(time), Some(id)),
+            None => (None, None),
+        };
+        Ok(sqlx::query_as(
+            "SELECT * FROM payments WHERE ($1 IS NULL OR owner = $1) \
+                 AND ($2 IS NULL OR created_at < $2 OR (created_at = $2 AND id < $3)) \
+                 ORDER BY created_at DESC, id DESC LIMIT $4",
+        )
+        .bind(owner)
+        .bind(before_time)
+        .bind(before_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    #[tracing::instrument(name = "db cancel_payment", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "cancel_payment"))]
+    async fn cancel_payment(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Payment>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let canceled: Option<Payment> = sqlx::query_as(
+            "UPDATE payments SET status = 'canceled', lease_until = NULL, updated_at = $1 \
+                 WHERE id = $2 AND status = 'pending' RETURNING *",
+        )
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(payment) = &canceled {
+            let event = events::state_changed(payment, now);
+            insert_event::<DB>(&mut *tx, &event, payment).await?;
+        }
+        tx.commit().await?;
+        Ok(canceled)
+    }
+
+    #[tracing::instrument(name = "db claim_next_payment", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "claim_next_payment"))]
+    async fn claim_next_payment(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<Payment>, StoreError> {
+        let lease_until = now + lease;
+        let mut tx = self.pool.begin().await?;
+        let pending: Option<Payment> = sqlx::query_as(claim_pending::<DB>())
+            .bind(now)
+            .bind(lease_until)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(payment) = pending {
+            let event = events::state_changed(&payment, now);
+            insert_event::<DB>(&mut *tx, &event, &payment).await?;
+            tx.commit().await?;
+            return Ok(Some(payment));
+        }
+        let expired: Option<Payment> = sqlx::query_as(
+            "UPDATE payments SET lease_until = $2, updated_at = $1 WHERE id = ( \
+                   SELECT id FROM payments WHERE status = 'processing' AND lease_until < $1 \
+                   ORDER BY lease_until LIMIT 1) \
+                 AND status = 'processing' AND lease_until < $1 RETURNING *",
+        )
+        .bind(now)
+        .bind(lease_until)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(expired)
+    }
+
+    #[tracing::instrument(name = "db finish_payment", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "finish_payment"))]
+    async fn finish_payment(
+        &self,
+        id: &str,
+        finish: Finish<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Payment>, StoreError> {
+        let (code, message) = finish.failure.unzip();
+        let mut tx = self.pool.begin().await?;
+        let finished: Option<Payment> = sqlx::query_as(
+                "UPDATE payments SET status = $1, failure_code = $2, failure_message = $3, attempts = $4, \
+                 lease_until = NULL, updated_at = $5 WHERE id = $6 AND status = 'processing' RETURNING *",
+            )
+            .bind(finish.status.as_str())
+            .bind(code)
+            .bind(message)
+            .bind(finish.attempts)
+            .bind(now)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(payment) = &finished {
+            let event = events::state_changed(payment, now);
+            insert_event::<DB>(&mut *tx, &event, payment).await?;
+        }
+        tx.commit().await?;
+        Ok(finished)
+    }
+
+    #[tracing::instrument(name = "db retry_payment_later", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "retry_payment_later"))]
+    async fn retry_payment_later(
+        &self,
+        id: &str,
+        attempts: i32,
+        retry_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE payments SET attempts = $1, lease_until = $2, updated_at = $3 \
+                 WHERE id = $4 AND status = 'processing'",
+        )
+        .bind(attempts)
+        .bind(retry_at)
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "db payment_events", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "payment_events"))]
+    async fn payment_events(&self, payment_id: &str) -> Result<Vec<serde_json::Value>, StoreError> {
+        let rows: Vec<(sqlx::types::Json<serde_json::Value>,)> =
+            sqlx::query_as("SELECT event FROM payment_events WHERE payment_id = $1 ORDER BY seq")
+                .bind(payment_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(event,)| event.0).collect())
+    }
+
+    #[tracing::instrument(name = "db relay_batch", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "relay_batch"))]
+    async fn relay_batch(
+        &self,
+        limit: i64,
+        publisher: &dyn EventPublisher,
+        now: DateTime<Utc>,
+    ) -> Result<RelayOutcome, StoreError> {
+        let select = || {
+            sqlx::query_as::<_, OutboxEvent>(AssertSqlSafe(format!(
+                    "SELECT seq, id, type, payment_id, event, created_at FROM payment_events e \
+                     WHERE published_at IS NULL AND NOT EXISTS ( \
+                       SELECT 1 FROM payment_events earlier WHERE earlier.payment_id = e.payment_id \
+                       AND earlier.published_at IS NULL AND earlier.seq < e.seq) \
+                     ORDER BY seq LIMIT $1 {}",
+                    DB::SKIP_LOCKED
+                )))
+                .bind(limit)
+        };
+        // PostgreSQL: hold the row locks while publishing, so other relays skip these
+        // rows. SQLite: a write transaction would stop every writer; read, publish, then write.
+        let mut held = if DB::ROW_LOCKS {
+            Some(self.pool.begin().await?)
+        } else {
+            None
+        };
+        let batch = match held.as_mut() {
+            Some(tx) => select().fetch_all(&mut **tx).await?,
+            None => select().fetch_all(&self.pool).await?,
+        };
+        if batch.is_empty() {
+            return Ok(RelayOutcome::default());
+        }
+        let acked = publisher.publish(&batch).await;
+        let mut tx = match held {
+            Some(tx) => tx,
+            None => self.pool.begin().await?,
+        };
+        for id in &acked {
+            sqlx::query("UPDATE payment_events SET published_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(RelayOutcome {
+            sent: acked.len(),
+            failed: batch.len() - acked.len(),
+        })
+    }
+
+    #[tracing::instrument(name = "db prune_published_events", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "prune_published_events"))]
+    async fn prune_published_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let result = sqlx::query("DELETE FROM payment_events WHERE published_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(DB::rows_affected(&result))
+    }
+
+    #[tracing::instrument(name = "db outbox_backlog", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "outbox_backlog"))]
+    async fn outbox_backlog(&self) -> Result<i64, StoreError> {
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM payment_events WHERE published_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(count)
+    }
+
+    #[tracing::instrument(name = "db events_page", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "events_page"))]
+    async fn events_page(
+        &self,
+        owner: Option<&str>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, serde_json::Value)>, StoreError> {
+        let rows: Vec<(i64, sqlx::types::Json<serde_json::Value>)> = sqlx::query_as(
+            "SELECT seq, event FROM payment_events WHERE ($1 IS NULL OR owner = $1) AND seq > $2 \
+                 ORDER BY seq LIMIT $3",
+        )
+        .bind(owner)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, event)| (seq, event.0))
+            .collect())
+    }
+
+    #[tracing::instrument(name = "db count_payments", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "count_payments"))]
+    async fn count_payments(&self) -> Result<i64, StoreError> {
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM payments")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count)
+    }
 }
