@@ -4,8 +4,9 @@
 use anyhow::Context;
 
 use crate::domain::{Email, Password, Role};
-use crate::http::{ApiError, AppState, create_user};
+use crate::http::AppState;
 use crate::tokens::random_secret;
+use crate::users::{CreateUserError, create_user};
 
 /// The email of a generated admin.
 pub const DEFAULT_ADMIN_EMAIL: &str = "admin@localhost";
@@ -24,7 +25,8 @@ pub async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
     let password = Password::parse(password)
         .map_err(|e| anyhow::anyhow!("ACCOUNTS_BOOTSTRAP_ADMIN_PASSWORD: {}", e.message))?;
     match create_user(
-        state,
+        state.store.as_ref(),
+        &state.hasher,
         &email,
         &password,
         Some("Administrator".into()),
@@ -45,7 +47,7 @@ pub async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
             Ok(())
         }
         // Another replica created it first.
-        Err(ApiError::EmailTaken) => Ok(()),
+        Err(CreateUserError::EmailTaken) => Ok(()),
         Err(error) => Err(anyhow::anyhow!("{error}")).context("cannot create the bootstrap admin"),
     }
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use common::config::{ConfigError, Env, HttpConfig};
 use common::db::DatabaseUrl;
 
+use crate::passwords::HashingSettings;
+
 /// Everything the accounts service is configured with.
 #[derive(Debug, Clone)]
 pub struct AccountsConfig {
@@ -36,6 +38,11 @@ pub struct AccountsConfig {
     pub key_encryption: KeyEncryptionSource,
     /// `ACCOUNTS_BOOTSTRAP_ADMIN_EMAIL` / `ACCOUNTS_BOOTSTRAP_ADMIN_PASSWORD`: the first admin.
     pub bootstrap_admin: Option<(String, String)>,
+    /// `ACCOUNTS_HASHING_SLOTS` (default one per CPU), `ACCOUNTS_HASHING_QUEUE` (default 16
+    /// per slot), `ACCOUNTS_HASHING_MAX_WAIT_MS` (default 1000): how many password hashes run
+    /// at once, how many requests may wait for one, and for how long, before a request is
+    /// refused with 503.
+    pub hashing: HashingSettings,
 }
 
 /// The algorithm new signing keys use.
@@ -139,7 +146,21 @@ impl AccountsConfig {
                 "must be above 0",
             ));
         }
+        let machine = HashingSettings::for_this_machine();
+        let slots: usize = env.parse_or("ACCOUNTS_HASHING_SLOTS", machine.slots)?;
+        if slots == 0 {
+            return Err(ConfigError::new(
+                "ACCOUNTS_HASHING_SLOTS",
+                "must be above 0",
+            ));
+        }
+        let hashing = HashingSettings {
+            slots,
+            max_waiting: env.parse_or("ACCOUNTS_HASHING_QUEUE", 16 * slots)?,
+            max_wait: Duration::from_millis(env.parse_or("ACCOUNTS_HASHING_MAX_WAIT_MS", 1000u64)?),
+        };
         Ok(Self {
+            hashing,
             signup_enabled: env.flag_or("ACCOUNTS_SIGNUP_ENABLED", true)?,
             signing_algorithm: env.parse_or("ACCOUNTS_SIGNING_ALG", SigningAlgorithm::Rs256)?,
             access_token_ttl: seconds("ACCOUNTS_ACCESS_TOKEN_TTL_SECONDS", 900)?,

@@ -4,16 +4,45 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use common::problem::FieldError;
+use unicode_normalization::UnicodeNormalization;
 
-/// A syntactically valid email address, kept as given; compared by its lowercase form.
+/// A syntactically valid email address, kept as given (NFC); accounts are told apart by its
+/// [canonical form](Email::normalized).
+///
+/// Refused: control, format (zero-width, bidi overrides), private-use and unassigned
+/// characters, whitespace, and compatibility characters (the Kelvin sign `K` that case-folds
+/// into `k`, fullwidth letters, ligatures): an address must already be in the form it is
+/// compared in, so no spelling of it can squat another account.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Email(String);
+pub struct Email {
+    given: String,
+    canonical: String,
+}
 
 impl Email {
     /// Accepts `local@domain` with a plausible domain, at most 254 characters.
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
-        let email = raw.trim();
         let invalid = |why: &str| FieldError::new("email", why);
+        let trimmed = raw.trim();
+        if let Some(c) = trimmed.chars().find(|c| !is_visible(*c)) {
+            return Err(invalid(&format!(
+                "must not contain invisible or control characters (found U+{:04X})",
+                u32::from(c)
+            )));
+        }
+        // A character that normalization replaces (the Kelvin sign becomes `K` even under
+        // NFC) or that only has a compatibility form (fullwidth letters, ligatures) would
+        // give a second spelling of somebody's address.
+        let replaced = |c: char| {
+            let mut normal = std::iter::once(c).nfc();
+            normal.next() != Some(c) || normal.next().is_some()
+        };
+        let email: String = trimmed.nfc().collect();
+        if trimmed.chars().any(replaced) || email.nfkc().ne(email.chars()) {
+            return Err(invalid(
+                "must not contain compatibility characters (such as the Kelvin sign or fullwidth letters); type the address in plain letters",
+            ));
+        }
         if email.is_empty() || email.len() > 254 {
             return Err(invalid(
                 "must be an email address of at most 254 characters",
@@ -36,18 +65,59 @@ impl Email {
         if !local_ok || !domain.split('.').all(label_ok) {
             return Err(invalid("must be an email address (name@example.com)"));
         }
-        Ok(Self(email.to_owned()))
+        let ascii_domain =
+            idna::domain_to_ascii(domain).map_err(|_| invalid("must have a valid domain name"))?;
+        Ok(Self {
+            canonical: format!("{}@{ascii_domain}", fold(local)),
+            given: email,
+        })
     }
 
-    /// The address as given.
+    /// The address as given (NFC).
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.given
     }
 
-    /// The lowercase form uniqueness is checked on.
+    /// The canonical form accounts are unique by and looked up by: the local part NFKC
+    /// normalized and case-folded, the domain in its ASCII (IDNA) form, lowercase.
     pub fn normalized(&self) -> String {
-        self.0.to_lowercase()
+        self.canonical.clone()
     }
+}
+
+/// The canonical form of a login name: an [`Email`]'s when it is one, else the same folding
+/// of whatever was typed (it will find no user, but is throttled under one key).
+pub fn email_key(raw: &str) -> String {
+    Email::parse(raw).map_or_else(|_| fold(raw.trim()), |email| email.canonical)
+}
+
+/// NFKC, then full Unicode case folding (`ß` → `ss`, `K` → `k`), then NFC.
+fn fold(text: &str) -> String {
+    let folded = caseless::default_case_fold_str(&text.nfkc().collect::<String>());
+    folded.nfc().collect()
+}
+
+/// Whether `c` is something a person can see and type in an address: not a control, format
+/// (zero-width, bidi override), separator, private-use, surrogate or unassigned character.
+fn is_visible(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    !matches!(
+        c.general_category(),
+        GeneralCategory::Control
+            | GeneralCategory::Format
+            | GeneralCategory::SpaceSeparator
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+            | GeneralCategory::PrivateUse
+            | GeneralCategory::Surrogate
+            | GeneralCategory::Unassigned
+    )
+}
+
+/// Whether a display name may hold `c`: anything but control characters and the bidi
+/// overrides and isolates that reorder the text around them.
+pub fn name_char_allowed(c: char) -> bool {
+    !c.is_control() && !matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// A password within the accepted length (8–128 characters). Never logged or displayed.
@@ -233,6 +303,40 @@ mod tests {
             assert!(Email::parse(bad).is_err(), "{bad:?}");
         }
         assert!(Email::parse("admin@localhost").is_ok());
+    }
+
+    #[test]
+    fn one_canonical_form_and_no_confusable_spellings() {
+        // Case folding beyond ASCII, and the domain in its ASCII form.
+        assert_eq!(
+            Email::parse("Straße@Bücher.example").unwrap().normalized(),
+            "strasse@xn--bcher-kva.example"
+        );
+        assert_eq!(email_key(" KEVIN@Example.com "), "kevin@example.com");
+        // The Kelvin sign folds into k: refused, so it cannot squat kevin@.
+        assert_eq!(email_key("\u{212A}evin@example.com"), "kevin@example.com");
+        for confusable in [
+            "\u{212A}evin@example.com",  // KELVIN SIGN
+            "\u{FF4B}evin@example.com",  // FULLWIDTH LATIN SMALL LETTER K
+            "ke\u{200B}vin@example.com", // ZERO WIDTH SPACE
+            "kevin\u{202E}@example.com", // RIGHT-TO-LEFT OVERRIDE
+            "kev\u{0000}in@example.com", // NUL
+            "kev\u{0007}in@example.com", // BEL
+            "kevin@exa\u{00AD}mple.com", // SOFT HYPHEN
+            "kev\u{2028}in@example.com",
+            "kev\u{E000}in@example.com", // private use
+        ] {
+            assert!(Email::parse(confusable).is_err(), "{confusable:?}");
+        }
+        // A decomposed é is the same address as a precomposed one.
+        assert_eq!(
+            Email::parse("re\u{0301}ne@example.com")
+                .unwrap()
+                .normalized(),
+            Email::parse("r\u{00E9}ne@example.com")
+                .unwrap()
+                .normalized()
+        );
     }
 
     #[test]

@@ -6,9 +6,11 @@ pub mod domain;
 pub mod http;
 pub mod import;
 pub mod keys;
+pub mod login;
 pub mod passwords;
 pub mod store;
 pub mod tokens;
+pub mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,6 +99,10 @@ impl Application {
             keys: keys.clone(),
             config: config.clone(),
             token_metrics: http::TokenMetrics::new(&metrics),
+            hasher: Arc::new(passwords::Hasher::new(
+                config.hashing,
+                passwords::HashingMetrics::new(&metrics),
+            )),
             metrics,
         };
         bootstrap::ensure_admin(&state).await?;

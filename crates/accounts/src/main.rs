@@ -42,8 +42,8 @@ fn import_users(file: Option<&String>) -> ExitCode {
     match result {
         Ok(report) => {
             println!(
-                "{{\"imported\":{},\"skipped\":{}}}",
-                report.imported, report.skipped
+                "{}",
+                serde_json::to_string(&report).unwrap_or_else(|e| e.to_string())
             );
             ExitCode::SUCCESS
         }

@@ -5,9 +5,11 @@ use axum::response::{IntoResponse, Response};
 use common::Problem;
 use common::db::StoreError;
 use common::problem::FieldError;
-use http::StatusCode;
+use http::{HeaderValue, StatusCode, header};
 
 use crate::keys::KeyError;
+use crate::passwords::PasswordError;
+use crate::users::CreateUserError;
 
 /// Everything an accounts handler outside the OAuth endpoints can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,9 @@ pub enum ApiError {
     /// 409 `email_taken`.
     #[error("email taken")]
     EmailTaken,
+    /// 503 `temporarily_unavailable` with `Retry-After`: every password-hashing slot is busy.
+    #[error("busy")]
+    Busy,
     /// 422 `validation_failed`, listing the fields.
     #[error("validation failed")]
     Validation(Vec<FieldError>),
@@ -47,6 +52,25 @@ impl From<Problem> for ApiError {
     }
 }
 
+impl From<CreateUserError> for ApiError {
+    fn from(error: CreateUserError) -> Self {
+        match error {
+            CreateUserError::EmailTaken => Self::EmailTaken,
+            CreateUserError::Password(error) => error.into(),
+            CreateUserError::Store(error) => Self::Store(error),
+        }
+    }
+}
+
+impl From<PasswordError> for ApiError {
+    fn from(error: PasswordError) -> Self {
+        match error {
+            PasswordError::Busy => Self::Busy,
+            PasswordError::Failed(cause) => Self::Internal(anyhow::anyhow!(cause)),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = match self {
@@ -62,6 +86,12 @@ impl IntoResponse for ApiError {
                 "email_taken",
                 "an account with this email already exists",
             ),
+            Self::Busy => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the service is busy hashing passwords; retry shortly",
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
             Self::Validation(errors) => Problem::validation(errors),
             Self::Problem(problem) => *problem,
             Self::Store(error) | Self::Key(KeyError::Store(error)) => Problem::from(error),

@@ -19,10 +19,10 @@ use common::metrics::Metrics;
 use jsonwebtoken::jwk::JwkSet;
 
 pub use error::ApiError;
-pub use users::create_user;
 
 use crate::config::AccountsConfig;
 use crate::keys::KeyManager;
+use crate::passwords::Hasher;
 use crate::store::AccountsStore;
 use crate::tokens::Issuer;
 
@@ -43,6 +43,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Logins and issued tokens, registered in `metrics`.
     pub token_metrics: TokenMetrics,
+    /// Password hashing, with its bounded slots and queue.
+    pub hasher: Arc<Hasher>,
 }
 
 /// What the token endpoint counts.

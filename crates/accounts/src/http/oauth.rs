@@ -13,6 +13,8 @@ use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
 use crate::keys::KeyError;
+use crate::login::LoginError;
+use crate::passwords::PasswordError;
 use crate::store::{AccountsStore, ClientRecord};
 use crate::tokens::hash_token;
 
@@ -77,6 +79,18 @@ impl OAuthError {
         error
     }
 
+    /// 503 `temporarily_unavailable` with `Retry-After`: every password-hashing slot is busy
+    /// (load shed).
+    pub fn busy() -> Self {
+        let mut error = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the service is busy; retry shortly",
+        );
+        error.retry_after = Some(1);
+        error
+    }
+
     /// 429 `temporarily_unavailable` with `Retry-After`.
     pub fn throttled(retry_after: u64) -> Self {
         let mut error = Self::new(
@@ -86,6 +100,26 @@ impl OAuthError {
         );
         error.retry_after = Some(retry_after.max(1));
         error
+    }
+}
+
+impl From<LoginError> for OAuthError {
+    fn from(error: LoginError) -> Self {
+        match error {
+            LoginError::InvalidCredentials => Self::invalid_grant("the email or password is wrong"),
+            LoginError::Throttled { retry_after } => Self::throttled(retry_after),
+            LoginError::InvalidGrant(why) => Self::invalid_grant(why),
+            LoginError::ClientAuthenticationRequired => Self::invalid_client(false),
+            LoginError::Busy => Self::busy(),
+            LoginError::Store(error) => error.into(),
+            LoginError::Internal(cause) => anyhow::anyhow!(cause).into(),
+        }
+    }
+}
+
+impl From<PasswordError> for OAuthError {
+    fn from(error: PasswordError) -> Self {
+        LoginError::from(error).into()
     }
 }
 

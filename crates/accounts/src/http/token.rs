@@ -14,8 +14,7 @@ use super::oauth::{
     require_client,
 };
 use crate::domain::{Role, Scopes};
-use crate::passwords::{self, Verdict};
-use crate::store::Throttle;
+use crate::login;
 use crate::tokens::{IssuedTokens, PUBLIC_CLIENT_ID, from_timestamp, hash_token};
 
 /// The token endpoint's parameters, across grants.
@@ -30,22 +29,6 @@ pub struct TokenRequest {
     client: ClientFields,
 }
 
-/// Failed logins allowed before an account is locked for a growing delay.
-pub const FREE_FAILURES: i64 = 5;
-/// The longest lock.
-pub const MAX_LOCK_SECONDS: i64 = 15 * 60;
-
-/// How long an account is locked after `failures` consecutive failures: nothing for the first
-/// few, then 1 s, 2 s, 4 s ... up to 15 minutes.
-pub fn lock_seconds(failures: i64) -> Option<i64> {
-    let over = failures - FREE_FAILURES;
-    (over >= 0).then(|| {
-        1i64.checked_shl(u32::try_from(over).unwrap_or(u32::MAX))
-            .unwrap_or(i64::MAX)
-            .min(MAX_LOCK_SECONDS)
-    })
-}
-
 /// `POST /v1/token`.
 pub async fn token(
     State(state): State<AppState>,
@@ -55,7 +38,7 @@ pub async fn token(
     let grant_type = request.grant_type.as_deref();
     let result = match grant_type {
         Some("password") => password_grant(&state, &headers, &request).await,
-        Some("refresh_token") => refresh_grant(&state, &request).await,
+        Some("refresh_token") => refresh_grant(&state, &headers, &request).await,
         Some("client_credentials") => client_credentials_grant(&state, &headers, &request).await,
         Some(other) => Err(OAuthError::unsupported_grant_type(other)),
         None => Err(OAuthError::invalid_request("grant_type is required")),
@@ -93,52 +76,14 @@ async fn password_grant(
         }
         None => PUBLIC_CLIENT_ID.to_owned(),
     };
-    let email = username.trim().to_lowercase();
-    let throttle_key = format!("login:{email}");
-    let now = Utc::now();
-    let throttle = state.store.throttle(&throttle_key).await?;
-    if let Some(until) = throttle
-        .and_then(|t| t.locked_until)
-        .filter(|until| *until > now)
-    {
-        let wait = (until - now).num_milliseconds().max(0) as u64;
-        return Err(OAuthError::throttled(wait.div_ceil(1000)));
-    }
-
-    // Unknown users are checked against a dummy hash: same answer, same time.
-    let user = state.store.user_by_email(&email).await?;
-    let verdict = passwords::verify(
-        password.to_owned(),
-        user.as_ref().map(|u| u.password_hash.clone()),
+    let user = login::password_login(
+        state.store.as_ref(),
+        &state.hasher,
+        username,
+        password,
+        Utc::now(),
     )
     .await?;
-    let user = match (user, verdict) {
-        (Some(user), Verdict::Match | Verdict::MatchNeedsRehash) if !user.disabled => user,
-        _ => {
-            let failures = throttle.map_or(0, |t| t.failures) + 1;
-            let locked_until = lock_seconds(failures).map(|s| now + chrono::Duration::seconds(s));
-            state
-                .store
-                .set_throttle(
-                    &throttle_key,
-                    Throttle {
-                        failures,
-                        locked_until,
-                    },
-                    now,
-                )
-                .await?;
-            return Err(OAuthError::invalid_grant("the email or password is wrong"));
-        }
-    };
-    if throttle.is_some() {
-        state.store.clear_throttle(&throttle_key).await?;
-    }
-    if verdict == Verdict::MatchNeedsRehash {
-        let hash = passwords::hash(password.to_owned()).await?;
-        state.store.set_password_hash(&user.id, &hash, now).await?;
-        tracing::info!(user_id = %user.id, "password re-hashed with Argon2id");
-    }
     let scopes = Scopes::grant(
         request.scope.as_deref(),
         &Role::from_db(&user.role).scopes(),
@@ -150,37 +95,23 @@ async fn password_grant(
         .await?)
 }
 
+/// RFC 6749 §6: a refresh token issued to a confidential client is redeemed only by that
+/// client, authenticated.
 async fn refresh_grant(
     state: &AppState,
+    headers: &HeaderMap,
     request: &TokenRequest,
 ) -> Result<IssuedTokens, OAuthError> {
     let presented = required(&request.refresh_token, "refresh_token")?;
-    let invalid = || OAuthError::invalid_grant("the refresh token is invalid, expired or revoked");
-    let record = state
-        .store
-        .refresh_token_by_hash(&hash_token(presented))
-        .await?
-        .ok_or_else(invalid)?;
-    let now = Utc::now();
-    if record.used_at.is_some() || record.revoked_at.is_some() {
-        reuse_detected(state, &record.family_id).await?;
-        return Err(invalid());
-    }
-    if record.expires_at <= now {
-        return Err(invalid());
-    }
-    if !state.store.mark_refresh_token_used(&record.id, now).await? {
-        // Someone spent it between our read and our write: that is reuse too.
-        reuse_detected(state, &record.family_id).await?;
-        return Err(invalid());
-    }
-    let user = state
-        .store
-        .user_by_id(&record.user_id)
-        .await?
-        .filter(|u| !u.disabled)
-        .ok_or_else(invalid)?;
-    let granted = Scopes::parse(&record.scope).map_err(|_| invalid())?;
+    let client = match presented_client(headers, &request.client)? {
+        Some(presented) => Some(authenticate_client(state.store.as_ref(), &presented).await?),
+        None => None,
+    };
+    let (record, user) =
+        login::redeem_refresh_token(state.store.as_ref(), presented, client.as_ref(), Utc::now())
+            .await?;
+    let granted = Scopes::parse(&record.scope)
+        .map_err(|_| OAuthError::invalid_grant("the refresh token's scope is no longer known"))?;
     let scopes =
         Scopes::grant(request.scope.as_deref(), &granted).map_err(OAuthError::invalid_scope)?;
     Ok(state
@@ -192,18 +123,6 @@ async fn refresh_grant(
             Some(&record.family_id),
         )
         .await?)
-}
-
-async fn reuse_detected(state: &AppState, family_id: &str) -> Result<(), OAuthError> {
-    tracing::warn!(
-        family_id,
-        "refresh token reuse detected; revoking its family"
-    );
-    state
-        .store
-        .revoke_refresh_family(family_id, Utc::now())
-        .await?;
-    Ok(())
 }
 
 async fn client_credentials_grant(
@@ -313,20 +232,4 @@ pub async fn introspect(
     let mut response = axum::Json(body).into_response();
     no_store(response.headers_mut());
     Ok(response)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_lock_grows_after_the_free_failures_and_is_capped() {
-        assert_eq!(lock_seconds(1), None);
-        assert_eq!(lock_seconds(4), None);
-        assert_eq!(lock_seconds(5), Some(1));
-        assert_eq!(lock_seconds(6), Some(2));
-        assert_eq!(lock_seconds(9), Some(16));
-        assert_eq!(lock_seconds(30), Some(MAX_LOCK_SECONDS));
-        assert_eq!(lock_seconds(1000), Some(MAX_LOCK_SECONDS));
-    }
 }

@@ -5,15 +5,14 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use common::auth::Authenticated;
-use common::db::StoreError;
 use common::extract::Json;
 use common::problem::FieldError;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
-use crate::domain::{Email, Password, Role};
-use crate::passwords;
+use crate::domain::{Email, Password, Role, name_char_allowed};
 use crate::store::UserRecord;
+use crate::users::create_user;
 
 /// A user as the API shows it.
 #[derive(Debug, Serialize)]
@@ -60,10 +59,18 @@ pub async fn sign_up(
         .name
         .map(|n| n.trim().to_owned())
         .filter(|n| !n.is_empty());
-    let name_error = name
-        .as_ref()
-        .filter(|n| n.chars().count() > 200)
-        .map(|_| FieldError::new("name", "must be at most 200 characters"));
+    let name_error = name.as_ref().and_then(|n| {
+        if n.chars().count() > 200 {
+            Some(FieldError::new("name", "must be at most 200 characters"))
+        } else if !n.chars().all(name_char_allowed) {
+            Some(FieldError::new(
+                "name",
+                "must not contain control characters or bidi overrides",
+            ))
+        } else {
+            None
+        }
+    });
     let (email, password) = match (email, password, name_error) {
         (Ok(email), Ok(password), None) => (email, password),
         (email, password, name_error) => {
@@ -71,35 +78,16 @@ pub async fn sign_up(
             return Err(ApiError::Validation(errors.into_iter().flatten().collect()));
         }
     };
-    let user = create_user(&state, &email, &password, name, Role::User).await?;
-    Ok((StatusCode::CREATED, Json(UserView::from(user))))
-}
-
-/// Hashes the password and stores a new user; `EmailTaken` if the email exists.
-pub async fn create_user(
-    state: &AppState,
-    email: &Email,
-    password: &Password,
-    name: Option<String>,
-    role: Role,
-) -> Result<UserRecord, ApiError> {
-    let now = Utc::now();
-    let user = UserRecord {
-        id: format!("usr_{}", uuid::Uuid::now_v7().simple()),
-        email: email.as_str().to_owned(),
-        email_normalized: email.normalized(),
+    let user = create_user(
+        state.store.as_ref(),
+        &state.hasher,
+        &email,
+        &password,
         name,
-        password_hash: passwords::hash(password.expose().to_owned()).await?,
-        role: role.as_str().to_owned(),
-        disabled: false,
-        created_at: now,
-        updated_at: now,
-    };
-    match state.store.insert_user(&user).await {
-        Ok(()) => Ok(user),
-        Err(StoreError::Conflict(_)) => Err(ApiError::EmailTaken),
-        Err(error) => Err(error.into()),
-    }
+        Role::User,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(UserView::from(user))))
 }
 
 /// `GET /users/me`, `GET /v1/users/me`: the caller's user.

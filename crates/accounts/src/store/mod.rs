@@ -104,6 +104,21 @@ pub struct Throttle {
     pub locked_until: Option<DateTime<Utc>>,
 }
 
+/// Whether a login attempt may check its password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginGate {
+    /// Check it; this attempt is already counted as the `failures`-th failure in a row.
+    Proceed {
+        /// Consecutive failures, this attempt included.
+        failures: i64,
+    },
+    /// The key is locked until then; nothing was counted.
+    Locked {
+        /// When the next attempt may be made.
+        until: DateTime<Utc>,
+    },
+}
+
 /// Everything accounts keeps in its database.
 #[async_trait::async_trait]
 pub trait AccountsStore: Send + Sync {
@@ -173,13 +188,17 @@ pub trait AccountsStore: Send + Sync {
 
     /// The failed-login record for `key`.
     async fn throttle(&self, key: &str) -> Result<Option<Throttle>, StoreError>;
-    /// Records the failed-login state for `key`.
-    async fn set_throttle(
+    /// Counts a login attempt for `key` before its password is checked, atomically (attempts
+    /// on one key are serialized): refused while the key is locked; otherwise counted as a
+    /// failure in advance (a success clears it), and the key locked at once for
+    /// `lock_after(failures)` when that says so. Parallel guesses therefore see each other:
+    /// no more of them are checked than sequential ones would be.
+    async fn begin_login_attempt(
         &self,
         key: &str,
-        throttle: Throttle,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
+        lock_after: &(dyn Fn(i64) -> Option<chrono::Duration> + Sync),
+    ) -> Result<LoginGate, StoreError>;
     /// Forgets failed logins for `key` (after a success).
     async fn clear_throttle(&self, key: &str) -> Result<(), StoreError>;
 

@@ -7,7 +7,8 @@ use common::db::{Backend, Pool, StoreError};
 use sqlx::{Decode, Encode, Executor, FromRow, Type};
 
 use super::{
-    AccountsStore, ClientRecord, RefreshTokenRecord, SigningKeyRecord, Throttle, UserRecord,
+    AccountsStore, ClientRecord, LoginGate, RefreshTokenRecord, SigningKeyRecord, Throttle,
+    UserRecord,
 };
 
 /// Accounts in an sqlx database: `SqlStore<sqlx::Sqlite>` or `SqlStore<sqlx::Postgres>`.
@@ -278,26 +279,38 @@ where
         )
     }
 
-    #[tracing::instrument(name = "db set_throttle", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "set_throttle"))]
-    async fn set_throttle(
+    #[tracing::instrument(name = "db begin_login_attempt", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "begin_login_attempt"))]
+    async fn begin_login_attempt(
         &self,
         key: &str,
-        throttle: Throttle,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
+        lock_after: &(dyn Fn(i64) -> Option<chrono::Duration> + Sync),
+    ) -> Result<LoginGate, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // A write first: it takes the row's lock (PostgreSQL) or the database's write lock
+        // (SQLite) for the rest of the transaction, so attempts on one key run one at a time.
+        let current: Throttle = sqlx::query_as(
             "INSERT INTO login_throttle (key, failures, locked_until, updated_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO UPDATE SET \
-             failures = excluded.failures, locked_until = excluded.locked_until, \
-             updated_at = excluded.updated_at",
+             VALUES ($1, 0, NULL, $2) ON CONFLICT (key) DO UPDATE SET updated_at = $2 \
+             RETURNING failures, locked_until",
         )
         .bind(key)
-        .bind(throttle.failures)
-        .bind(throttle.locked_until)
         .bind(now)
-        .execute(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
-        Ok(())
+        if let Some(until) = current.locked_until.filter(|until| *until > now) {
+            tx.commit().await?;
+            return Ok(LoginGate::Locked { until });
+        }
+        let failures = current.failures.saturating_add(1);
+        sqlx::query("UPDATE login_throttle SET failures = $1, locked_until = $2 WHERE key = $3")
+            .bind(failures)
+            .bind(lock_after(failures).map(|lock| now + lock))
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(LoginGate::Proceed { failures })
     }
 
     #[tracing::instrument(name = "db clear_throttle", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "clear_throttle"))]

@@ -156,8 +156,44 @@ fn dumpdata() -> Value {
         {"model": "auth.user", "pk": 4, "fields": {
             "password": "pbkdf2_sha256$36000$xIEozuZVAoYm$uW1b35DUKyhvQAf1mBqMvoBDcqSD06juzyO/nmyV0+w=",
             "username": "gone", "email": "gone@example.com", "is_active": false}},
+        {"model": "auth.user", "pk": 5, "fields": {
+            "password": "argon2$argon2id$v=19$m=4294967295,t=2,p=1$c29tZXNhbHQ$CTFhFdXPJO1aFaMaO6Mm5c8y7cJHAph8ArZWb2GRPPc",
+            "username": "hog", "email": "hog@example.com"}},
+        {"model": "auth.user", "pk": 6, "fields": {
+            "password": "md5$salt$0123456789abcdef0123456789abcdef", "username": "old", "email": "old@example.com"}},
         {"model": "auth.group", "pk": 1, "fields": {"name": "staff"}}
     ])
+}
+
+/// The entries of [`dumpdata`] the import refuses, each with (a part of) its reason.
+fn refused_entries(report: &Value) -> Vec<(i64, String)> {
+    report["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry["pk"].as_i64().unwrap(),
+                entry["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn assert_refused_with_reasons(report: &Value) {
+    let refused = refused_entries(report);
+    assert_eq!(
+        refused.iter().map(|(pk, _)| *pk).collect::<Vec<_>>(),
+        [3, 5, 6],
+        "{report}"
+    );
+    for ((_, reason), why) in refused.iter().zip([
+        "no usable email",
+        "argon2 memory (KiB) 4294967295 is above the limit",
+        "unsupported password hasher \"md5\"",
+    ]) {
+        assert!(reason.contains(why), "{reason}");
+    }
 }
 
 async fn django_users_import_and_are_rehashed_at_first_login(db: TestDatabase) {
@@ -167,18 +203,32 @@ async fn django_users_import_and_are_rehashed_at_first_login(db: TestDatabase) {
         .post_json("/v1/admin/users/import", &admin, &dumpdata())
         .await;
     assert_eq!(response.status(), 200);
+    let report: Value = response.json().await.unwrap();
     assert_eq!(
-        response.json::<Value>().await.unwrap(),
-        json!({"imported": 3, "skipped": 2})
+        (&report["imported"], &report["skipped"]),
+        (&json!(3), &json!(1))
     );
-    let again = app
+    assert_refused_with_reasons(&report);
+    assert!(
+        app.store
+            .user_by_email("hog@example.com")
+            .await
+            .unwrap()
+            .is_none(),
+        "an over-limit hash is not imported"
+    );
+    let again: Value = app
         .post_json("/v1/admin/users/import", &admin, &dumpdata())
-        .await;
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(
-        again.json::<Value>().await.unwrap(),
-        json!({"imported": 0, "skipped": 5}),
+        (&again["imported"], &again["skipped"]),
+        (&json!(0), &json!(4)),
         "idempotent"
     );
+    assert_refused_with_reasons(&again);
 
     let before = app
         .store
@@ -242,7 +292,8 @@ async fn the_cli_imports_a_dumpdata_file(db: TestDatabase) {
     ]);
     let config = accounts::AccountsConfig::from_env(&env).unwrap();
     let report = accounts::import_file(config, &file).await.unwrap();
-    assert_eq!((report.imported, report.skipped), (3, 2));
+    assert_eq!((report.imported, report.skipped), (3, 1));
+    assert_refused_with_reasons(&serde_json::to_value(&report).unwrap());
     app.login("legacy@example.com", "eicieY7ahchaoCh0eeTa")
         .await;
 }
