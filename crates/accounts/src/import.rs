@@ -122,6 +122,16 @@ fn to_user(entry: &serde_json::Value) -> Result<Option<UserRecord>, String> {
     let email = Email::parse(&fields.email)
         .or_else(|_| Email::parse(&fields.username))
         .map_err(|e| format!("no usable email in email or username: {}", e.message))?;
+    for (field, value) in [
+        ("username", &fields.username),
+        ("first_name", &fields.first_name),
+        ("last_name", &fields.last_name),
+        ("password", &fields.password),
+    ] {
+        if value.contains('\0') {
+            return Err(format!("{field} holds a NUL character"));
+        }
+    }
     if !fields.password.is_empty() {
         passwords::classify(&fields.password).map_err(|refusal| refusal.to_string())?;
     }

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use common::db::StoreError;
+use common::extract::{control_in_pairs, json_has_nul};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -216,9 +217,24 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OAuthBody<T> {
         let bytes = Bytes::from_request(request, state).await.map_err(|e| {
             OAuthError::invalid_request(format!("the body could not be read: {}", e.body_text()))
         })?;
+        // No parameter may hold a control character (NUL included): none has a use for one,
+        // and the database cannot store a NUL.
+        let control = |name: &str| {
+            OAuthError::invalid_request(format!("{name} must not contain control characters"))
+        };
         let parsed = if content_type.starts_with("application/x-www-form-urlencoded") {
+            let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes)
+                .map_err(|e| OAuthError::invalid_request(format!("malformed parameters: {e}")))?;
+            if let Some(name) =
+                control_in_pairs(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+            {
+                return Err(control(name));
+            }
             serde_urlencoded::from_bytes(&bytes).map_err(|e| e.to_string())
         } else if content_type.starts_with("application/json") {
+            if json_has_nul(&bytes) {
+                return Err(control("a parameter"));
+            }
             serde_json::from_slice(&bytes).map_err(|e| e.to_string())
         } else {
             return Err(OAuthError::invalid_request(
@@ -273,9 +289,13 @@ pub fn presented_client(
                     .map(|(_, v)| v)
                     .ok_or_else(|| OAuthError::invalid_client(true))
             };
+            let (id, secret) = (decode(id)?, decode(secret)?);
+            if id.chars().chain(secret.chars()).any(char::is_control) {
+                return Err(OAuthError::invalid_client(true));
+            }
             Some(PresentedClient {
-                id: decode(id)?,
-                secret: decode(secret)?,
+                id,
+                secret,
                 basic: true,
             })
         }

@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use common::auth::Authenticated;
-use common::extract::Json;
+use common::extract::{Json, Query};
 use common::problem::FieldError;
 
 use super::payments::{ADMIN, READ};

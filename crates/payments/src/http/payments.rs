@@ -2,14 +2,13 @@
 
 use std::collections::HashMap;
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{SubsecRound, Utc};
 use common::auth::Authenticated;
 use common::db::StoreError;
-use common::extract::Json;
+use common::extract::{Json, JsonBytes, Path, Query};
 use common::problem::FieldError;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -147,20 +146,11 @@ pub async fn create(
     caller: Authenticated,
     headers: HeaderMap,
     uri: Uri,
-    body: Bytes,
+    body: Result<JsonBytes<CreatePayment>, common::Problem>,
 ) -> Result<Response, ApiError> {
     caller.require_scope(WRITE)?;
     let key = idempotency_key(&headers)?;
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/json"));
-    if !is_json {
-        return Err(common::Problem::from_status(StatusCode::UNSUPPORTED_MEDIA_TYPE).into());
-    }
-    let request: CreatePayment = serde_json::from_slice(&body).map_err(|e| {
-        common::Problem::malformed(format!("the body is not a payment request: {e}"))
-    })?;
+    let JsonBytes(request, body) = body?;
     let payment = new_payment(request, &caller.0.sub)?;
 
     let mut hasher = Sha256::new();
