@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -25,20 +27,50 @@ pub trait HealthCheck: Send + Sync {
     async fn check(&self) -> Result<(), String>;
 }
 
-/// The set of checks behind `/readyz`, each bounded by a timeout.
+/// The set of checks behind `/readyz`, each bounded by a timeout. `/readyz` is public and
+/// unauthenticated, so its answer is shared: the checks run at most once per
+/// [`Readiness::max_age`], by one caller, while every other caller waits for that result
+/// (a burst of probes costs one round of database pings, not one per probe).
 #[derive(Clone, Default)]
 pub struct Readiness {
     checks: Vec<Arc<dyn HealthCheck>>,
     timeout: Duration,
+    max_age: Duration,
+    last: Arc<tokio::sync::Mutex<Option<(Instant, bool, Value)>>>,
 }
 
+/// How long one evaluation of the checks answers `/readyz`, by default.
+pub const READINESS_MAX_AGE: Duration = Duration::from_secs(1);
+
 impl Readiness {
-    /// An empty set with a 2-second timeout per check.
+    /// An empty set with a 2-second timeout per check, evaluated at most once a second.
     pub fn new() -> Self {
         Self {
             checks: Vec::new(),
             timeout: Duration::from_secs(2),
+            max_age: READINESS_MAX_AGE,
+            last: Arc::default(),
         }
+    }
+
+    /// Evaluates the checks at most once per `max_age` (zero: at every call).
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = max_age;
+        self
+    }
+
+    /// The checks' result, evaluated now or at most `max_age` ago; concurrent callers share
+    /// one evaluation.
+    pub async fn evaluate_shared(&self) -> (bool, Value) {
+        let mut last = self.last.lock().await;
+        if let Some((at, ready, checks)) = last.as_ref()
+            && at.elapsed() < self.max_age
+        {
+            return (*ready, checks.clone());
+        }
+        let (ready, checks) = self.evaluate().await;
+        *last = Some((Instant::now(), ready, checks.clone()));
+        (ready, checks)
     }
 
     /// Adds a check.
@@ -89,7 +121,7 @@ pub async fn healthz() -> Response {
 }
 
 async fn readyz(State(readiness): State<Readiness>) -> Response {
-    let (ready, checks) = readiness.evaluate().await;
+    let (ready, checks) = readiness.evaluate_shared().await;
     let (status, word) = if ready {
         (StatusCode::OK, "pass")
     } else {
@@ -104,4 +136,46 @@ fn health_response(status: StatusCode, body: Value) -> Response {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(HEALTH_JSON));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    struct Counting(Arc<AtomicUsize>);
+
+    #[async_trait::async_trait]
+    impl HealthCheck for Counting {
+        fn name(&self) -> String {
+            "database".into()
+        }
+
+        fn component_type(&self) -> &'static str {
+            "datastore"
+        }
+
+        async fn check(&self) -> Result<(), String> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_probes_runs_the_checks_once_per_interval() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let readiness = Readiness::new().with(Arc::new(Counting(runs.clone())));
+        let burst = (0..60).map(|_| readiness.evaluate_shared());
+        assert!(join_all(burst).await.iter().all(|(ready, _)| *ready));
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            1,
+            "one evaluation for the burst"
+        );
+        tokio::time::advance(READINESS_MAX_AGE).await;
+        readiness.evaluate_shared().await;
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "evaluated again once stale");
+    }
 }

@@ -39,6 +39,31 @@ struct RoutesFile {
     fallback: Option<String>,
     #[serde(default)]
     routes: Vec<FileRoute>,
+    #[serde(default)]
+    limits: Vec<FileLimit>,
+}
+
+/// `[[limits]]`: a path with a rate limit of its own (nginx's `limit_req` in a `location`).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimit {
+    path: String,
+    rps: u32,
+    burst: Option<u32>,
+    name: Option<String>,
+}
+
+/// A path (on the gateway, before any prefix is stripped) whose requests are limited per
+/// client by a limit of their own instead of the default one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathLimit {
+    /// `/accounts/v1/token`: this path and everything under it.
+    pub path: String,
+    /// Its name in `RateLimit-Policy`, metrics and Redis keys (default: the path's segments
+    /// joined by `-`).
+    pub name: String,
+    /// Requests per second and burst per client.
+    pub settings: RateLimitSettings,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -89,6 +114,9 @@ pub struct GatewayConfig {
     /// `GATEWAY_RATE_LIMIT_RPS` / `GATEWAY_RATE_LIMIT_BURST` per client (default 1000 / 2000;
     /// `0` switches limiting off).
     pub rate_limit: Option<RateLimitSettings>,
+    /// `[[limits]]` of the routes file: paths with a limit of their own, which replaces the
+    /// default one for their requests (longest path first).
+    pub path_limits: Vec<PathLimit>,
     /// `GATEWAY_REDIS_URL`: share rate limits between gateways through Redis.
     pub redis_url: Option<String>,
     /// `GATEWAY_REDIS_PREFIX` (default `gateway:ratelimit:`): the keys' prefix, so several
@@ -140,6 +168,7 @@ impl GatewayConfig {
             Some(_) => Some(upstream_url(env, "GATEWAY_FALLBACK_URL", "")?),
             None => None,
         };
+        let mut path_limits = Vec::new();
         if let Some(path) = env.get("GATEWAY_ROUTES_FILE") {
             let file = read_routes_file(std::path::Path::new(path))?;
             for route in file.routes {
@@ -147,6 +176,7 @@ impl GatewayConfig {
                 routes.push(route);
             }
             fallback = fallback.or(file.fallback);
+            path_limits = file.limits;
         }
         let millis = |name: &str, default: u64| -> Result<Duration, ConfigError> {
             let value: u64 = env.parse_or(name, default)?;
@@ -186,6 +216,7 @@ impl GatewayConfig {
             workers,
             h2c: env.flag_or("GATEWAY_H2C", true)?,
             rate_limit,
+            path_limits,
             redis_url,
             redis_prefix: env.string_or("GATEWAY_REDIS_PREFIX", "gateway:ratelimit:"),
             jwks_url: env.string_or(
@@ -231,6 +262,15 @@ impl GatewayConfig {
 struct FileRoutes {
     routes: Vec<RouteConfig>,
     fallback: Option<url::Url>,
+    limits: Vec<PathLimit>,
+}
+
+/// Whether `prefix` is a path a route or a limit may be keyed on: absolute, without a query,
+/// a fragment, escapes or dot segments.
+fn valid_path_prefix(prefix: &str) -> bool {
+    prefix.starts_with('/')
+        && !prefix.contains(['?', '#', '%'])
+        && !prefix.split('/').any(|s| s == "." || s == "..")
 }
 
 fn read_routes_file(path: &std::path::Path) -> Result<FileRoutes, ConfigError> {
@@ -241,10 +281,7 @@ fn read_routes_file(path: &std::path::Path) -> Result<FileRoutes, ConfigError> {
     let mut routes: Vec<RouteConfig> = Vec::new();
     for route in file.routes {
         let prefix = route.prefix.trim_end_matches('/').to_owned();
-        let valid = prefix.starts_with('/')
-            && !prefix.contains(['?', '#', '%'])
-            && !prefix.split('/').any(|s| s == "." || s == "..");
-        if !valid {
+        if !valid_path_prefix(&prefix) {
             return Err(at(format!(
                 "route prefix {:?}: expected a path such as \"/reports\" (the fallback serves \"/\")",
                 route.prefix
@@ -268,7 +305,49 @@ fn read_routes_file(path: &std::path::Path) -> Result<FileRoutes, ConfigError> {
         .fallback
         .map(|raw| parse_upstream(&raw).map_err(|e| at(format!("fallback: {e}"))))
         .transpose()?;
-    Ok(FileRoutes { routes, fallback })
+    let mut limits: Vec<PathLimit> = Vec::new();
+    for limit in file.limits {
+        let path = limit.path.trim_end_matches('/').to_owned();
+        if !valid_path_prefix(&path) {
+            return Err(at(format!(
+                "limit path {:?}: expected a path such as \"/accounts/v1/token\"",
+                limit.path
+            )));
+        }
+        let name = limit
+            .name
+            .unwrap_or_else(|| path.trim_start_matches('/').replace('/', "-"));
+        let valid_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid_name || name == "default" {
+            return Err(at(format!(
+                "limits[{path}].name {name:?}: expected letters, digits, - _ . (and not \"default\")"
+            )));
+        }
+        let (Some(rps), Some(burst)) = (
+            NonZeroU32::new(limit.rps),
+            NonZeroU32::new(limit.burst.unwrap_or(limit.rps.saturating_mul(2))),
+        ) else {
+            return Err(at(format!("limits[{path}]: rps and burst must be above 0")));
+        };
+        if limits.iter().any(|l| l.path == path || l.name == name) {
+            return Err(at(format!("limit {path:?} ({name}) appears twice")));
+        }
+        limits.push(PathLimit {
+            path,
+            name,
+            settings: RateLimitSettings { rps, burst },
+        });
+    }
+    // Longest path first, so `/a/b` wins over `/a`.
+    limits.sort_by_key(|l| std::cmp::Reverse(l.path.len()));
+    Ok(FileRoutes {
+        routes,
+        fallback,
+        limits,
+    })
 }
 
 /// The comma-separated items of `name`, trimmed (none when unset).
@@ -475,6 +554,42 @@ mod tests {
     }
 
     #[test]
+    fn a_routes_file_gives_paths_limits_of_their_own() {
+        let (_file, env) = with_routes_file(
+            r#"
+            [[limits]]
+            path = "/accounts/v1/token/"
+            rps = 1
+            burst = 5
+
+            [[limits]]
+            path = "/accounts"
+            rps = 50
+            name = "accounts-all"
+            "#,
+        );
+        let limits = GatewayConfig::from_env(&env).unwrap().path_limits;
+        let shown: Vec<_> = limits
+            .iter()
+            .map(|l| {
+                (
+                    l.path.as_str(),
+                    l.name.as_str(),
+                    l.settings.rps.get(),
+                    l.settings.burst.get(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("/accounts/v1/token", "accounts-v1-token", 1, 5),
+                ("/accounts", "accounts-all", 50, 100),
+            ]
+        );
+    }
+
+    #[test]
     fn a_bad_routes_file_is_a_clear_error() {
         for (text, expected) in [
             ("[[routes]]\nprefix = \"/x\"\n", "missing field `upstream`"),
@@ -499,6 +614,20 @@ mod tests {
                 "appears twice",
             ),
             ("fallback = 3", "invalid type"),
+            (
+                "[[limits]]\npath = \"token\"\nrps = 1\n",
+                "limit path \"token\"",
+            ),
+            ("[[limits]]\npath = \"/t\"\nrps = 0\n", "must be above 0"),
+            (
+                "[[limits]]\npath = \"/t\"\nrps = 1\nname = \"a b\"\n",
+                "limits[/t].name",
+            ),
+            (
+                "[[limits]]\npath = \"/t\"\nrps = 1\n[[limits]]\npath = \"/t/\"\nrps = 2\n",
+                "appears twice",
+            ),
+            ("[[limits]]\npath = \"/t\"\n", "missing field `rps`"),
             ("routes = [", "TOML parse error"),
         ] {
             let (_file, env) = with_routes_file(text);

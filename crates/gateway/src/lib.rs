@@ -213,21 +213,42 @@ impl Gateway {
             });
         let mut settings = VerifierSettings::new(config.token_issuer.clone(), "accounts");
         settings.audiences.push("payments".to_owned());
+        let redis =
+            redis.map(|(connection, prefix)| limit::SharedRedis::new(connection, prefix, &metrics));
+        let mut limits: Vec<EdgeLimit> = Vec::new();
+        if config.rate_limit.is_some() {
+            // Paths with a limit of their own first (longest first), then the default one.
+            for path_limit in &config.path_limits {
+                limits.push(EdgeLimit::new(
+                    Some(&path_limit.path),
+                    &path_limit.name,
+                    Limiter::new(path_limit.settings, redis.clone(), Some(&path_limit.name)),
+                ));
+            }
+        }
+        if let Some(settings) = config.rate_limit {
+            limits.push(EdgeLimit::new(
+                None,
+                "default",
+                Limiter::new(settings, redis, None),
+            ));
+        }
+        let rate_limited = metrics.counter(
+            "gateway_rate_limited_total",
+            "Requests refused with 429 by the rate limiter, by limit (default, or a path's own).",
+            &["limit"],
+        );
+        for limit in &limits {
+            rate_limited.with_label_values(&[&*limit.name]);
+        }
         let edge = Edge {
             proxy,
-            limiter: config
-                .rate_limit
-                .map(|settings| Arc::new(Limiter::new(settings, redis, &metrics))),
-            rate_limit_policy: config.rate_limit.and_then(rate_limit_policy),
+            limits: limits.into(),
             verifier: Arc::new(TokenVerifier::new(
                 Arc::new(HttpJwks::new(config.jwks_url.clone())),
                 settings,
             )),
-            rate_limited: metrics.counter(
-                "gateway_rate_limited_total",
-                "Requests refused with 429 by the rate limiter.",
-                &[],
-            ),
+            rate_limited,
             trusted_proxies: config.trusted_proxies.clone().into(),
             observer: RequestObserver {
                 service: SERVICE,
@@ -235,16 +256,24 @@ impl Gateway {
                 spans: RequestSpans::WhenExported,
             },
         };
-        if let Some(limiter) = &edge.limiter {
-            // Forget idle clients now and then, so the in-process table stays small.
-            let limiter = Arc::downgrade(limiter);
+        if !edge.limits.is_empty() {
+            // Forget idle clients now and then, so the in-process tables stay small.
+            let limiters: Vec<_> = edge
+                .limits
+                .iter()
+                .map(|limit| Arc::downgrade(&limit.limiter))
+                .collect();
             tokio::spawn(async move {
                 let mut interval = tokio::time::interval(Duration::from_secs(60));
                 loop {
                     interval.tick().await;
-                    match limiter.upgrade() {
-                        Some(limiter) => limiter.shrink(),
-                        None => break,
+                    let mut alive = false;
+                    for limiter in limiters.iter().filter_map(std::sync::Weak::upgrade) {
+                        limiter.shrink();
+                        alive = true;
+                    }
+                    if !alive {
+                        break;
                     }
                 }
             });
@@ -262,12 +291,9 @@ impl Gateway {
     pub fn worker(&self) -> Worker {
         let edge = Edge {
             proxy: Arc::new(self.edge.proxy.with_own_pool()),
-            // Not shared: cloning one value from every worker would contend for its count.
-            rate_limit_policy: self
-                .edge
-                .rate_limit_policy
-                .as_ref()
-                .and_then(|policy| HeaderValue::from_bytes(policy.as_bytes()).ok()),
+            // Not shared: cloning one header value from every worker would contend for its
+            // count.
+            limits: self.edge.limits.iter().map(EdgeLimit::for_worker).collect(),
             ..self.edge.clone()
         };
         let own = Router::new().merge(common::health::routes(self.readiness.clone()));
@@ -330,13 +356,54 @@ impl hyper::service::Service<http::Request<Incoming>> for Connection {
     }
 }
 
+/// A rate limit: the default one, or a path's own.
+#[derive(Clone)]
+struct EdgeLimit {
+    /// The path it is for, with everything under it; `None` for the default limit.
+    path: Option<Arc<str>>,
+    /// `default`, or the path limit's name.
+    name: Arc<str>,
+    limiter: Arc<Limiter>,
+    /// `RateLimit-Policy`, the same on every response it answers.
+    policy: Option<HeaderValue>,
+}
+
+impl EdgeLimit {
+    fn new(path: Option<&str>, name: &str, limiter: Limiter) -> Self {
+        Self {
+            path: path.map(Arc::from),
+            name: Arc::from(name),
+            policy: rate_limit_policy(name, limiter.settings()),
+            limiter: Arc::new(limiter),
+        }
+    }
+
+    /// The same limit with a header value of the worker's own.
+    fn for_worker(&self) -> Self {
+        Self {
+            policy: self
+                .policy
+                .as_ref()
+                .and_then(|policy| HeaderValue::from_bytes(policy.as_bytes()).ok()),
+            ..self.clone()
+        }
+    }
+
+    /// Whether it limits requests for `path`.
+    fn covers(&self, path: &str) -> bool {
+        self.path.as_deref().is_none_or(|own| {
+            path.strip_prefix(own)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    }
+}
+
 /// The edge: rate limiting in front of the proxy.
 #[derive(Clone)]
 struct Edge {
     proxy: Arc<Proxy>,
-    limiter: Option<Arc<Limiter>>,
-    /// `RateLimit-Policy`, the same on every response (a copy per worker).
-    rate_limit_policy: Option<HeaderValue>,
+    /// Path limits, longest path first, then the default limit; empty when limiting is off.
+    limits: Arc<[EdgeLimit]>,
     verifier: Arc<TokenVerifier>,
     rate_limited: prometheus::IntCounterVec,
     trusted_proxies: Arc<[ipnet::IpNet]>,
@@ -388,7 +455,11 @@ impl Edge {
         routed: bool,
     ) -> http::Response<EdgeBody> {
         let mut quota = None;
-        if let (Some(limiter), true) = (&self.limiter, routed) {
+        let limit = self
+            .limits
+            .iter()
+            .find(|limit| routed && limit.covers(request.uri().path()));
+        if let Some(limit) = limit {
             let key = match bearer_token(request.headers()) {
                 // Boxed: a token check would otherwise make every request's future larger.
                 Some(token) => Box::pin(self.subject_key(token)).await,
@@ -401,14 +472,14 @@ impl Edge {
                     &self.trusted_proxies,
                 ))
             });
-            let decision = match limiter.check_now(&key) {
+            let decision = match limit.limiter.check_now(&key) {
                 Some(decision) => decision,
-                None => Box::pin(limiter.check(&key)).await,
+                None => Box::pin(limit.limiter.check(&key)).await,
             };
             match decision {
-                Decision::Allowed { remaining, reset } => quota = Some((remaining, reset)),
+                Decision::Allowed { remaining, reset } => quota = Some((limit, remaining, reset)),
                 Decision::Limited { retry_after } => {
-                    self.rate_limited.with_label_values::<&str>(&[]).inc();
+                    self.rate_limited.with_label_values(&[&*limit.name]).inc();
                     let seconds = ceil_seconds(retry_after).max(1);
                     let mut response = own(
                         common::Problem::new(
@@ -419,14 +490,14 @@ impl Edge {
                         .with_header(http::header::RETRY_AFTER, HeaderValue::from(seconds)),
                         context,
                     );
-                    self.rate_limit_headers(response.headers_mut(), 0, retry_after);
+                    rate_limit_headers(limit, response.headers_mut(), 0, retry_after);
                     return response;
                 }
             }
         }
         let mut response = self.proxy.forward(request, client, context).await;
-        if let Some((remaining, reset)) = quota {
-            self.rate_limit_headers(response.headers_mut(), remaining, reset);
+        if let Some((limit, remaining, reset)) = quota {
+            rate_limit_headers(limit, response.headers_mut(), remaining, reset);
         }
         response
     }
@@ -436,31 +507,39 @@ impl Edge {
         let claims = self.verifier.verify(token).await.ok()?;
         Some(limit::ClientKey::Subject(claims.sub))
     }
+}
 
-    /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers): the burst as
-    /// the quota over the time it takes to refill, what remains now, and when it is full again.
-    fn rate_limit_headers(&self, headers: &mut http::HeaderMap, remaining: u32, reset: Duration) {
-        if let Some(policy) = &self.rate_limit_policy {
-            headers.insert(RATELIMIT_POLICY, policy.clone());
-        }
-        let mut value = String::with_capacity(32);
-        value.push_str("\"default\";r=");
-        value.push_str(itoa::Buffer::new().format(remaining));
-        value.push_str(";t=");
-        value.push_str(itoa::Buffer::new().format(ceil_seconds(reset)));
-        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
-            headers.insert(RATELIMIT, value);
-        }
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) of `limit`: the
+/// burst as the quota over the time it takes to refill, what remains now, and when it is full
+/// again.
+fn rate_limit_headers(
+    limit: &EdgeLimit,
+    headers: &mut http::HeaderMap,
+    remaining: u32,
+    reset: Duration,
+) {
+    if let Some(policy) = &limit.policy {
+        headers.insert(RATELIMIT_POLICY, policy.clone());
+    }
+    let mut value = String::with_capacity(32);
+    value.push('"');
+    value.push_str(&limit.name);
+    value.push_str("\";r=");
+    value.push_str(itoa::Buffer::new().format(remaining));
+    value.push_str(";t=");
+    value.push_str(itoa::Buffer::new().format(ceil_seconds(reset)));
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+        headers.insert(RATELIMIT, value);
     }
 }
 
 const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
 
-/// `RateLimit-Policy` of `policy`: `"default";q=<burst>;w=<seconds to refill>`.
-fn rate_limit_policy(policy: RateLimitSettings) -> Option<HeaderValue> {
+/// `RateLimit-Policy` of the limit `name`: `"<name>";q=<burst>;w=<seconds to refill>`.
+fn rate_limit_policy(name: &str, policy: RateLimitSettings) -> Option<HeaderValue> {
     let window = policy.burst.get().div_ceil(policy.rps.get()).max(1);
-    HeaderValue::from_str(&format!("\"default\";q={};w={window}", policy.burst)).ok()
+    HeaderValue::from_str(&format!("\"{name}\";q={};w={window}", policy.burst)).ok()
 }
 
 /// The token of an `Authorization: Bearer` header.

@@ -70,35 +70,66 @@ pub struct Limiter {
     redis: Option<RedisGcra>,
 }
 
+/// The Redis that keeps every limit of every gateway: its connection, the keys' prefix
+/// (`GATEWAY_REDIS_PREFIX`), and the gauge that says whether it answers.
+#[derive(Clone)]
+pub struct SharedRedis {
+    connection: redis::aio::ConnectionManager,
+    prefix: String,
+    up: prometheus::IntGauge,
+}
+
+impl SharedRedis {
+    /// Limits kept under `prefix` through `connection`; `gateway_rate_limit_redis_up` in
+    /// `metrics` tells whether they are shared (1) or kept in process while Redis does not
+    /// answer (0).
+    pub fn new(
+        connection: redis::aio::ConnectionManager,
+        prefix: String,
+        metrics: &common::metrics::Metrics,
+    ) -> Self {
+        let up = metrics.gauge(
+            "gateway_rate_limit_redis_up",
+            "1 while rate limits are kept in Redis (shared by every gateway), 0 while Redis does not answer and they are kept in process.",
+        );
+        up.set(1);
+        Self {
+            connection,
+            prefix,
+            up,
+        }
+    }
+}
+
 impl Limiter {
-    /// An in-process limiter, or a Redis-backed one when `redis` is given.
-    /// With Redis, `gateway_rate_limit_redis_up` in `metrics` tells whether limits are shared
-    /// (1) or kept in process while Redis does not answer (0).
+    /// An in-process limiter, or a Redis-backed one when `redis` is given. `scope` sets a
+    /// limit's keys apart from the default limit's (`<prefix><scope>:ip:...`).
     pub fn new(
         settings: RateLimitSettings,
-        redis: Option<(redis::aio::ConnectionManager, String)>,
-        metrics: &common::metrics::Metrics,
+        redis: Option<SharedRedis>,
+        scope: Option<&str>,
     ) -> Self {
         let quota = Quota::per_second(settings.rps).allow_burst(settings.burst);
         let local: DefaultKeyedRateLimiter<ClientKey> = RateLimiter::keyed(quota);
         Self {
             settings,
             local: local.with_middleware::<StateInformationMiddleware>(),
-            redis: redis.map(|(connection, prefix)| RedisGcra {
-                connection,
-                prefix,
+            redis: redis.map(|shared| RedisGcra {
+                connection: shared.connection,
+                prefix: match scope {
+                    Some(scope) => format!("{}{scope}:", shared.prefix),
+                    None => shared.prefix,
+                },
                 script: Arc::new(redis::Script::new(GCRA_LUA)),
                 down_until: std::sync::Mutex::new(None),
-                up: {
-                    let up = metrics.gauge(
-                        "gateway_rate_limit_redis_up",
-                        "1 while rate limits are kept in Redis (shared by every gateway), 0 while Redis does not answer and they are kept in process.",
-                    );
-                    up.set(1);
-                    up
-                },
+                up: shared.up,
             }),
         }
+    }
+
+    /// Its rate and burst.
+    pub fn settings(&self) -> RateLimitSettings {
+        self.settings
     }
 
     /// Counts one request of `client` and decides at once when limits are kept in process
@@ -269,7 +300,7 @@ mod tests {
                 burst: NonZeroU32::new(burst).unwrap(),
             },
             None,
-            &common::metrics::Metrics::new(),
+            None,
         )
     }
 

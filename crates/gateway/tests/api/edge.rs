@@ -71,7 +71,7 @@ async fn a_client_over_its_rate_is_refused_with_429_and_ratelimit_headers() {
     assert!(
         gateway_metrics(&gateway)
             .await
-            .contains("gateway_rate_limited_total 1")
+            .contains("gateway_rate_limited_total{limit=\"default\"} 1")
     );
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -96,6 +96,79 @@ async fn a_client_over_its_rate_is_refused_with_429_and_ratelimit_headers() {
 
 /// Behind a trusted load balancer, each client it reports has a limit of its own; from
 /// anywhere else, `X-Forwarded-For` is the caller's own claim and changes nothing.
+#[tokio::test]
+async fn a_path_from_the_routes_file_has_a_limit_of_its_own() {
+    let upstream = spawn_upstream().await;
+    let routes = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        routes.path(),
+        "[[limits]]\npath = \"/accounts/v1/token\"\nrps = 1\nburst = 2\nname = \"token\"\n",
+    )
+    .unwrap();
+    let gateway = spawn_gateway(
+        upstream.addr,
+        upstream.addr,
+        &[("GATEWAY_ROUTES_FILE", routes.path().display().to_string())],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let post = |path: &str| {
+        client
+            .post(gateway.url(path))
+            .body("grant_type=password")
+            .send()
+    };
+    for _ in 0..2 {
+        let response = post("/accounts/v1/token").await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["ratelimit-policy"], "\"token\";q=2;w=2");
+        assert!(
+            response.headers()["ratelimit"]
+                .to_str()
+                .unwrap()
+                .starts_with("\"token\";r=")
+        );
+    }
+    let limited = post("/accounts/v1/token").await.unwrap();
+    assert_eq!(limited.status(), 429, "the path's own limit");
+    assert_eq!(
+        limited.json::<Value>().await.unwrap()["code"],
+        "rate_limited"
+    );
+    // Under the path too; other paths keep the generous default.
+    assert_eq!(
+        post("/accounts/v1/token/introspect")
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+    for _ in 0..10 {
+        let response = post("/accounts/v1/users").await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()["ratelimit-policy"]
+                .to_str()
+                .unwrap()
+                .starts_with("\"default\"")
+        );
+    }
+    assert_eq!(
+        post("/accounts/v1/tokens").await.unwrap().status(),
+        200,
+        "only at segment boundaries"
+    );
+    let metrics = gateway_metrics(&gateway).await;
+    assert!(
+        metrics.contains("gateway_rate_limited_total{limit=\"token\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gateway_rate_limited_total{limit=\"default\"} 0"),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn behind_a_trusted_proxy_clients_are_limited_by_their_forwarded_address() {
     let upstream = spawn_upstream().await;

@@ -112,3 +112,36 @@ async fn clients_that_send_no_request_in_time_are_let_go() {
         .unwrap()
         .ok();
 }
+
+#[tokio::test]
+async fn a_burst_of_readiness_probes_asks_the_upstreams_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    let router = axum::Router::new().route(
+        "/readyz",
+        axum::routing::get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { "ready" }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _upstream = common::testkit::Running::spawn(addr, move |shutdown| async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        Ok(())
+    });
+    let gateway = spawn_gateway(addr, addr, &[]).await;
+    let client = reqwest::Client::new();
+    let burst = (0..60).map(|_| client.get(gateway.url("/readyz")).send());
+    for response in futures_util::future::join_all(burst).await {
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    // Two upstreams (both here), one shared evaluation: 2 calls, not 120. A burst that
+    // straddles the one-second interval on a slow machine may cost one more evaluation.
+    let calls = asked.load(Ordering::SeqCst);
+    assert!((2..=4).contains(&calls), "{calls} upstream readiness calls");
+}
