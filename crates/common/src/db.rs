@@ -189,6 +189,13 @@ impl Backend for sqlx::Postgres {
     }
 }
 
+/// The one-row table readiness writes to ([`Pool::probe_write`]), created when a database
+/// is opened (it belongs to no service's schema and holds nothing of value).
+pub const PROBE_TABLE: &str = "readiness_probe";
+const PROBE_CREATE: &str = "CREATE TABLE IF NOT EXISTS readiness_probe (id INTEGER PRIMARY KEY, checked_at TIMESTAMPTZ NOT NULL)";
+const PROBE_WRITE: &str = "INSERT INTO readiness_probe (id, checked_at) VALUES (1, $1) \
+     ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at";
+
 /// A service's migrations, one directory per backend (embedded with `sqlx::migrate!`).
 pub struct Migrations {
     /// `migrations/sqlite`.
@@ -214,12 +221,14 @@ pub async fn open(
     max_connections: u32,
     migrations: &Migrations,
 ) -> Result<Pool, StoreError> {
-    Ok(match url {
+    let pool = match url {
         DatabaseUrl::Sqlite(path) => Pool::Sqlite(open_sqlite(path, &migrations.sqlite).await?),
         DatabaseUrl::Postgres(url) => {
             Pool::Postgres(open_postgres(url, max_connections, &migrations.postgres).await?)
         }
-    })
+    };
+    pool.create_probe_table().await?;
+    Ok(pool)
 }
 
 /// Only runs the service's migrations on the database `url` names, then closes it (the
@@ -254,15 +263,10 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 Self::Conflict(db.constraint().unwrap_or_default().to_owned())
             }
-            // PostgreSQL refusing service rather than a query: connection exceptions (08),
-            // shutdown (57P), too many connections, the database missing, not accepting
-            // connections, or refusing our credentials.
             sqlx::Error::Database(db)
-                if db.code().is_some_and(|c| {
-                    c.starts_with("08")
-                        || c.starts_with("57P")
-                        || ["53300", "3D000", "55000", "28000", "28P01"].contains(&c.as_ref())
-                }) =>
+                if db
+                    .code()
+                    .is_some_and(|code| refuses_service(db.as_ref(), &code)) =>
             {
                 Self::Unavailable(error.to_string())
             }
@@ -270,6 +274,31 @@ impl From<sqlx::Error> for StoreError {
             _ => Self::Other(error.to_string()),
         }
     }
+}
+
+/// Whether a database error says the database cannot serve (a retry later may succeed, and
+/// nothing was written) rather than that the query was wrong.
+///
+/// PostgreSQL (SQLSTATE): connection exceptions (08), insufficient resources (53: disk full,
+/// out of memory, too many connections), shutdown and crash recovery (57P), system and I/O
+/// errors (58), a read-only transaction (25006: a hot standby after a failover), the
+/// database missing or not accepting connections (3D000, 55000), our credentials refused
+/// (28000, 28P01).
+/// SQLite (primary result code): busy or locked past the busy timeout (5, 6), out of memory
+/// (7), read-only (8), I/O error (10), corrupt (11), disk full (13), cannot open (14),
+/// locking protocol (15).
+fn refuses_service(error: &dyn sqlx::error::DatabaseError, code: &str) -> bool {
+    if error
+        .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+        .is_some()
+    {
+        let primary = code.parse::<i32>().map_or(0, |extended| extended & 0xff);
+        return [5, 6, 7, 8, 10, 11, 13, 14, 15].contains(&primary);
+    }
+    ["08", "53", "57P", "58"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || ["25006", "3D000", "55000", "28000", "28P01"].contains(&code)
 }
 
 /// A pool of either backend: what every store hands out for readiness checks and shutdown.
@@ -291,6 +320,38 @@ impl Pool {
         .map_err(StoreError::from)
     }
 
+    /// One small committed write (a row of [`PROBE_TABLE`]): whether the database takes
+    /// writes now, which a ping does not tell (a full disk, a read-only file or standby).
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        let now = chrono::Utc::now();
+        match self {
+            Self::Sqlite(pool) => sqlx::query(PROBE_WRITE)
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(drop),
+            Self::Postgres(pool) => sqlx::query(PROBE_WRITE)
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(drop),
+        }
+        .map_err(StoreError::from)
+    }
+
+    async fn create_probe_table(&self) -> Result<(), StoreError> {
+        let created = match self {
+            Self::Sqlite(pool) => sqlx::query(PROBE_CREATE).execute(pool).await.map(drop),
+            Self::Postgres(pool) => sqlx::query(PROBE_CREATE).execute(pool).await.map(drop),
+        };
+        match created.map_err(StoreError::from) {
+            // Replicas starting together: PostgreSQL's `IF NOT EXISTS` does not stop a second
+            // creator racing the first from hitting the catalog's unique index.
+            Ok(()) | Err(StoreError::Conflict(_)) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Closes the pool (at shutdown); later calls fail as unavailable.
     pub async fn close(&self) {
         match self {
@@ -300,7 +361,8 @@ impl Pool {
     }
 }
 
-/// Readiness check `database`: passes when the database answers a ping.
+/// Readiness check `database`: passes when the database takes a write (a full disk, a
+/// read-only file or a standby fail it, though they still answer a ping).
 pub struct DatabaseCheck(pub Pool);
 
 #[async_trait::async_trait]
@@ -314,7 +376,7 @@ impl HealthCheck for DatabaseCheck {
     }
 
     async fn check(&self) -> Result<(), String> {
-        self.0.ping().await.map_err(|e| e.to_string())
+        self.0.probe_write().await.map_err(|e| e.to_string())
     }
 }
 

@@ -127,16 +127,8 @@ pub fn json_rejection_problem(rejection: JsonRejection) -> Problem {
 pub fn json_has_nul(text: &[u8]) -> bool {
     let mut bytes = text.iter();
     while let Some(byte) = bytes.next() {
-        if *byte == b'\\' {
-            match bytes.next() {
-                Some(b'u') => {
-                    let digits: Vec<u8> = bytes.clone().take(4).copied().collect();
-                    if digits == b"0000" {
-                        return true;
-                    }
-                }
-                Some(_) | None => {}
-            }
+        if *byte == b'\\' && bytes.next() == Some(&b'u') && bytes.as_slice().starts_with(b"0000") {
+            return true;
         }
     }
     false

@@ -96,6 +96,72 @@ impl TestDatabase {
         let _ = admin.close().await;
     }
 
+    /// For PostgreSQL: make every new transaction of this database read-only (or writable
+    /// again) and end the open connections, which is what a failover to a standby looks like
+    /// to the service: reads work, every write fails.
+    pub async fn set_read_only(&self, read_only: bool) {
+        let Some((server, name)) = &self.postgres else {
+            panic!("only a PostgreSQL test database can be made read-only");
+        };
+        let mut admin = connect_admin(server).await;
+        let value = if read_only { "on" } else { "off" };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE \"{name}\" SET default_transaction_read_only = {value}"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot alter {name}: {e}"));
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+            .bind(name)
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot end connections to {name}: {e}"));
+        let _ = admin.close().await;
+    }
+
+    /// For SQLite: the database, migrated, then reopened by a pool that cannot write as it
+    /// would: what a full disk (`PRAGMA max_page_count`: "database or disk is full") or a
+    /// read-only file (`PRAGMA query_only`: "attempt to write a readonly database") looks
+    /// like to SQLite, without filling a disk or needing a user that file modes apply to.
+    pub async fn sqlite_constrained(
+        &self,
+        migrations: &crate::db::Migrations,
+        constraint: SqliteConstraint,
+    ) -> sqlx::SqlitePool {
+        let DatabaseUrl::Sqlite(path) = &self.url else {
+            panic!("only a SQLite test database can be constrained");
+        };
+        let migrated = crate::db::open(&self.url, 1, migrations)
+            .await
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+        migrated.close().await;
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    let pragma = match constraint {
+                        SqliteConstraint::NearlyFull { spare_pages } => {
+                            let (pages,): (i64,) = sqlx::query_as("PRAGMA page_count")
+                                .fetch_one(&mut *connection)
+                                .await?;
+                            format!("PRAGMA max_page_count = {}", pages + i64::from(spare_pages))
+                        }
+                        SqliteConstraint::ReadOnly => "PRAGMA query_only = ON".to_owned(),
+                    };
+                    sqlx::query(sqlx::AssertSqlSafe(pragma))
+                        .execute(&mut *connection)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reopen {}: {e}", path.display()))
+    }
+
     /// Whether this is the PostgreSQL variant.
     pub fn is_postgres(&self) -> bool {
         self.postgres.is_some()
@@ -136,6 +202,19 @@ impl Drop for TestDatabase {
             eprintln!("warning: a test database could not be dropped");
         }
     }
+}
+
+/// How [`TestDatabase::sqlite_constrained`] keeps a SQLite pool from writing.
+#[derive(Debug, Clone, Copy)]
+pub enum SqliteConstraint {
+    /// The file may grow by this many pages more, then every growing write fails as on a
+    /// full disk.
+    NearlyFull {
+        /// Pages left.
+        spare_pages: u32,
+    },
+    /// Every write fails as on a read-only file.
+    ReadOnly,
 }
 
 /// Runs each named `async fn(TestDatabase)` twice, as `<name>::sqlite` and `<name>::postgres`.
@@ -227,6 +306,23 @@ impl TestDatabase {
     /// Ends an outage begun by [`TestDatabase::take_down`].
     pub async fn restore(&self) {
         self.set_reachable(true).await;
+    }
+}
+
+/// Polls `GET {base}/readyz` until it answers `status` (readiness is evaluated at most once a
+/// second), for at most 10 seconds; returns the body.
+pub async fn wait_for_readiness(base: &str, status: u16) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (now, body) = readiness(base).await;
+        if now == status {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{base}/readyz stayed {now} (waited for {status}): {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 

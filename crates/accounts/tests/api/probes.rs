@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use crate::helpers::spawn_app;
-use common::testkit::{TestDatabase, assert_live, readiness};
+use common::testkit::{TestDatabase, assert_live, readiness, wait_for_readiness};
 
 common::both_databases!(
     health_check_passes,
@@ -27,8 +27,7 @@ async fn readiness_passes_when_the_database_answers(db: TestDatabase) {
 async fn readiness_fails_when_the_database_is_gone(db: TestDatabase) {
     let app = spawn_app(db).await;
     let recoverable = app.db.take_down(&app.store.database()).await;
-    let (status, body) = readiness(&app.url("")).await;
-    assert_eq!(status, 503);
+    let body = wait_for_readiness(&app.url(""), 503).await;
     assert_eq!(body["status"], "fail");
     assert_eq!(body["checks"]["database"][0]["status"], "fail");
 
@@ -40,10 +39,7 @@ async fn readiness_fails_when_the_database_is_gone(db: TestDatabase) {
 
     if recoverable {
         app.db.restore().await;
-        assert_eq!(
-            readiness(&app.url("")).await.0,
-            200,
-            "recovers without a restart"
-        );
+        // Recovers without a restart.
+        wait_for_readiness(&app.url(""), 200).await;
     }
 }

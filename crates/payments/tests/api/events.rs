@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with, start_payments};
-use common::testkit::{Cuttable, TestDatabase, nats_url, readiness};
+use common::testkit::{Cuttable, TestDatabase, nats_url, readiness, wait_for_readiness};
 
 common::both_databases!(
     every_state_change_is_published_once_in_order,
@@ -180,9 +180,8 @@ async fn a_nats_outage_loses_nothing(db: TestDatabase) {
         app.store.outbox_backlog().await.unwrap() > 0,
         "events accumulate while NATS is away"
     );
-    let (status, body) = readiness(&app.url("")).await;
-    assert_eq!(status, 503, "readiness reports the broker: {body}");
-    assert_eq!(body["checks"]["broker"][0]["status"], "fail");
+    let body = wait_for_readiness(&app.url(""), 503).await;
+    assert_eq!(body["checks"]["broker"][0]["status"], "fail", "{body}");
     assert_eq!(body["checks"]["database"][0]["status"], "pass");
 
     proxy.set_up(true).await;

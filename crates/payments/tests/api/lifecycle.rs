@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{spawn_app, spawn_app_with, start_payments, usd};
 use common::testkit::TestDatabase;
+use payments::store::PaymentsStore;
 
 common::both_databases!(
     each_sandbox_method_ends_as_documented,
@@ -12,6 +13,7 @@ common::both_databases!(
     every_state_change_is_in_the_history,
     several_processors_never_take_the_same_payment,
     a_database_outage_is_a_503_and_nothing_is_half_written,
+    a_full_or_read_only_database_is_a_503_and_readiness_says_so,
     a_restart_resumes_a_payment_its_dead_processor_held,
 );
 
@@ -245,6 +247,121 @@ async fn a_database_outage_is_a_503_and_nothing_is_half_written(db: TestDatabase
             "serves again without a restart; the key was not burnt"
         );
         assert_eq!(app.store.count_payments().await.unwrap(), 2);
+    }
+}
+
+/// Storage that answers but takes no writes: a PostgreSQL turned read-only (a failover to a
+/// standby), a SQLite file that cannot grow (a full disk). Writes are 503s the client may
+/// retry, nothing is half-written, and readiness says so though the database answers pings.
+async fn a_full_or_read_only_database_is_a_503_and_readiness_says_so(db: TestDatabase) {
+    if db.is_postgres() {
+        let app = spawn_app_with(db, &[("PAYMENTS_PROCESSOR_ENABLED", "false")]).await;
+        let token = app.user_token("standby@example.com").await;
+        assert_eq!(
+            app.create(&token, "one", &usd(json!(1))).await.status(),
+            202
+        );
+        app.db.set_read_only(true).await;
+        let refused = app.create(&token, "two", &usd(json!(2))).await;
+        assert_eq!(refused.status(), 503);
+        assert_eq!(refused.headers()["retry-after"], "1");
+        assert_eq!(
+            refused.json::<Value>().await.unwrap()["code"],
+            "dependency_unavailable"
+        );
+        assert_eq!(
+            app.get(&token, "/v1/payments").await.status(),
+            200,
+            "reads still work"
+        );
+        let body = common::testkit::wait_for_readiness(&app.url(""), 503).await;
+        let output = body["checks"]["database"][0]["output"].as_str().unwrap();
+        assert!(output.contains("read-only"), "{output}");
+        assert_eq!(app.store.count_payments().await.unwrap(), 1);
+        app.db.set_read_only(false).await;
+        common::testkit::wait_for_readiness(&app.url(""), 200).await;
+        assert_eq!(
+            app.create(&token, "two", &usd(json!(2))).await.status(),
+            202,
+            "the key was not burnt"
+        );
+    } else {
+        use common::testkit::SqliteConstraint;
+        let migrations = payments::store::migrations();
+        let full = SqliteConstraint::NearlyFull { spare_pages: 8 };
+        let pool = db.sqlite_constrained(&migrations, full).await;
+        let store = payments::store::SqlStore::new(pool.clone());
+        let mut written = 0;
+        let error = loop {
+            let payment = payments::domain::payment::Payment {
+                id: format!("pay_{written}"),
+                owner: "usr_full".into(),
+                status: "pending".into(),
+                amount_minor: 100,
+                currency: "USD".into(),
+                description: "x".repeat(900),
+                payment_method: "pm_card_visa".into(),
+                failure_code: None,
+                failure_message: None,
+                attempts: 0,
+                lease_until: None,
+                created_at: chrono::Utc::now(),
+                updated_at: chrono::Utc::now(),
+            };
+            let event = payments::domain::events::state_changed(&payment, payment.created_at);
+            match store.create_payment(&payment, &event, None).await {
+                Ok(()) => written += 1,
+                Err(error) => break error,
+            }
+            assert!(written < 10_000, "the database never filled up");
+        };
+        assert!(
+            matches!(&error, common::db::StoreError::Unavailable(cause) if cause.contains("full")),
+            "{error:?}"
+        );
+        assert_eq!(
+            common::Problem::from(error).status(),
+            http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        // The failed payment left neither its row nor its event.
+        let (payments, events): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM payments), (SELECT COUNT(*) FROM payment_events)",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!((payments, events), (written, written));
+        pool.close().await;
+        // A file that takes no writes: 503, and readiness fails though reads work.
+        let pool = db
+            .sqlite_constrained(&migrations, SqliteConstraint::ReadOnly)
+            .await;
+        let store = payments::store::SqlStore::new(pool.clone());
+        let payment = store.payment("pay_0").await.unwrap().expect("reads work");
+        let event = payments::domain::events::state_changed(&payment, payment.created_at);
+        let error = store
+            .create_payment(
+                &payments::domain::payment::Payment {
+                    id: "pay_new".into(),
+                    ..payment
+                },
+                &event,
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, common::db::StoreError::Unavailable(cause) if cause.contains("readonly")),
+            "{error:?}"
+        );
+        let check = common::db::DatabaseCheck(common::db::Pool::Sqlite(pool));
+        let readiness = common::health::HealthCheck::check(&check).await;
+        assert!(
+            readiness
+                .as_ref()
+                .is_err_and(|output| output.contains("readonly")),
+            "{readiness:?}"
+        );
     }
 }
 

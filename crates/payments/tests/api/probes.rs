@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use crate::helpers::spawn_app;
-use common::testkit::{TestDatabase, assert_live, readiness};
+use common::testkit::{TestDatabase, assert_live, readiness, wait_for_readiness};
 
 common::both_databases!(
     health_check_passes,
@@ -23,17 +23,13 @@ async fn readiness_follows_the_database(db: TestDatabase) {
     assert_eq!((status, body["status"].clone()), (200, Value::from("pass")));
 
     let recoverable = app.db.take_down(&app.store.database()).await;
-    let (status, body) = readiness(&app.url("")).await;
-    assert_eq!(status, 503);
+    let body = wait_for_readiness(&app.url(""), 503).await;
     assert_eq!(body["checks"]["database"][0]["status"], "fail");
     assert_live(&app.url("")).await;
     if recoverable {
         app.db.restore().await;
-        assert_eq!(
-            readiness(&app.url("")).await.0,
-            200,
-            "recovers without a restart"
-        );
+        // Recovers without a restart.
+        wait_for_readiness(&app.url(""), 200).await;
     }
 }
 
