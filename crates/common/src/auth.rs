@@ -87,6 +87,10 @@ pub enum VerifyError {
     /// `typ` is not `at+jwt`.
     #[error("the token is not an access token")]
     Type,
+    /// The header lists critical extensions (`crit`, RFC 7515 §4.1.11); none is understood
+    /// here, so the token must be refused.
+    #[error("the token requires extensions that are not understood")]
+    Critical,
     /// No key with the token's `kid`, even after refetching the key set.
     #[error("the token was signed by an unknown key")]
     UnknownKey,
@@ -186,12 +190,15 @@ struct KeyCache {
     fetched_at: Option<Instant>,
 }
 
-/// Verifies access tokens against a key source.
+/// Verifies access tokens against a key source. Fetches are single-flight: callers that find
+/// the cache stale or missing a `kid` wait for one fetch and share its result.
 pub struct TokenVerifier {
     source: Arc<dyn KeySource>,
     settings: VerifierSettings,
     cache: RwLock<KeyCache>,
-    last_forced_fetch: Mutex<Option<Instant>>,
+    /// Held by the one caller fetching the key set; holds when the last fetch that an
+    /// unknown `kid` forced was made.
+    fetching: Mutex<Option<Instant>>,
 }
 
 impl TokenVerifier {
@@ -201,7 +208,7 @@ impl TokenVerifier {
             source,
             settings,
             cache: RwLock::new(KeyCache::default()),
-            last_forced_fetch: Mutex::new(None),
+            fetching: Mutex::new(None),
         }
     }
 
@@ -215,6 +222,9 @@ impl TokenVerifier {
         let header = decode_header(token).map_err(|_| VerifyError::Malformed)?;
         if !ALLOWED_ALGORITHMS.contains(&header.alg) {
             return Err(VerifyError::Algorithm);
+        }
+        if header.crit.is_some() {
+            return Err(VerifyError::Critical);
         }
         let typ_ok = header.typ.as_deref().is_some_and(|typ| {
             typ.eq_ignore_ascii_case(ACCESS_TOKEN_TYPE)
@@ -242,30 +252,32 @@ impl TokenVerifier {
             })
     }
 
+    /// The cached key `kid`, if the cache is fresh and has it; and whether it is fresh.
+    async fn cached(&self, kid: &str) -> (Option<Arc<VerificationKey>>, bool) {
+        let cache = self.cache.read().await;
+        let fresh = cache
+            .fetched_at
+            .is_some_and(|at| at.elapsed() < self.settings.max_age);
+        (cache.keys.get(kid).filter(|_| fresh).cloned(), fresh)
+    }
+
     async fn key(&self, kid: &str) -> Result<Arc<VerificationKey>, VerifyError> {
-        {
-            let cache = self.cache.read().await;
-            let fresh = cache
-                .fetched_at
-                .is_some_and(|at| at.elapsed() < self.settings.max_age);
-            if let Some(key) = cache.keys.get(kid).filter(|_| fresh) {
-                return Ok(key.clone());
-            }
+        if let (Some(key), _) = self.cached(kid).await {
+            return Ok(key);
         }
-        // Unknown kid or stale set: fetch, but let unknown kids force a fetch only once per
-        // interval, so a flood of forged kids cannot hammer the key source.
-        let stale = {
-            let cache = self.cache.read().await;
-            cache
-                .fetched_at
-                .is_none_or(|at| at.elapsed() >= self.settings.max_age)
-        };
-        if !stale {
-            let mut last = self.last_forced_fetch.lock().await;
-            if last.is_some_and(|at| at.elapsed() < self.settings.min_refetch_interval) {
+        // One fetch at a time: whoever waited here finds what the fetch before it brought.
+        let mut last_forced = self.fetching.lock().await;
+        let (key, fresh) = self.cached(kid).await;
+        if let Some(key) = key {
+            return Ok(key);
+        }
+        if fresh {
+            // A fresh set without this kid: refetch (a key newer than the set), but at most
+            // once per interval, so a flood of forged kids cannot hammer the key source.
+            if last_forced.is_some_and(|at| at.elapsed() < self.settings.min_refetch_interval) {
                 return Err(VerifyError::UnknownKey);
             }
-            *last = Some(Instant::now());
+            *last_forced = Some(Instant::now());
         }
         self.refresh().await?;
         self.cache

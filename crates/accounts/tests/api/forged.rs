@@ -148,6 +148,14 @@ async fn forged_and_unacceptable_tokens_are_refused(db: TestDatabase) {
             jsonwebtoken::encode(&header, &good, &key.encoding).unwrap()
         }),
         ("not a JWT", "abc.def".into()),
+        // RFC 7515 §4.1.11: extensions marked critical that the verifier does not understand.
+        ("crit extension", {
+            let mut header = Header::new(Algorithm::EdDSA);
+            header.kid = Some(key.kid.clone());
+            header.typ = Some("at+jwt".into());
+            header.crit = Some(vec!["https://example.com/must-understand".into()]);
+            jsonwebtoken::encode(&header, &good, &key.encoding).unwrap()
+        }),
     ];
     for (attack, token) in attacks {
         let response = app.get_with_token("/users/me", &token).await;

@@ -17,6 +17,7 @@ use common::testkit::TestDatabase;
 common::both_databases!(
     the_shared_verifier_checks_tokens_against_the_jwks_url,
     unknown_kids_refetch_the_key_set_at_most_once_per_interval,
+    a_burst_on_an_empty_or_stale_cache_fetches_the_keys_once,
     a_rotated_key_is_picked_up_and_old_tokens_still_verify,
     rotation_happens_when_the_active_key_is_old_enough,
 );
@@ -104,6 +105,32 @@ async fn unknown_kids_refetch_the_key_set_at_most_once_per_interval(db: TestData
         source.fetches.load(Ordering::SeqCst),
         2,
         "one refetch for five unknown kids"
+    );
+}
+
+async fn a_burst_on_an_empty_or_stale_cache_fetches_the_keys_once(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let token = app.user_token("burst@example.com").await;
+    let source = Arc::new(Counting {
+        inner: HttpJwks::new(app.url("/.well-known/jwks.json")),
+        fetches: AtomicUsize::new(0),
+    });
+    let mut settings = VerifierSettings::new("http://localhost:8080/accounts", "payments");
+    settings.max_age = Duration::from_millis(300);
+    let verifier = TokenVerifier::new(source.clone(), settings);
+    let burst = || futures_util::future::join_all((0..60).map(|_| verifier.verify(&token)));
+    assert!(burst().await.iter().all(Result::is_ok));
+    assert_eq!(
+        source.fetches.load(Ordering::SeqCst),
+        1,
+        "an empty cache: one fetch"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await; // the cache is stale now
+    assert!(burst().await.iter().all(Result::is_ok));
+    assert_eq!(
+        source.fetches.load(Ordering::SeqCst),
+        2,
+        "a stale cache: one fetch"
     );
 }
 
