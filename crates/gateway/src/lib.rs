@@ -320,9 +320,14 @@ pub struct Worker {
 impl Worker {
     /// The service for a connection from `peer`.
     pub fn connection(&self, peer: SocketAddr) -> Connection {
+        let trusted = self
+            .edge
+            .trusted_proxies
+            .iter()
+            .any(|network| network.contains(&peer.ip()));
         Connection {
             worker: self.clone(),
-            client: Arc::new(proxy::Client::new(peer)),
+            client: Arc::new(proxy::Client::new(peer, trusted)),
         }
     }
 }

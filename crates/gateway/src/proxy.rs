@@ -24,20 +24,24 @@ use crate::config::GatewayConfig;
 use crate::pool::{PooledBody, SendError, SetHeaders, error_chain};
 use crate::upstream::{Outcome, ProxyMetrics, Upstream};
 
-/// The client at the other end of one connection, and what it adds to `X-Forwarded-For`
-/// (worked out once per connection, not per request).
+/// The client at the other end of one connection, whether it is a proxy the gateway trusts,
+/// and what it adds to `X-Forwarded-For` (worked out once per connection, not per request).
 pub struct Client {
     /// Its TCP address.
     pub addr: SocketAddr,
+    /// One of `GATEWAY_TRUSTED_PROXIES`: the forwarding headers it sends are kept (its
+    /// `X-Forwarded-For` hops, `-Proto`, `-Host`); anyone else's are replaced.
+    trusted: bool,
     /// Its IP as a header value.
     forwarded_for: Option<HeaderValue>,
 }
 
 impl Client {
-    /// The client at `addr`.
-    pub fn new(addr: SocketAddr) -> Self {
+    /// The client at `addr`; `trusted` when it is a proxy in front of the gateway.
+    pub fn new(addr: SocketAddr, trusted: bool) -> Self {
         Self {
             addr,
+            trusted,
             forwarded_for: HeaderValue::from_str(&addr.ip().to_string()).ok(),
         }
     }
@@ -455,18 +459,28 @@ impl Proxy {
     ) -> (Request<UpstreamBody>, Forwarding) {
         let (mut parts, body) = request.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        // The gateway owns the forwarding headers: what an untrusted client claims in them
+        // never reaches an upstream.
+        for name in CLIENT_FORWARDING {
+            if parts.headers.contains_key(&name) {
+                parts.headers.remove(&name);
+            }
+        }
         let headers = &parts.headers;
-        let original_host = match headers.get(header::HOST) {
-            Some(host) => Some(host.clone()),
-            // HTTP/2 carries the host in the URI (`:authority`), not in a header.
-            None => parts
-                .uri
-                .authority()
-                .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok()),
-        };
+        let trusted = |name: &HeaderName| headers.get(name).filter(|_| client.trusted).cloned();
+        let original_host =
+            match trusted(&X_FORWARDED_HOST).or_else(|| headers.get(header::HOST).cloned()) {
+                Some(host) => Some(host),
+                // HTTP/2 carries the host in the URI (`:authority`), not in a header.
+                None => parts
+                    .uri
+                    .authority()
+                    .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok()),
+            };
         let mut prior = headers
             .get_all(X_FORWARDED_FOR)
             .iter()
+            .filter(|_| client.trusted)
             .filter_map(|value| value.to_str().ok())
             .peekable();
         let forwarded_for = if prior.peek().is_none() {
@@ -479,10 +493,13 @@ impl Proxy {
                 .ok()
                 .or_else(|| client.forwarded_for.clone())
         };
+        let proto = trusted(&X_FORWARDED_PROTO)
+            .filter(|proto| matches!(proto.as_bytes(), b"http" | b"https"))
+            .unwrap_or(HeaderValue::from_static("http"));
         let set = [
             (header::HOST, Some(upstream.host.clone())),
             (X_FORWARDED_FOR, forwarded_for),
-            (X_FORWARDED_PROTO, Some(HeaderValue::from_static("http"))),
+            (X_FORWARDED_PROTO, Some(proto)),
             (X_FORWARDED_HOST, original_host),
             (
                 X_FORWARDED_PREFIX,
@@ -548,6 +565,14 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+
+/// Forwarding headers a client may send that the gateway neither sets nor passes on: the
+/// standard `Forwarded` (RFC 7239) and nginx's `X-Real-IP`. An upstream that read them would
+/// take a client's word for its address.
+const CLIENT_FORWARDING: [HeaderName; 2] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-real-ip"),
+];
 
 /// Removes RFC 9110 §7.6.1 connection-specific headers, including those `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

@@ -80,13 +80,13 @@ async fn forwarded_headers_request_id_and_trace_context_reach_the_upstream() {
     // sends it: both with the same headers.
     for with_body in [false, true] {
         let client = reqwest::Client::new();
-        // The POST also comes through a proxy: its hop is kept before the client's.
+        // The POST claims a hop: from a client no proxy setting trusts, it is not passed on.
         let (request, forwarded_for) = if with_body {
             let post = client
                 .post(gateway.url("/payments/v1/payments"))
                 .body("{}")
                 .header("x-forwarded-for", "203.0.113.7");
-            (post, "203.0.113.7, 127.0.0.1")
+            (post, "127.0.0.1")
         } else {
             (
                 client.get(gateway.url("/payments/v1/payments")),
@@ -136,22 +136,75 @@ async fn forwarded_headers_request_id_and_trace_context_reach_the_upstream() {
 }
 
 #[tokio::test]
-async fn the_client_is_appended_to_every_prior_forwarded_for_hop() {
+async fn a_trusted_proxy_is_appended_to_every_prior_forwarded_for_hop() {
+    let (_upstream, gateway) = spawn_in_front(&[("GATEWAY_TRUSTED_PROXIES", "127.0.0.1")]).await;
+    for with_body in [false, true] {
+        let request = if with_body {
+            reqwest::Client::new()
+                .post(gateway.url("/accounts/x"))
+                .body("{}")
+        } else {
+            reqwest::Client::new().get(gateway.url("/accounts/x"))
+        };
+        let seen: Value = request
+            .header("x-forwarded-for", "203.0.113.7")
+            .header("x-forwarded-for", "198.51.100.1, 10.0.0.2")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "api.example.com")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let headers = &seen["headers"];
+        assert_eq!(
+            headers["x-forwarded-for"],
+            "203.0.113.7, 198.51.100.1, 10.0.0.2, 127.0.0.1"
+        );
+        assert_eq!(
+            headers["x-forwarded-proto"], "https",
+            "the TLS proxy's scheme"
+        );
+        assert_eq!(headers["x-forwarded-host"], "api.example.com");
+    }
+}
+
+#[tokio::test]
+async fn a_client_cannot_forge_the_forwarding_headers() {
     let (_upstream, gateway) = spawn_in_front(&[]).await;
-    let seen: Value = reqwest::Client::new()
-        .get(gateway.url("/accounts/x"))
-        .header("x-forwarded-for", "203.0.113.7")
-        .header("x-forwarded-for", "198.51.100.1, 10.0.0.2")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        seen["headers"]["x-forwarded-for"],
-        "203.0.113.7, 198.51.100.1, 10.0.0.2, 127.0.0.1"
-    );
+    for with_body in [false, true] {
+        let request = if with_body {
+            reqwest::Client::new()
+                .post(gateway.url("/accounts/x"))
+                .body("{}")
+        } else {
+            reqwest::Client::new().get(gateway.url("/accounts/x"))
+        };
+        let seen: Value = request
+            .header("forwarded", "for=203.0.113.7;proto=https;host=evil.example")
+            .header("x-real-ip", "203.0.113.7")
+            .header("x-forwarded-for", "203.0.113.7")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "evil.example")
+            .header("x-forwarded-prefix", "/evil")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let headers = &seen["headers"];
+        assert!(headers.get("forwarded").is_none(), "{headers}");
+        assert!(headers.get("x-real-ip").is_none(), "{headers}");
+        assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(
+            headers["x-forwarded-host"],
+            gateway.addr.to_string().as_str()
+        );
+        assert_eq!(headers["x-forwarded-prefix"], "/accounts");
+    }
 }
 
 #[tokio::test]
