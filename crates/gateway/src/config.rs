@@ -101,6 +101,10 @@ pub struct GatewayConfig {
     pub upstream_idle_timeout: Duration,
     /// `GATEWAY_UPSTREAM_TIMEOUT_MS`: time allowed for an upstream's response headers, default 30000.
     pub upstream_timeout: Duration,
+    /// `GATEWAY_UPSTREAM_READ_TIMEOUT_MS` (default 30000, nginx's `proxy_read_timeout`): time
+    /// allowed between two reads of an upstream's response body (and for its first bytes,
+    /// which go out with the response's head).
+    pub upstream_read_timeout: Duration,
     /// `GATEWAY_CLIENT_TIMEOUT_MS` (default 75000, nginx's `keepalive_timeout`, longer than
     /// the 60 s idle timeout of the usual load balancers in front, so that they are the ones
     /// to close an idle connection): how long a client may take to send a
@@ -242,6 +246,7 @@ impl GatewayConfig {
             connect_timeout: millis("GATEWAY_CONNECT_TIMEOUT_MS", 1000)?,
             upstream_idle_timeout: millis("GATEWAY_UPSTREAM_IDLE_TIMEOUT_MS", 60_000)?,
             upstream_timeout: millis("GATEWAY_UPSTREAM_TIMEOUT_MS", 30_000)?,
+            upstream_read_timeout: millis("GATEWAY_UPSTREAM_READ_TIMEOUT_MS", 30_000)?,
             client_timeout: match env.parse_or("GATEWAY_CLIENT_TIMEOUT_MS", 75_000u64)? {
                 0 => None,
                 millis => Some(Duration::from_millis(millis)),

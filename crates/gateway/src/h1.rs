@@ -452,23 +452,63 @@ impl http_body::Body for Body {
     }
 }
 
-/// The size in a chunk-size line (hex digits, extensions after `;` ignored).
+/// The size in a chunk-size line, read strictly (RFC 9112 §7.1): 1 to 15 hex digits at the
+/// start of the line, then nothing, or a chunk extension (`;`, after optional spaces or tabs),
+/// which is ignored. A sign, leading whitespace, trailing whitespace without an extension, or
+/// anything else makes the line invalid.
 fn chunk_size(line: &[u8]) -> Option<u64> {
-    let digits = line
-        .split(|b| *b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
-    if digits.is_empty() || digits.len() > 15 {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 15 {
         return None;
     }
-    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    let rest = &line[digits..];
+    let after_spaces = rest.trim_ascii_start();
+    if !rest.is_empty() && !after_spaces.starts_with(b";") {
+        return None;
+    }
+    if rest
+        .iter()
+        .take_while(|b| b.is_ascii_whitespace())
+        .any(|b| !matches!(b, b' ' | b'\t'))
+    {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[test]
+    fn chunk_sizes_are_read_strictly() {
+        for (line, size) in [
+            (&b"5"[..], Some(5)),
+            (b"1a", Some(26)),
+            (b"00ff", Some(255)),
+            (b"5;name=value", Some(5)),
+            (b"5 ;name", Some(5)),
+            (b"5\t; name", Some(5)),
+            (b"+5", None),
+            (b"-5", None),
+            (b" 5", None),
+            (b"5 ", None),
+            (b" 5 ", None),
+            (b"0x5", None),
+            (b"5x", None),
+            (b"", None),
+            (b";ext", None),
+            (b"1000000000000000", None),
+        ] {
+            assert_eq!(
+                chunk_size(line),
+                size,
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
     use std::time::Duration;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;

@@ -22,6 +22,7 @@ macro_rules! request_event {
     };
 }
 
+pub mod body;
 pub mod breaker;
 pub mod client;
 pub mod config;

@@ -19,6 +19,7 @@ use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
+use crate::body::{StartError, TimedBody};
 use crate::breaker::Permit;
 use crate::config::GatewayConfig;
 use crate::pool::{PooledBody, SendError, SetHeaders, error_chain};
@@ -51,8 +52,9 @@ impl Client {
 /// at `MAX_BODY_BYTES`.
 pub type UpstreamBody = http_body_util::Limited<Either<Incoming, Empty<Bytes>>>;
 
-/// An upstream's response body, streamed back.
-pub type UpstreamResponseBody = PooledBody<UpstreamBody>;
+/// An upstream's response body, streamed back (its first frame read before the response goes
+/// on, and every read within the read timeout: [`crate::body`]).
+pub type UpstreamResponseBody = TimedBody<PooledBody<UpstreamBody>>;
 
 /// The body of the gateway's responses: an upstream's, or one of its own.
 pub type EdgeBody = Either<UpstreamResponseBody, Body>;
@@ -82,6 +84,7 @@ pub struct Proxy {
     routes: Vec<Route>,
     fallback: Option<Upstream>,
     upstream_timeout: Duration,
+    read_timeout: Duration,
     max_body_bytes: usize,
     retries: u32,
     blocked_paths: Arc<[String]>,
@@ -132,6 +135,7 @@ impl Proxy {
                 .as_ref()
                 .map(|url| Upstream::new("fallback", url, config, &metrics)),
             upstream_timeout: config.upstream_timeout,
+            read_timeout: config.upstream_read_timeout,
             max_body_bytes: config.http.max_body_bytes,
             retries: config.retries,
             blocked_paths: config.blocked_paths.clone().into(),
@@ -276,10 +280,18 @@ impl Proxy {
         let (outgoing, set) = self.outgoing_request(request, client, uri, upstream, prefix, trace);
         // One future, instrumented whether or not there is a span (entering none costs a
         // branch): awaiting it on two paths would give the request's future room for both.
-        let attempt = self
-            .send(upstream, outgoing, &set, retryable, context)
-            .instrument(span.clone())
-            .await;
+        let attempt = async {
+            match self
+                .send(upstream, outgoing, &set, retryable, context)
+                .await
+            {
+                Ok(Ok(response)) => self.start_body(response).await,
+                Ok(Err(error)) => Attempt::Failed(error),
+                Err(_) => Attempt::TimedOut,
+            }
+        }
+        .instrument(span.clone())
+        .await;
         let response = match self.settle(upstream, permit, attempt, context) {
             Ok(response) => self.pass_through(upstream, response, prefix),
             Err(failure) => failure,
@@ -306,6 +318,17 @@ impl Proxy {
         })
     }
 
+    /// Reads the first frame of `response`'s body (a body that fails or stalls before it is
+    /// an upstream failure, answered while nothing of the response has gone out).
+    async fn start_body(&self, response: http::Response<PooledBody<UpstreamBody>>) -> Attempt {
+        let (parts, body) = response.into_parts();
+        match TimedBody::start(body, self.read_timeout).await {
+            Ok(body) => Attempt::Answered(http::Response::from_parts(parts, body)),
+            Err(StartError::Failed(why)) => Attempt::BodyFailed(why),
+            Err(StartError::TimedOut) => Attempt::TimedOut,
+        }
+    }
+
     /// Sends `request` upstream, each attempt allowed the upstream timeout; a connection that
     /// cannot be made is tried again (nothing was sent) when the request is `retryable`.
     async fn send(
@@ -315,7 +338,7 @@ impl Proxy {
         set: &SetHeaders,
         retryable: bool,
         context: &RequestContext,
-    ) -> Attempt {
+    ) -> Sent {
         let mut attempt = 0;
         loop {
             // Boxed: every future above this one (the request's, moved whole a few times on
@@ -356,7 +379,7 @@ impl Proxy {
     ) -> Result<http::Response<UpstreamResponseBody>, http::Response<EdgeBody>> {
         let name = &upstream.name;
         match result {
-            Ok(Ok(response)) => {
+            Attempt::Answered(response) => {
                 let failed = response.status().is_server_error();
                 permit.record(!failed);
                 let outcome = if failed {
@@ -367,7 +390,7 @@ impl Proxy {
                 upstream.metrics.record(outcome, &upstream.breaker);
                 Ok(response)
             }
-            Ok(Err(SendError::Request(error))) if error.is_user() => {
+            Attempt::Failed(SendError::Request(error)) if error.is_user() => {
                 drop(permit);
                 let too_long = std::iter::successors(std::error::Error::source(&error), |cause| {
                     cause.source()
@@ -386,7 +409,7 @@ impl Proxy {
                     context,
                 ))
             }
-            Ok(Err(error)) => {
+            Attempt::Failed(error) => {
                 permit.record(false);
                 upstream
                     .metrics
@@ -404,7 +427,25 @@ impl Proxy {
                     context,
                 ))
             }
-            Err(_) => {
+            Attempt::BodyFailed(why) => {
+                permit.record(false);
+                upstream
+                    .metrics
+                    .record(Outcome::Unreachable, &upstream.breaker);
+                request_event!(
+                    context,
+                    warn!(upstream = %name, error = %why, "upstream response body failed before it began")
+                );
+                Err(own(
+                    Problem::new(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_unavailable",
+                        format!("the {name} service sent an invalid response"),
+                    ),
+                    context,
+                ))
+            }
+            Attempt::TimedOut => {
                 permit.record(false);
                 upstream.metrics.record(Outcome::Timeout, &upstream.breaker);
                 request_event!(
@@ -522,10 +563,24 @@ impl Proxy {
 type Forwarding = [(HeaderName, Option<HeaderValue>); 6];
 
 /// How sending to an upstream went: in time or not, and then answered or failed.
-type Attempt = Result<
-    Result<http::Response<UpstreamResponseBody>, SendError<UpstreamBody>>,
+type Sent = Result<
+    Result<http::Response<PooledBody<UpstreamBody>>, SendError<UpstreamBody>>,
     tokio::time::error::Elapsed,
 >;
+
+/// How a request to an upstream ended, its body started.
+// The large variant is the common one: boxing it would allocate once more per request.
+#[allow(clippy::large_enum_variant)]
+enum Attempt {
+    /// A response, its body begun.
+    Answered(http::Response<UpstreamResponseBody>),
+    /// No response: the connection or the request failed.
+    Failed(SendError<UpstreamBody>),
+    /// A response head whose body failed before its first byte.
+    BodyFailed(String),
+    /// No response head in the upstream timeout, or no first body byte in the read timeout.
+    TimedOut,
+}
 
 /// Whether a path has `.` or `..` segments (also percent-encoded), which could step out of
 /// the prefix that chose the upstream.

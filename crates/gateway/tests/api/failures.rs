@@ -145,3 +145,91 @@ async fn a_burst_of_readiness_probes_asks_the_upstreams_once() {
     let calls = asked.load(Ordering::SeqCst);
     assert!((2..=4).contains(&calls), "{calls} upstream readiness calls");
 }
+
+/// An upstream that answers every request on every connection with `response` (raw bytes),
+/// then keeps the connection open without a word more.
+async fn raw_upstream(response: &'static [u8]) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buffer = [0u8; 4096];
+                // The request's head and (Content-Length) body.
+                loop {
+                    let Ok(n) = stream.read(&mut buffer).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buffer[..n]);
+                    let text = String::from_utf8_lossy(&seen).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length: usize = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                        if seen.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let _ = stream.write_all(response).await;
+                std::future::pending::<()>().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_malformed_first_chunk_is_a_502_not_an_empty_reply() {
+    for response in [
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n 5 \r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let upstream = raw_upstream(response).await;
+        let gateway = spawn_gateway(upstream, upstream, &[]).await;
+        let client = reqwest::Client::new();
+        // Without a body (read in line) and with one (hyper's client).
+        for request in [
+            client.get(gateway.url("/accounts/x")),
+            client.post(gateway.url("/accounts/x")).body("{}"),
+        ] {
+            let response = request.send().await.expect("an answer, not an empty reply");
+            assert_eq!(response.status(), 502);
+            assert_eq!(
+                response.json::<Value>().await.unwrap()["code"],
+                "upstream_unavailable"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_never_starts_is_a_504_and_one_that_stalls_is_cut_off() {
+    let silent = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n").await;
+    let stalling = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello").await;
+    let read_timeout = [("GATEWAY_UPSTREAM_READ_TIMEOUT_MS", "300".to_owned())];
+    let gateway = spawn_gateway(silent, stalling, &read_timeout).await;
+    let client = reqwest::Client::new();
+    let never = client.get(gateway.url("/accounts/x")).send().await.unwrap();
+    assert_eq!(never.status(), 504);
+    assert_eq!(
+        never.json::<Value>().await.unwrap()["code"],
+        "upstream_timeout"
+    );
+    // Begun, then stalled: the head and the first bytes went out; the rest is cut off
+    // instead of hanging until the upstream closes.
+    let begun = client.get(gateway.url("/payments/x")).send().await.unwrap();
+    assert_eq!(begun.status(), 200);
+    // (Without the read timeout this would wait for an upstream that never closes.)
+    assert!(begun.bytes().await.is_err(), "the body ends in an error");
+}
