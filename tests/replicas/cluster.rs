@@ -42,6 +42,7 @@ pub struct Cluster {
     /// Tries that failed because a replica was gone (refused, reset, 502/503), then retried.
     failovers: AtomicUsize,
     payments_db: sqlx::PgPool,
+    accounts_db: sqlx::PgPool,
     nats: String,
     stream: String,
     _data: tempfile::TempDir,
@@ -140,6 +141,10 @@ impl Cluster {
             .max_connections(2)
             .connect_lazy(&payments_db.url_string())
             .unwrap_or_else(|e| panic!("payments database URL: {e}"));
+        let accounts_db = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy(&accounts_db.url_string())
+            .unwrap_or_else(|e| panic!("accounts database URL: {e}"));
         let cluster = Self {
             client: reqwest::Client::new(),
             accounts: [accounts_a, accounts_b],
@@ -149,6 +154,7 @@ impl Cluster {
             held_at_kill: Mutex::new(BTreeSet::new()),
             failovers: AtomicUsize::new(0),
             payments_db,
+            accounts_db,
             nats: nats.to_owned(),
             stream,
             _data: data,
@@ -266,6 +272,17 @@ impl Cluster {
             attempt += 1;
             tokio::time::sleep(wait.min(Duration::from_secs(2))).await;
         }
+    }
+
+    /// Makes the published next signing keys look published two hours ago, so that a
+    /// rotation activates one at once.
+    pub async fn backdate_next_keys(&self) {
+        sqlx::query(
+            "UPDATE signing_keys SET created_at = now() - interval '2 hours' WHERE activates_at IS NULL",
+        )
+        .execute(&self.accounts_db)
+        .await
+        .unwrap_or_else(|e| panic!("backdate the next keys: {e}"));
     }
 
     /// The payments database, read directly.

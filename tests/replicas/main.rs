@@ -298,6 +298,8 @@ async fn the_rate_limit_is_one_limit_across_gateways(cluster: &Cluster, token: &
 /// payments B, both reached through gateway B.
 async fn a_key_rotated_at_one_accounts_replica_verifies_at_the_other(cluster: &Cluster) {
     let admin = cluster.admin_token(Gateway::A).await;
+    // The next key has been published for longer than any JWKS cache lasts.
+    cluster.backdate_next_keys().await;
     let rotated = cluster
         .client
         .post(cluster.gateway_url(Gateway::A, "/accounts/v1/admin/keys/rotate"))

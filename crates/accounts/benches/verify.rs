@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use accounts::config::{AccountsConfig, KeyEncryptionSource, SigningAlgorithm};
 use accounts::domain::Scopes;
-use accounts::keys::{KeyManager, Sealer};
+use accounts::keys::{KeyManager, KeySettings, Sealer};
 use accounts::tokens::Issuer;
 use common::auth::{KeySource, TokenVerifier, VerifierSettings};
 use common::config::Env;
@@ -51,9 +51,12 @@ fn main() -> anyhow::Result<()> {
             let keys = Arc::new(KeyManager::new(
                 store.clone(),
                 Sealer::load(&KeyEncryptionSource::Given([0; 32]))?,
-                algorithm,
-                config.access_token_ttl,
-                config.key_rotation_period,
+                KeySettings {
+                    algorithm,
+                    token_ttl: config.access_token_ttl,
+                    rotation_period: config.key_rotation_period,
+                    prepublish: config.key_prepublish,
+                },
             ));
             let issuer = Issuer::new(store.clone(), keys, config.clone());
             let scopes =

@@ -34,6 +34,9 @@ pub struct AccountsConfig {
     /// `ACCOUNTS_KEY_ROTATION_HOURS`, default 720 (30 days): the signing key's age at which a
     /// new one replaces it.
     pub key_rotation_period: Duration,
+    /// `ACCOUNTS_KEY_PREPUBLISH_SECONDS`, default 3600: how long a key is published in the
+    /// JWKS before it signs (at least the JWKS `max-age`, 300 s, plus a minute).
+    pub key_prepublish: Duration,
     /// Where the key that encrypts signing keys at rest comes from.
     pub key_encryption: KeyEncryptionSource,
     /// `ACCOUNTS_BOOTSTRAP_ADMIN_EMAIL` / `ACCOUNTS_BOOTSTRAP_ADMIN_PASSWORD`: the first admin.
@@ -44,6 +47,10 @@ pub struct AccountsConfig {
     /// refused with 503.
     pub hashing: HashingSettings,
 }
+
+/// The shortest time a key may be published before it signs: the JWKS `max-age` (300 s) plus
+/// a minute of margin.
+pub const MIN_KEY_PREPUBLISH_SECONDS: u64 = 360;
 
 /// The algorithm new signing keys use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,7 +166,17 @@ impl AccountsConfig {
             max_waiting: env.parse_or("ACCOUNTS_HASHING_QUEUE", 16 * slots)?,
             max_wait: Duration::from_millis(env.parse_or("ACCOUNTS_HASHING_MAX_WAIT_MS", 1000u64)?),
         };
+        let prepublish: u64 = env.parse_or("ACCOUNTS_KEY_PREPUBLISH_SECONDS", 3600)?;
+        if prepublish < MIN_KEY_PREPUBLISH_SECONDS {
+            return Err(ConfigError::new(
+                "ACCOUNTS_KEY_PREPUBLISH_SECONDS",
+                format!(
+                    "must be at least {MIN_KEY_PREPUBLISH_SECONDS} (the JWKS max-age, 300 s, plus a minute)"
+                ),
+            ));
+        }
         Ok(Self {
+            key_prepublish: Duration::from_secs(prepublish),
             hashing,
             signup_enabled: env.flag_or("ACCOUNTS_SIGNUP_ENABLED", true)?,
             signing_algorithm: env.parse_or("ACCOUNTS_SIGNING_ALG", SigningAlgorithm::Rs256)?,

@@ -1,6 +1,20 @@
 //! Signing keys: generated here, stored with the private part encrypted at rest (AES-256-GCM),
-//! rotated on a schedule and on demand. A retired key stays in the JWKS until every token it
-//! signed has expired.
+//! rotated on a schedule and on demand.
+//!
+//! A key is published before it signs anything: there is always a *next* key in the JWKS
+//! beside the active one, and a rotation makes that next key sign once it has been published
+//! for at least [`KeySettings::prepublish`] (longer than any verifier caches the JWKS), then
+//! publishes a new next key. So a verifier holding a cached key set already has the key of
+//! every token it is shown, however recently the rotation happened (Keycloak's and Auth0's
+//! "next" or "passive" key). A retired key stays in the JWKS until every token it signed has
+//! expired. The emergency path, [`KeyManager::replace_now`], replaces a compromised key at
+//! once and removes it from the JWKS: the tokens it signed stop verifying, and verifiers
+//! with a cached key set refetch it on the new `kid`.
+//!
+//! A key that cannot be decrypted is a configuration error (a replica started with another
+//! `ACCOUNTS_KEY_ENCRYPTION_KEY`), never a reason to make a new one: the replica reports it
+//! on `/readyz` and issues no tokens, and the keys are left alone for the replicas that can
+//! read them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +45,14 @@ pub enum KeyError {
     /// Generating, encrypting or signing failed.
     #[error("key operation failed: {0}")]
     Crypto(String),
+    /// A key in the database was encrypted with another key-encryption key.
+    #[error(
+        "cannot decrypt signing key {kid}: ACCOUNTS_KEY_ENCRYPTION_KEY (or the key file in DATA_DIR) is not the one the key was encrypted with; give every replica the same one"
+    )]
+    Undecryptable {
+        /// The key's id.
+        kid: String,
+    },
 }
 
 fn crypto(error: impl std::fmt::Display) -> KeyError {
@@ -181,7 +203,7 @@ pub struct ActiveKey {
     pub kid: String,
     algorithm: Algorithm,
     encoding: EncodingKey,
-    created_at: DateTime<Utc>,
+    activated_at: DateTime<Utc>,
 }
 
 impl ActiveKey {
@@ -194,74 +216,125 @@ impl ActiveKey {
     }
 }
 
+/// How keys are made and rotated.
+#[derive(Debug, Clone, Copy)]
+pub struct KeySettings {
+    /// The algorithm of new keys.
+    pub algorithm: SigningAlgorithm,
+    /// How long access tokens live (a retired key stays published that much longer).
+    pub token_ttl: Duration,
+    /// How long a key signs before the next one replaces it.
+    pub rotation_period: Duration,
+    /// How long a key is published before it may sign.
+    pub prepublish: Duration,
+}
+
+/// What a rotation did: which key signs from when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rotation {
+    /// The key that signs from `activates_at`.
+    pub kid: String,
+    /// When it starts signing (now, or once it has been published long enough).
+    pub activates_at: DateTime<Utc>,
+    /// The key published in its place as the next one.
+    pub next_kid: String,
+}
+
 /// Keeps the active signing key, rotates keys and retires old ones.
 pub struct KeyManager {
     store: Arc<dyn AccountsStore>,
     sealer: Sealer,
-    algorithm: SigningAlgorithm,
-    token_ttl: Duration,
-    rotation_period: Duration,
-    active: RwLock<Option<(Arc<ActiveKey>, Instant)>>,
+    settings: KeySettings,
+    /// The live keys as last read, and when: another replica may have rotated since.
+    keys: RwLock<Option<(Arc<Vec<SigningKeyRecord>>, Instant)>>,
+    /// The active key, decrypted.
+    active: RwLock<Option<Arc<ActiveKey>>>,
 }
 
-/// How long the active key is trusted from memory before the database is asked again
-/// (another replica may have rotated).
-const ACTIVE_KEY_CACHE: Duration = Duration::from_secs(10);
+/// How long the live keys are trusted from memory before the database is asked again
+/// (another replica may have rotated). Scheduled activations are known in advance, so each
+/// replica switches keys on time whatever its cache's age.
+const KEYS_CACHE: Duration = Duration::from_secs(10);
+
+/// Tokens signed by a retired key may still be presented for their lifetime plus this
+/// (clock skew between replicas and verifiers).
+const RETIRED_KEY_MARGIN: Duration = Duration::from_secs(60);
 
 impl KeyManager {
     /// A manager over `store`; no key is loaded until first needed.
-    pub fn new(
-        store: Arc<dyn AccountsStore>,
-        sealer: Sealer,
-        algorithm: SigningAlgorithm,
-        token_ttl: Duration,
-        rotation_period: Duration,
-    ) -> Self {
+    pub fn new(store: Arc<dyn AccountsStore>, sealer: Sealer, settings: KeySettings) -> Self {
         Self {
             store,
             sealer,
-            algorithm,
-            token_ttl,
-            rotation_period,
+            settings,
+            keys: RwLock::new(None),
             active: RwLock::new(None),
         }
     }
 
-    /// The key to sign with: the newest unretired key, or a new one if there is none (or it
-    /// cannot be decrypted).
+    async fn live_keys(&self, fresh: bool) -> Result<Arc<Vec<SigningKeyRecord>>, KeyError> {
+        if !fresh
+            && let Some((keys, loaded)) = self.keys.read().await.as_ref()
+            && loaded.elapsed() < KEYS_CACHE
+        {
+            return Ok(keys.clone());
+        }
+        let keys = Arc::new(self.store.live_signing_keys(Utc::now()).await?);
+        *self.keys.write().await = Some((keys.clone(), Instant::now()));
+        Ok(keys)
+    }
+
+    /// Makes sure keys exist: on a new database, a first key that signs at once (no verifier
+    /// can have cached an older set) and a next key, published; later, a next key if there
+    /// is none.
+    pub async fn ensure_keys(&self) -> Result<(), KeyError> {
+        let keys = self.live_keys(true).await?;
+        let now = Utc::now();
+        if !keys.iter().any(|k| k.activates_at.is_some()) {
+            let first = self.generate(now, Some(now)).await?;
+            self.store.insert_signing_key(&first).await?;
+            tracing::info!(kid = %first.kid, "first signing key created");
+        }
+        if !keys.iter().any(|k| k.activates_at.is_none()) {
+            let next = self.generate(now, None).await?;
+            self.store.insert_signing_key(&next).await?;
+            tracing::info!(kid = %next.kid, "next signing key published");
+        }
+        self.live_keys(true).await?;
+        Ok(())
+    }
+
+    /// The key to sign with now: of the keys whose activation has come, the latest. A key
+    /// that cannot be decrypted is an error ([`KeyError::Undecryptable`]), never replaced.
     pub async fn active(&self) -> Result<Arc<ActiveKey>, KeyError> {
-        if let Some((key, loaded)) = self.active.read().await.as_ref()
-            && loaded.elapsed() < ACTIVE_KEY_CACHE
+        let now = Utc::now();
+        let keys = self.live_keys(false).await?;
+        let record = match signing_at(&keys, now) {
+            Some(record) => record.clone(),
+            None => {
+                self.ensure_keys().await?;
+                signing_at(&self.live_keys(true).await?, now)
+                    .cloned()
+                    .ok_or_else(|| crypto("no signing key is active"))?
+            }
+        };
+        if let Some(key) = self.active.read().await.as_ref()
+            && key.kid == record.kid
         {
             return Ok(key.clone());
         }
-        let newest = self
-            .store
-            .live_signing_keys(Utc::now())
-            .await?
-            .into_iter()
-            .find(|k| k.retired_at.is_none());
-        let key = match newest {
-            Some(record) => match self.load(&record) {
-                Ok(key) => key,
-                Err(error) => {
-                    tracing::error!(kid = %record.kid, %error, "the active signing key is unusable; rotating");
-                    self.rotate().await?;
-                    return Box::pin(self.active()).await;
-                }
-            },
-            None => {
-                self.rotate().await?;
-                return Box::pin(self.active()).await;
-            }
-        };
-        let key = Arc::new(key);
-        *self.active.write().await = Some((key.clone(), Instant::now()));
+        let key = Arc::new(self.load(&record)?);
+        *self.active.write().await = Some(key.clone());
         Ok(key)
     }
 
     fn load(&self, record: &SigningKeyRecord) -> Result<ActiveKey, KeyError> {
-        let der = self.sealer.open(&record.kid, &record.private_key)?;
+        let der = self
+            .sealer
+            .open(&record.kid, &record.private_key)
+            .map_err(|_| KeyError::Undecryptable {
+                kid: record.kid.clone(),
+            })?;
         let (algorithm, encoding) = match record.alg.as_str() {
             "RS256" => (Algorithm::RS256, EncodingKey::from_rsa_der(&der)),
             "EdDSA" => (Algorithm::EdDSA, EncodingKey::from_ed_der(&der)),
@@ -271,19 +344,21 @@ impl KeyManager {
             kid: record.kid.clone(),
             algorithm,
             encoding,
-            created_at: record.created_at,
+            activated_at: record.activates_at.unwrap_or(record.created_at),
         })
     }
 
-    /// Makes a new key the active one; the others stop signing now and leave the JWKS once
-    /// the tokens they signed have expired. Returns the new `kid`.
-    pub async fn rotate(&self) -> Result<String, KeyError> {
-        let algorithm = self.algorithm;
+    /// A new key of the configured algorithm, published from `now`, signing from `activates_at`.
+    async fn generate(
+        &self,
+        now: DateTime<Utc>,
+        activates_at: Option<DateTime<Utc>>,
+    ) -> Result<SigningKeyRecord, KeyError> {
+        let algorithm = self.settings.algorithm;
         let generated = tokio::task::spawn_blocking(move || generate(algorithm))
             .await
             .map_err(crypto)??;
-        let now = Utc::now();
-        let record = SigningKeyRecord {
+        Ok(SigningKeyRecord {
             kid: generated.kid.clone(),
             alg: match generated.algorithm {
                 Algorithm::EdDSA => "EdDSA",
@@ -293,26 +368,83 @@ impl KeyManager {
             public_jwk: generated.public_jwk,
             private_key: self.sealer.seal(&generated.kid, &generated.private_der)?,
             created_at: now,
+            activates_at,
             retired_at: None,
             expires_at: None,
-        };
-        // Tokens signed until now live at most one TTL, plus leeway for clock skew.
-        let expires_at = now + self.token_ttl + Duration::from_secs(60);
-        self.store
-            .rotate_signing_key(&record, now, expires_at)
-            .await?;
-        *self.active.write().await = None;
-        tracing::info!(kid = %record.kid, alg = %record.alg, "signing key rotated");
-        Ok(record.kid)
+        })
     }
 
-    /// Rotates when the active key is older than the rotation period.
-    pub async fn rotate_if_due(&self) -> Result<Option<String>, KeyError> {
+    /// Rotates: the next key (published since the last rotation) signs from now, or from the
+    /// moment it has been published for [`KeySettings::prepublish`] if that is later; the
+    /// active key is retired then and stays published until its tokens have expired; a new
+    /// next key is published.
+    pub async fn rotate(&self) -> Result<Rotation, KeyError> {
+        let now = Utc::now();
+        // The key that signs must be readable: never rotate over a configuration error.
+        self.active().await?;
+        let keys = self.live_keys(true).await?;
+        let next = match keys
+            .iter()
+            .filter(|k| k.activates_at.is_none())
+            .min_by_key(|k| k.created_at)
+        {
+            Some(next) => next.clone(),
+            None => {
+                let next = self.generate(now, None).await?;
+                self.store.insert_signing_key(&next).await?;
+                next
+            }
+        };
+        self.load(&next)?;
+        let activates_at = (next.created_at + self.settings.prepublish).max(now);
+        let retired_expire_at = activates_at + self.settings.token_ttl + RETIRED_KEY_MARGIN;
+        let new_next = self.generate(now, None).await?;
+        let scheduled = self
+            .store
+            .schedule_rotation(&next.kid, activates_at, retired_expire_at, &new_next)
+            .await?;
+        self.live_keys(true).await?;
+        if !scheduled {
+            return Err(crypto(
+                "another replica rotated the keys at the same moment; nothing was changed here",
+            ));
+        }
+        tracing::info!(kid = %next.kid, %activates_at, next_kid = %new_next.kid, "signing key rotation scheduled");
+        Ok(Rotation {
+            kid: next.kid,
+            activates_at,
+            next_kid: new_next.kid,
+        })
+    }
+
+    /// Emergency: a new key signs from now, and every key signing until now is retired and
+    /// leaves the JWKS at once, so the tokens it signed stop verifying (use it when a key may
+    /// be compromised). Verifiers with a cached key set fetch the new one on its unknown
+    /// `kid` (at most once per their refetch interval). A rotation scheduled for later is
+    /// cancelled (its key stays published as a next key). Returns the new `kid`.
+    pub async fn replace_now(&self) -> Result<String, KeyError> {
+        let now = Utc::now();
+        let key = self.generate(now, Some(now)).await?;
+        self.store.replace_signing_key_now(&key, now).await?;
+        self.live_keys(true).await?;
+        tracing::warn!(kid = %key.kid, "signing key replaced at once; tokens signed by the old key are no longer accepted");
+        Ok(key.kid)
+    }
+
+    /// Rotates when the active key has signed for the rotation period and no rotation is
+    /// scheduled yet.
+    pub async fn rotate_if_due(&self) -> Result<Option<Rotation>, KeyError> {
         let active = self.active().await?;
-        let age = (Utc::now() - active.created_at)
-            .to_std()
-            .unwrap_or_default();
-        if age >= self.rotation_period {
+        let now = Utc::now();
+        let keys = self.live_keys(true).await?;
+        if keys
+            .iter()
+            .any(|k| k.activates_at.is_some_and(|at| at > now))
+        {
+            return Ok(None);
+        }
+        let age = (now - active.activated_at).to_std().unwrap_or_default();
+        if age >= self.settings.rotation_period {
             return self.rotate().await.map(Some);
         }
         Ok(None)
@@ -333,6 +465,35 @@ impl KeyManager {
                 }
             }
         });
+    }
+}
+
+/// The key signing at `now`: of those whose activation has come and that are not retired by
+/// then, the latest activated.
+fn signing_at(keys: &[SigningKeyRecord], now: DateTime<Utc>) -> Option<&SigningKeyRecord> {
+    keys.iter()
+        .filter(|k| {
+            k.activates_at.is_some_and(|at| at <= now) && k.retired_at.is_none_or(|at| at > now)
+        })
+        .max_by(|a, b| (a.activates_at, &a.kid).cmp(&(b.activates_at, &b.kid)))
+}
+
+/// Readiness check `signing_key`: passes when the key that signs now can be used (fails,
+/// naming `ACCOUNTS_KEY_ENCRYPTION_KEY`, when this replica cannot decrypt it).
+pub struct SigningKeyCheck(pub Arc<KeyManager>);
+
+#[async_trait::async_trait]
+impl common::health::HealthCheck for SigningKeyCheck {
+    fn name(&self) -> String {
+        "signing_key".into()
+    }
+
+    fn component_type(&self) -> &'static str {
+        "component"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        self.0.active().await.map(drop).map_err(|e| e.to_string())
     }
 }
 

@@ -74,15 +74,21 @@ impl Application {
         let keys = Arc::new(KeyManager::new(
             store.clone(),
             sealer,
-            config.signing_algorithm,
-            config.access_token_ttl,
-            config.key_rotation_period,
+            keys::KeySettings {
+                algorithm: config.signing_algorithm,
+                token_ttl: config.access_token_ttl,
+                rotation_period: config.key_rotation_period,
+                prepublish: config.key_prepublish,
+            },
         ));
-        let active = keys
-            .active()
+        keys.ensure_keys()
             .await
-            .context("cannot load or create a signing key")?;
-        tracing::info!(kid = %active.kid, "signing key ready");
+            .context("cannot create the signing keys")?;
+        match keys.active().await {
+            Ok(active) => tracing::info!(kid = %active.kid, "signing key ready"),
+            // Served anyway: readiness reports it (and names the variable), tokens are refused.
+            Err(error) => tracing::error!(%error, "the signing key cannot be used"),
+        }
         let config = Arc::new(config);
         let mut settings = VerifierSettings::new(config.issuer.clone(), SERVICE);
         // Our own keys come from our own database: refetch eagerly.

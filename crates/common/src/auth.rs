@@ -212,6 +212,11 @@ impl TokenVerifier {
         }
     }
 
+    /// Drops the cached key set: the next token fetches it again (after a key was withdrawn).
+    pub async fn forget_keys(&self) {
+        *self.cache.write().await = KeyCache::default();
+    }
+
     /// The settings in force.
     pub fn settings(&self) -> &VerifierSettings {
         &self.settings

@@ -81,16 +81,47 @@ pub async fn create_client(
     ))
 }
 
-/// `POST /v1/admin/keys/rotate` → the new `kid`; the old key stays in the JWKS until every
-/// token it signed has expired.
+/// The body of `POST /v1/admin/keys/rotate` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKeys {
+    /// Replace the signing key at once and unpublish it (a compromised key): every token it
+    /// signed stops verifying.
+    #[serde(default)]
+    emergency: bool,
+}
+
+/// `POST /v1/admin/keys/rotate` → the key that signs next and from when: now if it has been
+/// published long enough, else once it has (`ACCOUNTS_KEY_PREPUBLISH_SECONDS`). The old key
+/// stays in the JWKS until every token it signed has expired. With `{"emergency": true}` a new
+/// key signs at once and the old one leaves the JWKS now.
 pub async fn rotate_keys(
     State(state): State<AppState>,
     caller: Authenticated,
+    body: Result<Option<Json<RotateKeys>>, common::Problem>,
 ) -> Result<impl IntoResponse, ApiError> {
     require_admin(&caller)?;
-    let kid = state.keys.rotate().await?;
-    tracing::info!(%kid, by = %caller.0.sub, "signing key rotated on demand");
-    Ok(Json(json!({ "kid": kid })))
+    let body = body?.map(|Json(body)| body).unwrap_or_default();
+    if body.emergency {
+        let kid = state.keys.replace_now().await?;
+        // This replica stops accepting the old key's tokens now; the others within the
+        // seconds their own key cache lasts.
+        state.verifier.forget_keys().await;
+        tracing::warn!(%kid, by = %caller.0.sub, "signing key replaced at once (emergency)");
+        return Ok(Json(json!({
+            "kid": kid,
+            "activates_at": Utc::now(),
+            "emergency": true,
+        })));
+    }
+    let rotation = state.keys.rotate().await?;
+    tracing::info!(kid = %rotation.kid, activates_at = %rotation.activates_at, by = %caller.0.sub, "signing key rotated on demand");
+    Ok(Json(json!({
+        "kid": rotation.kid,
+        "activates_at": rotation.activates_at,
+        "next_kid": rotation.next_kid,
+        "emergency": false,
+    })))
 }
 
 /// `POST /v1/admin/users/import` with `manage.py dumpdata auth.user` output.

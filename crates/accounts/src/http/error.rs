@@ -95,6 +95,12 @@ impl IntoResponse for ApiError {
             Self::Validation(errors) => Problem::validation(errors),
             Self::Problem(problem) => *problem,
             Self::Store(error) | Self::Key(KeyError::Store(error)) => Problem::from(error),
+            Self::Key(error @ KeyError::Undecryptable { .. }) => {
+                tracing::error!(%error, "signing key unusable");
+                Problem::dependency_unavailable(
+                    "the service cannot sign tokens now; it is misconfigured",
+                )
+            }
             Self::Key(KeyError::Crypto(cause)) => {
                 tracing::error!(%cause, "signing key failure");
                 Problem::internal()

@@ -21,7 +21,7 @@ use jsonwebtoken::jwk::JwkSet;
 pub use error::ApiError;
 
 use crate::config::AccountsConfig;
-use crate::keys::KeyManager;
+use crate::keys::{KeyManager, SigningKeyCheck};
 use crate::passwords::Hasher;
 use crate::store::AccountsStore;
 use crate::tokens::Issuer;
@@ -123,7 +123,9 @@ const IMPORT_BODY_LIMIT: usize = 256 * 1024 * 1024;
 
 /// The complete router, with the shared layers applied.
 pub fn router(state: AppState) -> Router {
-    let readiness = Readiness::new().with(Arc::new(DatabaseCheck(state.store.database())));
+    let readiness = Readiness::new()
+        .with(Arc::new(DatabaseCheck(state.store.database())))
+        .with(Arc::new(SigningKeyCheck(state.keys.clone())));
     let (http, metrics) = (state.config.http.clone(), state.metrics.clone());
     let api = Router::new()
         .route("/.well-known/jwks.json", get(jwks::jwks))

@@ -153,6 +153,16 @@ impl From<KeyError> for OAuthError {
     fn from(error: KeyError) -> Self {
         match error {
             KeyError::Store(error) => error.into(),
+            error @ KeyError::Undecryptable { .. } => {
+                tracing::error!(%error, "signing key unusable");
+                let mut error = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the service cannot sign tokens now",
+                );
+                error.retry_after = Some(1);
+                error
+            }
             KeyError::Crypto(cause) => {
                 tracing::error!(%cause, "signing key failure");
                 Self::new(

@@ -87,8 +87,10 @@ pub struct SigningKeyRecord {
     pub public_jwk: serde_json::Value,
     /// The private key, sealed.
     pub private_key: Vec<u8>,
-    /// Created.
+    /// Created, and published in the JWKS from then on.
     pub created_at: DateTime<Utc>,
+    /// Signs from then on; `None` for the next key, published but not yet scheduled.
+    pub activates_at: Option<DateTime<Utc>>,
     /// Stopped signing.
     pub retired_at: Option<DateTime<Utc>>,
     /// Leaves the JWKS.
@@ -135,13 +137,25 @@ pub trait AccountsStore: Send + Sync {
         &self,
         now: DateTime<Utc>,
     ) -> Result<Vec<SigningKeyRecord>, StoreError>;
-    /// In one transaction: retire every active key (it leaves the JWKS at `expires_at`),
-    /// insert `key` as the active one, and drop keys expired for a day.
-    async fn rotate_signing_key(
+    /// Stores a new key (published in the JWKS from its `created_at`).
+    async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError>;
+    /// In one transaction: the next key `next_kid` signs from `activates_at`; every key that
+    /// signs before then is retired at that time and leaves the JWKS at `retired_expire_at`;
+    /// `new_next` is published as the next key; keys expired for a day are dropped. `false`
+    /// and nothing written when `next_kid` is no longer unscheduled (another replica rotated).
+    async fn schedule_rotation(
+        &self,
+        next_kid: &str,
+        activates_at: DateTime<Utc>,
+        retired_expire_at: DateTime<Utc>,
+        new_next: &SigningKeyRecord,
+    ) -> Result<bool, StoreError>;
+    /// In one transaction, for a key that must stop signing at once (compromised): every key
+    /// signing at `now` is retired and leaves the JWKS now, and `key` signs from `now`.
+    async fn replace_signing_key_now(
         &self,
         key: &SigningKeyRecord,
         now: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
     /// Inserts a user; `Conflict` when the email is taken.

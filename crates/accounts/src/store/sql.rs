@@ -11,6 +11,33 @@ use super::{
     UserRecord,
 };
 
+/// Inserts a signing key on `executor` (the pool, or a transaction).
+async fn insert_key<'c, DB: Backend>(
+    executor: impl Executor<'c, Database = DB>,
+    key: &SigningKeyRecord,
+) -> Result<(), sqlx::Error>
+where
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB>,
+    for<'q> sqlx::types::Json<&'q serde_json::Value>: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query(
+        "INSERT INTO signing_keys (kid, alg, public_jwk, private_key, created_at, activates_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&key.kid)
+    .bind(&key.alg)
+    .bind(sqlx::types::Json(&key.public_jwk))
+    .bind(&key.private_key)
+    .bind(key.created_at)
+    .bind(key.activates_at)
+    .execute(executor)
+    .await
+    .map(drop)
+}
+
 /// Accounts in an sqlx database: `SqlStore<sqlx::Sqlite>` or `SqlStore<sqlx::Postgres>`.
 pub struct SqlStore<DB: Backend> {
     pool: sqlx::Pool<DB>,
@@ -69,45 +96,72 @@ where
         now: DateTime<Utc>,
     ) -> Result<Vec<SigningKeyRecord>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT kid, alg, public_jwk, private_key, created_at, retired_at, expires_at \
-             FROM signing_keys WHERE expires_at IS NULL OR expires_at > $1 \
-             ORDER BY created_at DESC",
+            "SELECT kid, alg, public_jwk, private_key, created_at, activates_at, retired_at, \
+             expires_at FROM signing_keys WHERE expires_at IS NULL OR expires_at > $1 \
+             ORDER BY created_at DESC, kid DESC",
         )
         .bind(now)
         .fetch_all(&self.pool)
         .await?)
     }
 
-    #[tracing::instrument(name = "db rotate_signing_key", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "rotate_signing_key"))]
-    async fn rotate_signing_key(
+    #[tracing::instrument(name = "db insert_signing_key", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "insert_signing_key"))]
+    async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError> {
+        insert_key(&self.pool, key).await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "db schedule_rotation", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "schedule_rotation"))]
+    async fn schedule_rotation(
+        &self,
+        next_kid: &str,
+        activates_at: DateTime<Utc>,
+        retired_expire_at: DateTime<Utc>,
+        new_next: &SigningKeyRecord,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let scheduled = sqlx::query(
+            "UPDATE signing_keys SET activates_at = $1 WHERE kid = $2 AND activates_at IS NULL",
+        )
+        .bind(activates_at)
+        .bind(next_kid)
+        .execute(&mut *tx)
+        .await?;
+        if DB::rows_affected(&scheduled) != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE signing_keys SET retired_at = $1, expires_at = $2 \
+             WHERE activates_at < $1 AND retired_at IS NULL",
+        )
+        .bind(activates_at)
+        .bind(retired_expire_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_key(&mut *tx, new_next).await?;
+        sqlx::query("DELETE FROM signing_keys WHERE expires_at < $1")
+            .bind(activates_at - chrono::Duration::days(1))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    #[tracing::instrument(name = "db replace_signing_key_now", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "replace_signing_key_now"))]
+    async fn replace_signing_key_now(
         &self,
         key: &SigningKeyRecord,
         now: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE signing_keys SET retired_at = $1, expires_at = $2 WHERE retired_at IS NULL",
+            "UPDATE signing_keys SET retired_at = $1, expires_at = $1 \
+             WHERE activates_at <= $1 AND retired_at IS NULL",
         )
         .bind(now)
-        .bind(expires_at)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO signing_keys (kid, alg, public_jwk, private_key, created_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&key.kid)
-        .bind(&key.alg)
-        .bind(sqlx::types::Json(&key.public_jwk))
-        .bind(&key.private_key)
-        .bind(key.created_at)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM signing_keys WHERE expires_at < $1")
-            .bind(now - chrono::Duration::days(1))
-            .execute(&mut *tx)
-            .await?;
+        insert_key(&mut *tx, key).await?;
         tx.commit().await?;
         Ok(())
     }

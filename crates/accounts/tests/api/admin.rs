@@ -2,10 +2,15 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, decode_jwt, spawn_app};
+use crate::helpers::{
+    ADMIN_EMAIL, ADMIN_PASSWORD, backdate_next_keys, decode_jwt, published_kids, spawn_app,
+};
 use common::testkit::TestDatabase;
 
 common::both_databases!(
+    a_key_too_recently_published_signs_only_once_caches_have_it,
+    an_emergency_replacement_unpublishes_the_old_key_at_once,
+    a_replica_with_another_encryption_key_is_unready_and_rotates_nothing,
     rotation_keeps_old_tokens_valid_until_they_expire,
     admin_routes_need_the_admin_scope,
     client_creation_validates_its_input,
@@ -14,42 +19,36 @@ common::both_databases!(
     discovery_lists_the_endpoints,
 );
 
-async fn kids(app: &TestApp) -> Vec<String> {
-    let jwks: Value = app
-        .get("/.well-known/jwks.json")
-        .await
-        .json()
-        .await
-        .unwrap();
-    jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 async fn rotation_keeps_old_tokens_valid_until_they_expire(db: TestDatabase) {
     let app = spawn_app(db).await;
     let admin = app.admin_token().await;
     let old_kid = decode_jwt(&admin).0["kid"].as_str().unwrap().to_owned();
-    assert_eq!(kids(&app).await, std::slice::from_ref(&old_kid));
+    let published = published_kids(&app).await;
+    assert_eq!(
+        published.len(),
+        2,
+        "the active key and the next one: {published:?}"
+    );
+    let next_kid = published.iter().find(|k| **k != old_kid).unwrap().clone();
+    // The next key has been published longer than any cache keeps the JWKS.
+    backdate_next_keys(&app.store.database(), chrono::Duration::hours(2)).await;
 
     let response = app
         .post_json("/v1/admin/keys/rotate", &admin, &json!({}))
         .await;
     assert_eq!(response.status(), 200);
-    let new_kid = response.json::<Value>().await.unwrap()["kid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_ne!(new_kid, old_kid);
-
-    let published = kids(&app).await;
-    assert!(
-        published.contains(&old_kid) && published.contains(&new_kid),
-        "{published:?}"
+    let rotation: Value = response.json().await.unwrap();
+    assert_eq!(
+        rotation["kid"],
+        next_kid.as_str(),
+        "the pre-published key signs now"
     );
+    let new_next = rotation["next_kid"].as_str().unwrap().to_owned();
+
+    let published = published_kids(&app).await;
+    for kid in [&old_kid, &next_kid, &new_next] {
+        assert!(published.contains(kid), "{kid} in {published:?}");
+    }
     assert_eq!(
         app.get_with_token("/users/me", &admin).await.status(),
         200,
@@ -58,14 +57,14 @@ async fn rotation_keeps_old_tokens_valid_until_they_expire(db: TestDatabase) {
     let fresh = app.admin_token().await;
     assert_eq!(
         decode_jwt(&fresh).0["kid"],
-        new_kid.as_str(),
+        next_kid.as_str(),
         "new tokens use the new key"
     );
     assert_eq!(app.get_with_token("/users/me", &fresh).await.status(), 200);
 
     // Once every token the old key signed has expired (15 min + leeway), it leaves the set.
     let later = chrono::Utc::now() + chrono::Duration::minutes(17);
-    let then: Vec<String> = app
+    let mut then: Vec<String> = app
         .store
         .published_keys(later)
         .await
@@ -73,7 +72,118 @@ async fn rotation_keeps_old_tokens_valid_until_they_expire(db: TestDatabase) {
         .iter()
         .map(|k| k["kid"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(then, [new_kid]);
+    then.sort();
+    let mut expected = vec![next_kid, new_next];
+    expected.sort();
+    assert_eq!(then, expected);
+}
+
+async fn a_key_too_recently_published_signs_only_once_caches_have_it(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let admin = app.admin_token().await;
+    let old_kid = decode_jwt(&admin).0["kid"].as_str().unwrap().to_owned();
+    // The next key was published at start, moments ago.
+    let rotation: Value = app
+        .post_json("/v1/admin/keys/rotate", &admin, &json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let activates_at: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(rotation["activates_at"].clone()).unwrap();
+    let wait = activates_at - chrono::Utc::now();
+    assert!(
+        wait > chrono::Duration::minutes(59),
+        "scheduled an hour after it was published: {rotation}"
+    );
+    let fresh = app.admin_token().await;
+    assert_eq!(
+        decode_jwt(&fresh).0["kid"],
+        old_kid.as_str(),
+        "the old key signs until then"
+    );
+}
+
+async fn an_emergency_replacement_unpublishes_the_old_key_at_once(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let admin = app.admin_token().await;
+    let old_kid = decode_jwt(&admin).0["kid"].as_str().unwrap().to_owned();
+    let response = app
+        .post_json("/v1/admin/keys/rotate", &admin, &json!({"emergency": true}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let replaced: Value = response.json().await.unwrap();
+    let new_kid = replaced["kid"].as_str().unwrap();
+    assert_ne!(new_kid, old_kid);
+    assert!(
+        !published_kids(&app).await.contains(&old_kid),
+        "unpublished at once"
+    );
+    assert_eq!(
+        app.get_with_token("/users/me", &admin).await.status(),
+        401,
+        "tokens of the replaced key no longer verify"
+    );
+    let fresh = app.login(ADMIN_EMAIL, ADMIN_PASSWORD).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(decode_jwt(&fresh).0["kid"], new_kid);
+    assert_eq!(app.get_with_token("/users/me", &fresh).await.status(), 200);
+}
+
+async fn a_replica_with_another_encryption_key_is_unready_and_rotates_nothing(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let keys_before = app
+        .store
+        .live_signing_keys(chrono::Utc::now())
+        .await
+        .unwrap()
+        .len();
+    // A second replica on the same database, configured with a different key-encryption key.
+    let data_dir = tempfile::tempdir().unwrap();
+    let env = common::config::Env::from_pairs([
+        ("ACCOUNTS_ADDR", "127.0.0.1:0".to_owned()),
+        ("ACCOUNTS_DATABASE_URL", app.db.url_string()),
+        ("DATA_DIR", data_dir.path().display().to_string()),
+        ("ACCOUNTS_SIGNING_ALG", "EdDSA".to_owned()),
+        (
+            "ACCOUNTS_KEY_ENCRYPTION_KEY",
+            "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBA=".to_owned(),
+        ),
+        // Due for rotation at once: it must still not rotate over keys it cannot read.
+        ("ACCOUNTS_KEY_ROTATION_HOURS", "1".to_owned()),
+    ]);
+    let config = accounts::AccountsConfig::from_env(&env).unwrap();
+    let other = accounts::Application::build(config).await.expect("starts");
+    let addr = other.local_addr().unwrap();
+    let other = common::testkit::Running::spawn(addr, |shutdown| other.run(shutdown));
+    let body = common::testkit::wait_for_readiness(&other.url(""), 503).await;
+    let output = body["checks"]["signing_key"][0]["output"].as_str().unwrap();
+    assert!(output.contains("ACCOUNTS_KEY_ENCRYPTION_KEY"), "{output}");
+    let refused = reqwest::Client::new()
+        .post(other.url("/v1/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", ADMIN_EMAIL),
+            ("password", ADMIN_PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        app.store
+            .live_signing_keys(chrono::Utc::now())
+            .await
+            .unwrap()
+            .len(),
+        keys_before,
+        "no key was made over the unreadable ones"
+    );
+    // The replica that can read them is unaffected.
+    common::testkit::wait_for_readiness(&app.url(""), 200).await;
+    app.admin_token().await;
 }
 
 async fn admin_routes_need_the_admin_scope(db: TestDatabase) {

@@ -192,3 +192,32 @@ pub async fn insert_key(
     }
     .expect("insert signing key");
 }
+
+/// Makes the keys published but not yet signing (the next keys) look published `age` ago,
+/// so that a rotation may activate them at once.
+pub async fn backdate_next_keys(pool: &common::db::Pool, age: chrono::Duration) {
+    use common::db::Pool;
+    let when = chrono::Utc::now() - age;
+    let sql = "UPDATE signing_keys SET created_at = $1 WHERE activates_at IS NULL";
+    match pool {
+        Pool::Sqlite(pool) => sqlx::query(sql).bind(when).execute(pool).await.map(drop),
+        Pool::Postgres(pool) => sqlx::query(sql).bind(when).execute(pool).await.map(drop),
+    }
+    .expect("backdate the next keys");
+}
+
+/// The `kid`s the JWKS serves.
+pub async fn published_kids(app: &TestApp) -> Vec<String> {
+    let body: Value = app
+        .get("/.well-known/jwks.json")
+        .await
+        .json()
+        .await
+        .expect("JWKS");
+    body["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| k["kid"].as_str().expect("kid").to_owned())
+        .collect()
+}
