@@ -145,9 +145,10 @@ pub trait PaymentsStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Option<Payment>, StoreError>;
 
-    /// Takes the next payment to work on, leased until `now + lease`: a pending one (which
-    /// becomes processing, with its event), or a processing one whose lease ran out (its
-    /// processor died, or its retry is due).
+    /// Takes the next payment to work on, leased until `now + lease`, whichever is due first:
+    /// a pending one (due when it was accepted; it becomes processing, with its event), or a
+    /// processing one whose lease ran out (its processor died) or whose retry is due (due at
+    /// its `lease_until`). So retries and abandoned payments never wait behind new work.
     async fn claim_next_payment(
         &self,
         now: DateTime<Utc>,

@@ -27,16 +27,6 @@ impl<DB: Backend> SqlStore<DB> {
     }
 }
 
-/// Takes the oldest pending payment and marks it processing, leased until `$2` (`$1` = now).
-fn claim_pending<DB: Backend>() -> AssertSqlSafe<String> {
-    AssertSqlSafe(format!(
-        "UPDATE payments SET status = 'processing', lease_until = $2, updated_at = $1 WHERE id = ( \
-           SELECT id FROM payments WHERE status = 'pending' ORDER BY created_at LIMIT 1 {}) \
-         AND status = 'pending' RETURNING *",
-        DB::SKIP_LOCKED
-    ))
-}
-
 /// Writes `event` about `payment` to `payment_events` (the history and the outbox), on
 /// `executor`: the transaction of the change it records.
 async fn insert_event<'c, DB: Backend>(
@@ -84,6 +74,7 @@ where
     for<'r> Payment: FromRow<'r, DB::Row>,
     for<'r> OutboxEvent: FromRow<'r, DB::Row>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'r> (String, DateTime<Utc>): FromRow<'r, DB::Row>,
     for<'r> (sqlx::types::Json<serde_json::Value>,): FromRow<'r, DB::Row>,
     for<'r> (i64, sqlx::types::Json<serde_json::Value>): FromRow<'r, DB::Row>,
     for<'r> (
@@ -325,30 +316,86 @@ where
         lease: Duration,
     ) -> Result<Option<Payment>, StoreError> {
         let lease_until = now + lease;
-        let mut tx = self.pool.begin().await?;
-        let pending: Option<Payment> = sqlx::query_as(claim_pending::<DB>())
-            .bind(now)
-            .bind(lease_until)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if let Some(payment) = pending {
-            let event = events::state_changed(&payment, now);
-            insert_event::<DB>(&mut *tx, &event, &payment).await?;
+        let pending = format!(
+            "SELECT id, created_at FROM payments WHERE status = 'pending' \
+             ORDER BY created_at LIMIT 1 {}",
+            DB::SKIP_LOCKED
+        );
+        let lapsed = format!(
+            "SELECT id, lease_until FROM payments WHERE status = 'processing' AND lease_until < $1 \
+             ORDER BY lease_until LIMIT 1 {}",
+            DB::SKIP_LOCKED
+        );
+        // SQLite has no row locks: another worker may claim the payment between our look and
+        // our (conditional) claim, and we look again.
+        for _ in 0..3 {
+            let mut tx = self.pool.begin().await?;
+            let (first_pending, first_lapsed): (Option<(String, DateTime<Utc>)>, _) =
+                if DB::ROW_LOCKS {
+                    let pending = sqlx::query_as(AssertSqlSafe(pending.clone()))
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let lapsed = sqlx::query_as(AssertSqlSafe(lapsed.clone()))
+                        .bind(now)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    (pending, lapsed)
+                } else {
+                    let pending = sqlx::query_as(AssertSqlSafe(pending.clone()))
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    let lapsed = sqlx::query_as(AssertSqlSafe(lapsed.clone()))
+                        .bind(now)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    (pending, lapsed)
+                };
+            // Whichever is due first: a new payment (due when accepted), or one whose lease ran
+            // out (its worker died) or whose retry is due (due at `lease_until`).
+            let (id, was_pending) = match (first_pending, first_lapsed) {
+                (None, None) => return Ok(None),
+                (Some((id, _)), None) => (id, true),
+                (None, Some((id, _))) => (id, false),
+                (Some((pending, created)), Some((lapsed, due))) => {
+                    if due < created {
+                        (lapsed, false)
+                    } else {
+                        (pending, true)
+                    }
+                }
+            };
+            let claimed: Option<Payment> = if was_pending {
+                sqlx::query_as(
+                    "UPDATE payments SET status = 'processing', lease_until = $2, updated_at = $1 \
+                     WHERE id = $3 AND status = 'pending' RETURNING *",
+                )
+                .bind(now)
+                .bind(lease_until)
+                .bind(&id)
+                .fetch_optional(&mut *tx)
+                .await?
+            } else {
+                sqlx::query_as(
+                    "UPDATE payments SET lease_until = $2, updated_at = $1 \
+                     WHERE id = $3 AND status = 'processing' AND lease_until < $1 RETURNING *",
+                )
+                .bind(now)
+                .bind(lease_until)
+                .bind(&id)
+                .fetch_optional(&mut *tx)
+                .await?
+            };
+            let Some(payment) = claimed else {
+                continue;
+            };
+            if was_pending {
+                let event = events::state_changed(&payment, now);
+                insert_event::<DB>(&mut *tx, &event, &payment).await?;
+            }
             tx.commit().await?;
             return Ok(Some(payment));
         }
-        let expired: Option<Payment> = sqlx::query_as(
-            "UPDATE payments SET lease_until = $2, updated_at = $1 WHERE id = ( \
-                   SELECT id FROM payments WHERE status = 'processing' AND lease_until < $1 \
-                   ORDER BY lease_until LIMIT 1) \
-                 AND status = 'processing' AND lease_until < $1 RETURNING *",
-        )
-        .bind(now)
-        .bind(lease_until)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(expired)
+        Ok(None)
     }
 
     #[tracing::instrument(name = "db finish_payment", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "finish_payment"))]

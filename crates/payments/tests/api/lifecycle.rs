@@ -15,6 +15,7 @@ common::both_databases!(
     a_database_outage_is_a_503_and_nothing_is_half_written,
     a_full_or_read_only_database_is_a_503_and_readiness_says_so,
     a_restart_resumes_a_payment_its_dead_processor_held,
+    due_retries_and_lapsed_leases_are_taken_before_newer_payments,
 );
 
 fn with_method(method: &str) -> Value {
@@ -402,4 +403,76 @@ async fn a_restart_resumes_a_payment_its_dead_processor_held(db: TestDatabase) {
         ]
     );
     restarted.stop().await.unwrap();
+}
+
+/// Under a steady stream of new payments, a retry that is due and a payment whose worker died
+/// are taken in due order, not only once nothing is pending.
+async fn due_retries_and_lapsed_leases_are_taken_before_newer_payments(db: TestDatabase) {
+    let app = spawn_app_with(db, &[("PAYMENTS_PROCESSOR_ENABLED", "false")]).await;
+    let token = app.user_token("due@example.com").await;
+    let store = &app.store;
+    let create = |key: &'static str| {
+        let app = &app;
+        let token = token.clone();
+        async move {
+            let body: Value = app
+                .create(&token, key, &usd(json!(5)))
+                .await
+                .json()
+                .await
+                .unwrap();
+            body["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let lease = std::time::Duration::from_secs(30);
+    let start = chrono::Utc::now();
+    let seconds = chrono::Duration::seconds;
+    // A payment whose provider call failed: its retry was due 20 s ago.
+    let retried = create("retried").await;
+    let claimed = store
+        .claim_next_payment(start, lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.id, retried);
+    store
+        .retry_payment_later(&retried, 1, start - seconds(20), start)
+        .await
+        .unwrap();
+    // A payment whose worker died: its lease lapsed 30 s ago.
+    let abandoned = create("abandoned").await;
+    let claimed = store
+        .claim_next_payment(start - seconds(60), lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.id, abandoned);
+    // New payments keep coming, accepted after both were due.
+    let mut newer = Vec::new();
+    for key in ["n1", "n2", "n3"] {
+        newer.push(create(key).await);
+    }
+    let now = chrono::Utc::now();
+    let order: Vec<String> = {
+        let mut order = Vec::new();
+        while let Some(payment) = store.claim_next_payment(now, lease).await.unwrap() {
+            order.push(payment.id);
+        }
+        order
+    };
+    let mut expected = vec![abandoned.clone(), retried.clone()];
+    expected.extend(newer);
+    assert_eq!(
+        order, expected,
+        "due order: the lapsed lease, the retry, then the new ones"
+    );
+    // A retried or resumed payment keeps its one `processing` event.
+    let history = store.payment_events(&retried).await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .filter(|e| e["type"] == "payments.payment.processing")
+            .count(),
+        1
+    );
 }
