@@ -3,8 +3,12 @@
 //! = event id), marking a row sent only once its publish is acknowledged. Order per payment is
 //! kept (a batch never holds two events of one payment, and a payment's next event is taken
 //! only once the previous one is sent). While NATS is down, events accumulate and are sent in
-//! order when it is back. Several relays may run at once; JetStream's duplicate window absorbs
-//! a repeat.
+//! order when it is back.
+//!
+//! Several relays may run at once: each claims its batch for a short lease in one short
+//! transaction, publishes with no transaction open, then marks what was acknowledged; a relay
+//! that dies leaves a lease that runs out, and JetStream's duplicate window absorbs the
+//! repeat of an event it had published but not marked.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +18,8 @@ use async_nats::jetstream::{self, stream};
 use chrono::Utc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use common::db::StoreError;
 
 use crate::store::{OutboxEvent, PaymentsStore};
 
@@ -30,6 +36,40 @@ pub struct RelaySettings {
     pub batch: i64,
     /// How long sent events stay in the database (the feed) before they are pruned.
     pub retention: Duration,
+}
+
+/// What one relay batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayOutcome {
+    /// Published and marked sent.
+    pub sent: usize,
+    /// Taken but not acknowledged (left for the next batch).
+    pub failed: usize,
+}
+
+/// How long a relay holds the events it claimed (more than the acknowledgement timeout of a
+/// whole batch); a relay that dies leaves them to the others after this.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(30);
+
+/// Claims a batch, publishes it with no transaction open, and marks what JetStream
+/// acknowledged as sent.
+pub async fn relay_once(
+    store: &dyn PaymentsStore,
+    publisher: &dyn EventPublisher,
+    limit: i64,
+) -> Result<RelayOutcome, StoreError> {
+    let batch = store
+        .claim_outbox_batch(limit, Utc::now(), CLAIM_LEASE)
+        .await?;
+    if batch.is_empty() {
+        return Ok(RelayOutcome::default());
+    }
+    let acked = publisher.publish(&batch).await;
+    store.mark_published(&acked, Utc::now()).await?;
+    Ok(RelayOutcome {
+        sent: acked.len(),
+        failed: batch.len() - acked.len(),
+    })
 }
 
 /// Publishes a batch; returns the ids JetStream acknowledged.
@@ -162,6 +202,10 @@ pub fn spawn(
         let mut backoff = Duration::from_millis(100);
         let mut last_prune = std::time::Instant::now() - Duration::from_secs(3600);
         while !shutdown.is_cancelled() {
+            // First: the backlog is reported however NATS is doing, from the first round on.
+            if let Ok(backlog) = store.outbox_backlog().await {
+                metrics.backlog.set(backlog);
+            }
             if !stream_ready {
                 match ensure_stream(&context, &settings).await {
                     Ok(()) => {
@@ -176,13 +220,7 @@ pub fn spawn(
                     }
                 }
             }
-            if let Ok(backlog) = store.outbox_backlog().await {
-                metrics.backlog.set(backlog);
-            }
-            match store
-                .relay_batch(settings.batch, &publisher, Utc::now())
-                .await
-            {
+            match relay_once(store.as_ref(), &publisher, settings.batch).await {
                 Ok(outcome) if outcome.failed > 0 => {
                     tracing::warn!(
                         sent = outcome.sent,

@@ -82,15 +82,6 @@ pub struct OutboxEvent {
     pub created_at: DateTime<Utc>,
 }
 
-/// What one relay batch did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RelayOutcome {
-    /// Published and marked sent.
-    pub sent: usize,
-    /// Taken but not acknowledged (left for the next batch).
-    pub failed: usize,
-}
-
 /// Everything payments keeps in its database.
 #[async_trait::async_trait]
 pub trait PaymentsStore: Send + Sync {
@@ -172,14 +163,18 @@ pub trait PaymentsStore: Send + Sync {
 
     /// The CloudEvents of one payment, oldest first (its history).
     async fn payment_events(&self, payment_id: &str) -> Result<Vec<serde_json::Value>, StoreError>;
-    /// Publishes the oldest unsent events (at most one per payment, so order per payment holds)
-    /// with `publisher`, and marks those it acknowledged as sent.
-    async fn relay_batch(
+    /// Claims the oldest unsent events for `lease` (at most one per payment, the payment's
+    /// earliest unsent one, so order per payment holds): other relays skip them until the
+    /// lease runs out. The claim is one short transaction; nothing is held while they are
+    /// published.
+    async fn claim_outbox_batch(
         &self,
         limit: i64,
-        publisher: &dyn crate::relay::EventPublisher,
         now: DateTime<Utc>,
-    ) -> Result<RelayOutcome, StoreError>;
+        lease: Duration,
+    ) -> Result<Vec<OutboxEvent>, StoreError>;
+    /// Marks these events sent (their publish was acknowledged).
+    async fn mark_published(&self, ids: &[String], now: DateTime<Utc>) -> Result<(), StoreError>;
     /// Deletes events sent before `before`; returns how many.
     async fn prune_published_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Events not yet sent.

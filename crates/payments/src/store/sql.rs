@@ -10,10 +10,9 @@ use chrono::{DateTime, Utc};
 use common::db::{Backend, Pool, StoreError};
 use sqlx::{AssertSqlSafe, Decode, Encode, Executor, FromRow, Type};
 
-use super::{Finish, KeyClaim, OutboxEvent, PaymentsStore, RelayOutcome, SavedResponse};
+use super::{Finish, KeyClaim, OutboxEvent, PaymentsStore, SavedResponse};
 use crate::domain::events::{self, Event};
 use crate::domain::payment::Payment;
-use crate::relay::EventPublisher;
 
 /// Payments in an sqlx database: `SqlStore<sqlx::Sqlite>` or `SqlStore<sqlx::Postgres>`.
 pub struct SqlStore<DB: Backend> {
@@ -458,55 +457,72 @@ where
         Ok(rows.into_iter().map(|(event,)| event.0).collect())
     }
 
-    #[tracing::instrument(name = "db relay_batch", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "relay_batch"))]
-    async fn relay_batch(
+    #[tracing::instrument(name = "db claim_outbox_batch", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "claim_outbox_batch"))]
+    async fn claim_outbox_batch(
         &self,
         limit: i64,
-        publisher: &dyn EventPublisher,
         now: DateTime<Utc>,
-    ) -> Result<RelayOutcome, StoreError> {
-        let select = || {
-            sqlx::query_as::<_, OutboxEvent>(AssertSqlSafe(format!(
-                    "SELECT seq, id, type, payment_id, event, created_at FROM payment_events e \
-                     WHERE published_at IS NULL AND NOT EXISTS ( \
-                       SELECT 1 FROM payment_events earlier WHERE earlier.payment_id = e.payment_id \
-                       AND earlier.published_at IS NULL AND earlier.seq < e.seq) \
-                     ORDER BY seq LIMIT $1 {}",
-                    DB::SKIP_LOCKED
-                )))
-                .bind(limit)
-        };
-        // PostgreSQL: hold the row locks while publishing, so other relays skip these
-        // rows. SQLite: a write transaction would stop every writer; read, publish, then write.
-        let mut held = if DB::ROW_LOCKS {
-            Some(self.pool.begin().await?)
-        } else {
-            None
-        };
-        let batch = match held.as_mut() {
-            Some(tx) => select().fetch_all(&mut **tx).await?,
-            None => select().fetch_all(&self.pool).await?,
-        };
-        if batch.is_empty() {
-            return Ok(RelayOutcome::default());
-        }
-        let acked = publisher.publish(&batch).await;
-        let mut tx = match held {
-            Some(tx) => tx,
-            None => self.pool.begin().await?,
-        };
-        for id in &acked {
-            sqlx::query("UPDATE payment_events SET published_at = $1 WHERE id = $2")
+        lease: Duration,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let eligible = format!(
+            "SELECT seq, id, type, payment_id, event, created_at FROM payment_events e \
+             WHERE published_at IS NULL AND (relay_lease_until IS NULL OR relay_lease_until < $1) \
+             AND NOT EXISTS ( \
+               SELECT 1 FROM payment_events earlier WHERE earlier.payment_id = e.payment_id \
+               AND earlier.published_at IS NULL AND earlier.seq < e.seq) \
+             ORDER BY seq LIMIT $2 {}",
+            DB::SKIP_LOCKED
+        );
+        let mut tx = self.pool.begin().await?;
+        // PostgreSQL: the rows stay locked (skipped by other relays) until the claim commits.
+        // SQLite: read first, then claim each row only if it is still unclaimed (the first
+        // write takes the database's write lock).
+        let candidates: Vec<OutboxEvent> = if DB::ROW_LOCKS {
+            sqlx::query_as(AssertSqlSafe(eligible))
                 .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?
+        } else {
+            sqlx::query_as(AssertSqlSafe(eligible))
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+        };
+        let mut claimed = Vec::with_capacity(candidates.len());
+        for event in candidates {
+            let taken = sqlx::query(
+                "UPDATE payment_events SET relay_lease_until = $1 WHERE seq = $2 \
+                 AND published_at IS NULL AND (relay_lease_until IS NULL OR relay_lease_until < $3)",
+            )
+            .bind(now + lease)
+            .bind(event.seq)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if DB::rows_affected(&taken) == 1 {
+                claimed.push(event);
+            }
         }
         tx.commit().await?;
-        Ok(RelayOutcome {
-            sent: acked.len(),
-            failed: batch.len() - acked.len(),
-        })
+        Ok(claimed)
+    }
+
+    #[tracing::instrument(name = "db mark_published", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "mark_published"))]
+    async fn mark_published(&self, ids: &[String], now: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for id in ids {
+            sqlx::query(
+                "UPDATE payment_events SET published_at = $1, relay_lease_until = NULL WHERE id = $2",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     #[tracing::instrument(name = "db prune_published_events", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "prune_published_events"))]

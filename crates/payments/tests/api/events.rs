@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with, start_payments};
+use crate::helpers::{TestApp, spawn_app, spawn_app_with, start_payments, usd};
 use common::testkit::{Cuttable, TestDatabase, nats_url, readiness, wait_for_readiness};
 
 common::both_databases!(
@@ -14,7 +14,123 @@ common::both_databases!(
     a_nats_outage_loses_nothing,
     two_relays_publish_each_event_once,
     the_feed_pages_through_the_callers_events,
+    the_relay_holds_no_transaction_while_it_waits_for_the_broker,
+    the_backlog_is_reported_while_nats_is_down_from_the_start,
 );
+
+/// A publisher that acknowledges everything, once let go.
+struct Held {
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl payments::relay::EventPublisher for Held {
+    async fn publish(&self, events: &[payments::store::OutboxEvent]) -> Vec<String> {
+        self.entered.notify_one();
+        self.release.notified().await;
+        events.iter().map(|event| event.id.clone()).collect()
+    }
+}
+
+async fn the_relay_holds_no_transaction_while_it_waits_for_the_broker(db: TestDatabase) {
+    let app = spawn_app_with(db, &[("PAYMENTS_PROCESSOR_ENABLED", "false")]).await;
+    let token = app.user_token("held@example.com").await;
+    for key in ["h1", "h2"] {
+        assert_eq!(app.create(&token, key, &usd(json!(3))).await.status(), 202);
+    }
+    let store = app.store.clone();
+    let held = std::sync::Arc::new(Held {
+        entered: tokio::sync::Notify::new(),
+        release: tokio::sync::Notify::new(),
+    });
+    let relay = {
+        let (store, held) = (store.clone(), held.clone());
+        tokio::spawn(
+            async move { payments::relay::relay_once(store.as_ref(), held.as_ref(), 10).await },
+        )
+    };
+    held.entered.notified().await;
+    // While the broker keeps the relay waiting: no transaction is open on the database ...
+    if let common::db::Pool::Postgres(pool) = app.store.database() {
+        let (open,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND state LIKE 'idle in transaction%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(open, 0, "a transaction is held open while publishing");
+    }
+    // ... writers are not held up, and another relay finds the claimed events taken.
+    let third: Value = app
+        .create(&token, "h3", &usd(json!(3)))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let other = store
+        .claim_outbox_batch(10, chrono::Utc::now(), payments::relay::CLAIM_LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        other
+            .iter()
+            .map(|e| e.payment_id.as_str())
+            .collect::<Vec<_>>(),
+        [third["id"].as_str().unwrap()],
+        "only the new payment's event is free"
+    );
+    held.release.notify_one();
+    let outcome = relay.await.unwrap().unwrap();
+    assert_eq!((outcome.sent, outcome.failed), (2, 0));
+    store
+        .mark_published(
+            &other.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_backlog().await.unwrap(), 0);
+}
+
+async fn the_backlog_is_reported_while_nats_is_down_from_the_start(db: TestDatabase) {
+    // Never reachable: the relay cannot set up its stream.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nats = format!("nats://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let settings = nats_settings(&nats);
+    let app = spawn_app_with(db, &as_refs(&settings)).await;
+    let token = app.user_token("backlog@example.com").await;
+    for key in ["b1", "b2", "b3"] {
+        assert_eq!(app.create(&token, key, &usd(json!(4))).await.status(), 202);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let metrics = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let backlog: i64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("payments_outbox_backlog "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0);
+        if backlog >= 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backlog gauge stayed at {backlog}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 /// A stream and subjects of this test's own.
 fn nats_settings(nats: &str) -> Vec<(String, String)> {
