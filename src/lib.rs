@@ -73,8 +73,10 @@ impl Stack {
 
     /// Runs everything until `shutdown` fires (or one service fails): the gateway stops taking
     /// requests and drains first, then the services finish theirs and close their databases.
+    /// Payment processing stops taking new work at once and finishes what it holds.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let services = CancellationToken::new();
+        let stop_claiming = shutdown.clone();
         let gateway = {
             let services = services.clone();
             async move {
@@ -92,7 +94,13 @@ impl Stack {
         let (gateway, accounts, payments) = tokio::join!(
             gateway,
             async { stop_all(self.accounts.run(services.clone()).await) },
-            async { stop_all(self.payments.run(services.clone()).await) },
+            async {
+                stop_all(
+                    self.payments
+                        .run_draining(stop_claiming, services.clone())
+                        .await,
+                )
+            },
         );
         gateway.context("gateway")?;
         accounts.context("accounts")?;

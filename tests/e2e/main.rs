@@ -20,6 +20,7 @@ common::both_databases!(
     a_payment_through_the_gateway,
     rate_limits_follow_the_token_subject,
     the_stack_shuts_down_cleanly,
+    processing_stops_taking_payments_at_the_first_signal,
 );
 
 async fn health(db: TestDatabase) {
@@ -180,6 +181,7 @@ async fn the_stack_shuts_down_cleanly(db: TestDatabase) {
         gateway,
         _databases,
         data_dir: _data_dir,
+        ..
     } = stack;
     let addr = gateway.addr;
     gateway
@@ -221,4 +223,83 @@ async fn rate_limits_follow_the_token_subject(db: TestDatabase) {
         200,
         "Bob, from the same IP, has his own"
     );
+}
+
+/// Shutdown: the gateway drains first, and the services serve until it has; but payment
+/// processing stops taking new work at the first signal (it finishes what it holds).
+async fn processing_stops_taking_payments_at_the_first_signal(db: TestDatabase) {
+    let stack = spawn_stack(db).await;
+    let client = reqwest::Client::new();
+    let token = user_token(&stack, "drain@example.com").await;
+    // A request through the gateway whose body is still coming keeps it draining.
+    let (more, rest) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let slow = client
+        .post(stack.url("/accounts/v1/users"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(tokio_stream_of(rest)))
+        .send();
+    let slow = tokio::spawn(slow);
+    more.send(Ok(b"{\"email\": \"late@example.com\", ".to_vec()))
+        .await
+        .unwrap();
+    // It has reached the gateway (the scrape is the other request in flight).
+    common::testkit::wait_for_active_requests(&stack.url(""), 2).await;
+    stack.gateway.begin_shutdown();
+    // Payments still serves (the gateway has not drained), but takes no new work.
+    let direct = |path: &str| format!("http://{}{path}", stack.payments);
+    let created = client
+        .post(direct("/v1/payments"))
+        .bearer_auth(&token)
+        .header("idempotency-key", "late-1")
+        .json(&serde_json::json!({"amount": "1.00", "currency": "USD", "description": "late"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 202);
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Workers are woken by every new payment: a worker still claiming takes it within
+    // milliseconds. Watched for a while: it stays pending.
+    let watch_until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    while std::time::Instant::now() < watch_until {
+        let read: Value = client
+            .get(direct(&format!("/v1/payments/{id}")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            read["status"], "pending",
+            "claimed after the shutdown signal"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    more.send(Ok(b"\"password\": \"password-123\"}".to_vec()))
+        .await
+        .unwrap();
+    drop(more);
+    let finished = slow.await.unwrap().unwrap();
+    assert_eq!(finished.status(), 201, "the in-flight request finished");
+    let TestStack {
+        gateway,
+        payments_db,
+        _databases,
+        ..
+    } = stack;
+    gateway.stop().await.expect("a clean stop");
+    let store = payments::store::open(&payments_db, 1).await.unwrap();
+    let stored = store.payment(&id).await.unwrap().unwrap();
+    assert_eq!(stored.status, "pending", "left for the next start");
+}
+
+/// The receiving end of a channel as a stream of body chunks.
+fn tokio_stream_of(
+    mut rest: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rest.poll_recv(cx))
 }

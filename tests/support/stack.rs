@@ -8,6 +8,10 @@ use stack::{Stack, StackConfig};
 /// A running stack and the databases it owns.
 pub struct TestStack {
     pub gateway: Running,
+    /// Where payments listens (behind the gateway).
+    pub payments: std::net::SocketAddr,
+    /// Payments' database.
+    pub payments_db: common::db::DatabaseUrl,
     pub data_dir: tempfile::TempDir,
     pub _databases: Vec<TestDatabase>,
 }
@@ -36,6 +40,7 @@ pub async fn spawn_stack_with(db: TestDatabase, extra: &[(&str, &str)]) -> TestS
         env = env.with(*name, *value);
     }
     let mut databases = Vec::new();
+    let mut payments_db_url = common::db::DatabaseUrl::Sqlite(data_dir.path().join("payments.db"));
     if db.is_postgres() {
         let payments_db = TestDatabase::postgres()
             .await
@@ -44,14 +49,18 @@ pub async fn spawn_stack_with(db: TestDatabase, extra: &[(&str, &str)]) -> TestS
             .with("ACCOUNTS_DATABASE_URL", db.url_string())
             .with("PAYMENTS_DATABASE_URL", payments_db.url_string());
         databases.push(payments_db);
+        payments_db_url = databases[0].url.clone();
     }
     databases.push(db);
     let config = StackConfig::from_env(&env).expect("config");
     let stack = Stack::build(config).await.expect("stack builds");
     let addr = stack.gateway_addr().unwrap();
+    let payments = stack.payments_addr().unwrap();
     let gateway = Running::spawn(addr, |shutdown| stack.run(shutdown));
     TestStack {
         gateway,
+        payments,
+        payments_db: payments_db_url,
         data_dir,
         _databases: databases,
     }

@@ -22,6 +22,7 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 pub struct Metrics {
     registry: Registry,
     http_duration: HistogramVec,
+    http_active: prometheus::IntGauge,
     /// Tells this registry's series apart in each thread's [`SERIES`] cache.
     id: u64,
 }
@@ -37,6 +38,17 @@ const CACHED_SERIES: usize = 64;
 
 thread_local! {
     static SERIES: std::cell::RefCell<SeriesCache> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One request counted in `http_server_active_requests` while this lives (dropped when it is
+/// answered, or when its client goes away first).
+#[derive(Debug)]
+pub struct ActiveRequest(prometheus::IntGauge);
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The route template a response was served by, for the `http_route` label.
@@ -60,14 +72,27 @@ impl Metrics {
             ],
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let http_active = prometheus::IntGauge::new(
+            "http_server_active_requests",
+            "HTTP requests being served (received, not yet answered).",
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
         static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let metrics = Self {
             registry,
             http_duration,
+            http_active,
             id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         metrics.register(metrics.http_duration.clone());
+        metrics.register(metrics.http_active.clone());
         metrics
+    }
+
+    /// Counts a request as being served until the guard is dropped.
+    pub fn active_request(&self) -> ActiveRequest {
+        self.http_active.inc();
+        ActiveRequest(self.http_active.clone())
     }
 
     fn register(&self, collector: impl prometheus::core::Collector + 'static) {

@@ -233,6 +233,8 @@ pub struct Observation {
     /// The URI (its path), kept for the access log line when there is no span to carry it
     /// (a clone of a parsed URI shares its bytes).
     uri: Option<http::Uri>,
+    /// Counts the request in `http_server_active_requests` until it is answered.
+    _active: crate::metrics::ActiveRequest,
 }
 
 impl RequestObserver {
@@ -333,6 +335,7 @@ impl RequestObserver {
             header,
             uri: span.is_none().then(|| request.uri().clone()),
             span,
+            _active: self.metrics.active_request(),
         }
     }
 
@@ -352,6 +355,7 @@ impl RequestObserver {
             header,
             span,
             uri,
+            _active,
         } = observation;
         let status = response.status().as_u16();
         span.record("http.response.status_code", status);

@@ -326,6 +326,38 @@ pub async fn wait_for_readiness(base: &str, status: u16) -> serde_json::Value {
     }
 }
 
+/// Polls `GET {base}/metrics` until `http_server_active_requests` is at least `count` (the
+/// scrape itself counts as one), for at most 10 seconds: requests sent on other connections
+/// have reached the service.
+pub async fn wait_for_active_requests(base: &str, count: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = reqwest_text(&format!("{base}/metrics")).await;
+        let active: i64 = text
+            .lines()
+            .find_map(|line| line.strip_prefix("http_server_active_requests "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0);
+        if active >= count {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{base}: {active} requests in flight, waited for {count}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn reqwest_text(url: &str) -> String {
+    reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
 /// `GET {base}/healthz` must be 200 `{"status":"pass"}` in `application/health+json`.
 pub async fn assert_live(base: &str) {
     let response = reqwest_get(&format!("{base}/healthz")).await;

@@ -93,6 +93,27 @@ impl Application {
     /// Serves and processes payments until `shutdown` fires; in-flight requests and provider
     /// calls finish, then the database is closed.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.run_draining(shutdown.clone(), shutdown).await
+    }
+
+    /// As [`Application::run`], when the service stops serving later than shutdown is asked
+    /// for (the all-in-one runner lets the gateway in front drain first): processing workers
+    /// stop taking new payments as soon as `stop_claiming` fires and finish the ones they
+    /// hold; requests are served (and events relayed) until `shutdown`.
+    pub async fn run_draining(
+        self,
+        stop_claiming: CancellationToken,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        // Whichever comes first: the serving ends, so must the claiming.
+        let stop_claiming = stop_claiming.child_token();
+        {
+            let (shutdown, stop_claiming) = (shutdown.clone(), stop_claiming.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                stop_claiming.cancel();
+            });
+        }
         let workers = if self.config.processor_enabled {
             let provider = Arc::new(Sandbox {
                 latency: self.config.sandbox_latency,
@@ -105,7 +126,7 @@ impl Application {
                 self.wake.clone(),
                 processor::ProcessorMetrics::new(&self.metrics),
             )
-            .spawn(shutdown.clone())
+            .spawn(stop_claiming)
         } else {
             Vec::new()
         };
