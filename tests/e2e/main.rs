@@ -6,6 +6,7 @@
 use common::testkit::{TestDatabase, assert_live, readiness as get_readiness};
 use serde_json::Value;
 
+mod cli;
 mod nul;
 #[path = "../support/stack.rs"]
 mod support;

@@ -1,55 +1,63 @@
-//! The accounts binary: serve (the default), `healthcheck`, or `import-users FILE`.
+//! The accounts binary: `serve` (the default) until a signal, `healthcheck`, `migrate`, or
+//! `import-users FILE`; configuration from the environment.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("import-users") {
-        return import_users(args.get(2));
-    }
-    common::server::run_binary(
-        accounts::SERVICE,
-        accounts::AccountsConfig::from_env,
-        |config| config.addr,
-        |config, shutdown| async move {
-            accounts::Application::build(config)
-                .await?
-                .run(shutdown)
-                .await
-        },
-    )
+use clap::Parser;
+use common::server::CommonCommand;
+
+/// Accounts: users, login, OAuth 2 and OpenID Connect, tokens and their keys. Configured by
+/// environment variables (see the README).
+#[derive(Debug, Parser)]
+#[command(name = "accounts", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-/// `accounts import-users dump.json`: prints `{"imported":n,"skipped":m}`.
-fn import_users(file: Option<&String>) -> ExitCode {
-    let Some(file) = file else {
-        eprintln!("usage: accounts import-users <manage.py dumpdata auth.user output.json>");
-        return ExitCode::from(2);
-    };
-    let env = common::config::Env::from_process();
-    let config = match accounts::AccountsConfig::from_env(&env) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("accounts: {error}");
-            return ExitCode::from(2);
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Common(CommonCommand),
+    /// Import the monolith's users from `manage.py dumpdata auth.user` JSON into the
+    /// configured database, and print the report (JSON).
+    ImportUsers {
+        /// The dumpdata file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let load = accounts::AccountsConfig::from_env;
+    match Cli::parse()
+        .command
+        .unwrap_or(Command::Common(CommonCommand::Serve))
+    {
+        Command::Common(CommonCommand::Serve) => {
+            common::server::run_binary(accounts::SERVICE, load, |config, shutdown| async move {
+                accounts::Application::build(config)
+                    .await?
+                    .run(shutdown)
+                    .await
+            })
         }
-    };
-    let result = tokio::runtime::Runtime::new()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| {
-            runtime.block_on(accounts::import_file(config, std::path::Path::new(file)))
-        });
-    match result {
-        Ok(report) => {
-            println!(
-                "{}",
-                serde_json::to_string(&report).unwrap_or_else(|e| e.to_string())
-            );
-            ExitCode::SUCCESS
+        Command::Common(CommonCommand::Healthcheck) => {
+            common::server::run_healthcheck(accounts::SERVICE, load, |config| config.addr)
         }
-        Err(error) => {
-            eprintln!("accounts: import failed: {error:#}");
-            ExitCode::FAILURE
+        Command::Common(CommonCommand::Migrate) => {
+            common::server::run_task(accounts::SERVICE, load, |config| async move {
+                common::db::migrate(&config.database_url, &accounts::store::migrations()).await?;
+                println!("accounts: {} migrated", config.database_url.redacted());
+                Ok(())
+            })
+        }
+        Command::ImportUsers { file } => {
+            common::server::run_task(accounts::SERVICE, load, |config| async move {
+                let report = accounts::import_file(config, &file).await?;
+                println!("{}", serde_json::to_string(&report)?);
+                Ok(())
+            })
         }
     }
 }

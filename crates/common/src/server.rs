@@ -1,5 +1,6 @@
-//! Serving a service: the standard layers, binding, graceful shutdown, and the thin `main`
-//! every binary shares (including the `healthcheck` subcommand used by container probes).
+//! Serving a service: the standard layers, binding, graceful shutdown, and what every
+//! binary's `main` shares: the subcommands every service has (`serve`, `healthcheck` for
+//! container probes, `migrate`) and running them.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -227,35 +228,76 @@ pub fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-/// The whole `main` of a service binary: `healthcheck` probes a running instance (for container
-/// health checks, no curl needed); otherwise read the configuration, start logging, and run
+/// The subcommands every service binary has (each adds its own, e.g. `import-users`).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum CommonCommand {
+    /// Serve until Ctrl-C or SIGTERM (the default).
+    Serve,
+    /// Probe a running instance's `/healthz` on the configured address: exit 0 when it answers
+    /// 200 (a container health check, no curl needed).
+    Healthcheck,
+    /// Apply the database migrations, then exit (a Kubernetes Job before a rollout).
+    Migrate,
+}
+
+/// The configuration, or exit code 2 with a message naming the variable at fault.
+fn configuration<C>(
+    service: &'static str,
+    load: impl FnOnce(&Env) -> Result<C, ConfigError>,
+) -> Result<C, ExitCode> {
+    load(&Env::from_process()).map_err(|error| {
+        eprintln!("{service}: {error}");
+        ExitCode::from(2)
+    })
+}
+
+/// `healthcheck`: exit 0 when the service configured by the environment answers `/healthz`.
+pub fn run_healthcheck<C>(
+    service: &'static str,
+    load: impl FnOnce(&Env) -> Result<C, ConfigError>,
+    probe_addr: impl FnOnce(&C) -> SocketAddr,
+) -> ExitCode {
+    match configuration(service, load) {
+        Ok(config) if probe(probe_addr(&config)) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(code) => code,
+    }
+}
+
+/// `serve`, the whole `main` of a service: read the configuration, start logging, and run
 /// `start` until a signal. Configuration errors print the variable at fault and exit 2.
 pub fn run_binary<C, F, Fut>(
     service: &'static str,
     load: impl FnOnce(&Env) -> Result<C, ConfigError>,
-    probe_addr: impl FnOnce(&C) -> SocketAddr,
     start: F,
 ) -> ExitCode
 where
     F: FnOnce(C, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let env = Env::from_process();
-    let config = match load(&env) {
+    run_task(service, load, |config| async move {
+        let shutdown = shutdown_on_signal();
+        start(config, shutdown).await
+    })
+}
+
+/// A command of a service binary that runs once (`serve` until a signal, `migrate`,
+/// `import-users`): the configuration read (exit 2 naming the variable at fault), logging
+/// started, `task` run on a runtime; an error is logged and printed, and exits 1.
+pub fn run_task<C, F, Fut>(
+    service: &'static str,
+    load: impl FnOnce(&Env) -> Result<C, ConfigError>,
+    task: F,
+) -> ExitCode
+where
+    F: FnOnce(C) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let config = match configuration(service, load) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("{service}: {error}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
-        return if probe(probe_addr(&config)) {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
-    }
-    let log = match LogConfig::from_env(&env) {
+    let log = match LogConfig::from_env(&Env::from_process()) {
         Ok(log) => log,
         Err(error) => {
             eprintln!("{service}: {error}");
@@ -276,10 +318,7 @@ where
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async move {
-        let shutdown = shutdown_on_signal();
-        start(config, shutdown).await
-    });
+    let result = runtime.block_on(task(config));
     let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

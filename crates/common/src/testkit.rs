@@ -572,3 +572,36 @@ impl Cuttable {
         }
     }
 }
+
+/// What a binary run by [`run_command`] did.
+#[derive(Debug)]
+pub struct Ran {
+    /// Its exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+    /// What it printed to standard output.
+    pub stdout: String,
+    /// What it printed to standard error.
+    pub stderr: String,
+}
+
+/// Runs `program` with `args` and only the environment `env` (plus `PATH`) to its end, for
+/// at most 60 seconds (then it is killed and the test fails: a command that should exit
+/// kept running, serving).
+pub async fn run_command(program: &str, args: &[&str], env: &[(&str, &str)]) -> Ran {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(std::time::Duration::from_secs(60), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{program} {args:?} did not exit within 60 s"))
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    Ran {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}

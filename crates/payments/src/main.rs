@@ -1,17 +1,40 @@
-//! The payments binary: configuration from the environment, then serve until a signal.
+//! The payments binary: `serve` (the default) until a signal, `healthcheck`, or `migrate`;
+//! configuration from the environment.
 
 use std::process::ExitCode;
 
+use clap::Parser;
+use common::server::CommonCommand;
+
+/// Payments: idempotent payments, processing, events. Configured by environment variables
+/// (see the README).
+#[derive(Debug, Parser)]
+#[command(name = "payments", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<CommonCommand>,
+}
+
 fn main() -> ExitCode {
-    common::server::run_binary(
-        payments::SERVICE,
-        payments::PaymentsConfig::from_env,
-        |config| config.addr,
-        |config, shutdown| async move {
-            payments::Application::build(config)
-                .await?
-                .run(shutdown)
-                .await
-        },
-    )
+    let load = payments::PaymentsConfig::from_env;
+    match Cli::parse().command.unwrap_or(CommonCommand::Serve) {
+        CommonCommand::Serve => {
+            common::server::run_binary(payments::SERVICE, load, |config, shutdown| async move {
+                payments::Application::build(config)
+                    .await?
+                    .run(shutdown)
+                    .await
+            })
+        }
+        CommonCommand::Healthcheck => {
+            common::server::run_healthcheck(payments::SERVICE, load, |config| config.addr)
+        }
+        CommonCommand::Migrate => {
+            common::server::run_task(payments::SERVICE, load, |config| async move {
+                common::db::migrate(&config.database_url, &payments::store::migrations()).await?;
+                println!("payments: {} migrated", config.database_url.redacted());
+                Ok(())
+            })
+        }
+    }
 }

@@ -5,6 +5,7 @@
 
 mod abuse;
 mod admin;
+mod cli;
 mod forged;
 mod helpers;
 mod jwks;

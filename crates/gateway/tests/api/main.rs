@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed test should panic
 
+mod cli;
 mod edge;
 mod failures;
 mod helpers;
