@@ -33,7 +33,7 @@ async fn migrate_migrates_both_databases_and_exits(db: TestDatabase) {
     let data_dir = data.path().display().to_string();
     let mut env = vec![("DATA_DIR", data_dir.clone()), ("RUST_LOG", "warn".into())];
     let payments_db = if db.is_postgres() {
-        let payments_db = TestDatabase::postgres().await.expect("PostgreSQL");
+        let payments_db = TestDatabase::postgres().await;
         env.push(("ACCOUNTS_DATABASE_URL", db.url_string()));
         env.push(("PAYMENTS_DATABASE_URL", payments_db.url_string()));
         Some(payments_db)

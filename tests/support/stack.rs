@@ -42,9 +42,7 @@ pub async fn spawn_stack_with(db: TestDatabase, extra: &[(&str, &str)]) -> TestS
     let mut databases = Vec::new();
     let mut payments_db_url = common::db::DatabaseUrl::Sqlite(data_dir.path().join("payments.db"));
     if db.is_postgres() {
-        let payments_db = TestDatabase::postgres()
-            .await
-            .expect("PostgreSQL is configured");
+        let payments_db = TestDatabase::postgres().await;
         env = env
             .with("ACCOUNTS_DATABASE_URL", db.url_string())
             .with("PAYMENTS_DATABASE_URL", payments_db.url_string());

@@ -2,8 +2,11 @@
 //!
 //! SQLite tests always run. PostgreSQL tests run when `TEST_DATABASE_URL` points at a server
 //! (`postgres://postgres@127.0.0.1:5432/postgres`): each test creates its own database there
-//! and drops it afterwards. Unset, they are skipped with a notice; set but unreachable, they
-//! fail. CI always sets it.
+//! and drops it afterwards. Tests that need PostgreSQL, NATS or Redis are compiled as ignored
+//! when their variable is unset (the packages' build script, `build/test_servers.rs`, sets
+//! the `test_postgres`, `test_nats` and `test_redis` cfgs): they show as ignored, never as
+//! passed. Run anyway (`--include-ignored`) or set but unreachable, they fail. CI sets all
+//! three, with `TEST_SERVERS_REQUIRED=1`, which makes an unset one a build error.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -36,15 +39,15 @@ impl TestDatabase {
         }
     }
 
-    /// A new PostgreSQL database on `TEST_DATABASE_URL`, or `None` (with a notice) when the
-    /// variable is unset. Panics when the server cannot be reached: a required test must fail.
-    pub async fn postgres() -> Option<Self> {
-        let Ok(server) = std::env::var(TEST_DATABASE_URL) else {
-            eprintln!(
-                "skipped: PostgreSQL test; set {TEST_DATABASE_URL}=postgres://postgres@127.0.0.1:5432/postgres to run it"
-            );
-            return None;
-        };
+    /// A new PostgreSQL database on `TEST_DATABASE_URL`. Panics when the variable is unset
+    /// (the test should have been ignored) or the server cannot be reached: a test that needs
+    /// it fails rather than passes without it.
+    pub async fn postgres() -> Self {
+        let server = required_url(
+            "PostgreSQL",
+            TEST_DATABASE_URL,
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        );
         let name = format!("test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = connect_admin(&server).await;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
@@ -55,11 +58,11 @@ impl TestDatabase {
         let mut url = url::Url::parse(&server)
             .unwrap_or_else(|e| panic!("{TEST_DATABASE_URL} is not a URL: {e}"));
         url.set_path(&name);
-        Some(Self {
+        Self {
             url: DatabaseUrl::Postgres(url.to_string()),
             postgres: Some((server, name)),
             _dir: None,
-        })
+        }
     }
 
     /// The URL as a string, for environment variables.
@@ -218,8 +221,32 @@ pub enum SqliteConstraint {
 }
 
 /// Runs each named `async fn(TestDatabase)` twice, as `<name>::sqlite` and `<name>::postgres`.
+/// The PostgreSQL variant is ignored (reported so, with what to set) unless `TEST_DATABASE_URL`
+/// is set. `needs(test_nats, test_redis): ...` first marks tests that also need those servers,
+/// ignored on both databases unless `TEST_NATS_URL` / `TEST_REDIS_URL` are set.
 #[macro_export]
 macro_rules! both_databases {
+    (needs $servers:tt : $($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(all $servers),
+                ignore = "needs a test server: set TEST_NATS_URL / TEST_REDIS_URL (see the README)"
+            )]
+            async fn sqlite() {
+                super::$name($crate::testkit::TestDatabase::sqlite().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(all(test_postgres, all $servers)),
+                ignore = "needs test servers: set TEST_DATABASE_URL and TEST_NATS_URL / TEST_REDIS_URL (see the README)"
+            )]
+            async fn postgres() {
+                super::$name($crate::testkit::TestDatabase::postgres().await).await;
+            }
+        }
+    )+};
     ($($name:ident),+ $(,)?) => {$(
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,10 +255,12 @@ macro_rules! both_databases {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(test_postgres),
+                ignore = "needs PostgreSQL: set TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres"
+            )]
             async fn postgres() {
-                if let Some(db) = $crate::testkit::TestDatabase::postgres().await {
-                    super::$name(db).await;
-                }
+                super::$name($crate::testkit::TestDatabase::postgres().await).await;
             }
         }
     )+};
@@ -455,28 +484,27 @@ pub async fn record_newer_migration(pool: &crate::db::Pool) {
 /// The variable naming the NATS server the tests may use.
 pub const TEST_NATS_URL: &str = "TEST_NATS_URL";
 
-/// `TEST_NATS_URL`, or `None` (with a notice) when unset: the test is then skipped.
-pub fn nats_url() -> Option<String> {
-    server_url("NATS", TEST_NATS_URL, "nats://127.0.0.1:4222")
+/// `TEST_NATS_URL`. Panics when unset or empty: a test that needs NATS is ignored unless it
+/// is set, so one that runs without it must fail, not pass.
+pub fn nats_url() -> String {
+    required_url("NATS", TEST_NATS_URL, "nats://127.0.0.1:4222")
 }
 
-/// The value of `variable`, or `None` with a notice that the `server` test is skipped.
-fn server_url(server: &str, variable: &str, example: &str) -> Option<String> {
+/// The value of `variable`. Panics when it is unset or empty: a test that needs the `server`
+/// is ignored unless it is set, so one that runs without it must fail, not pass.
+fn required_url(server: &str, variable: &str, example: &str) -> String {
     match std::env::var(variable) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!("skipped: {server} test; set {variable}={example} to run it");
-            None
-        }
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => panic!("this test needs {server}: set {variable}={example}"),
     }
 }
 
 /// The variable naming the Redis server for tests.
 pub const TEST_REDIS_URL: &str = "TEST_REDIS_URL";
 
-/// `TEST_REDIS_URL`, or `None` (with a notice) when unset: the test is then skipped.
-pub fn redis_url() -> Option<String> {
-    server_url("Redis", TEST_REDIS_URL, "redis://127.0.0.1:6379")
+/// `TEST_REDIS_URL` (panics when unset: see [`nats_url`]).
+pub fn redis_url() -> String {
+    required_url("Redis", TEST_REDIS_URL, "redis://127.0.0.1:6379")
 }
 
 /// Log lines captured in the production JSON format, for tests that read what a request logs.
