@@ -124,6 +124,13 @@ impl EventPublisher for JetStreamPublisher {
         // `pending` is the prefix of `events` that was sent.
         for (event, (id, ack)) in events.iter().zip(pending) {
             match tokio::time::timeout(Duration::from_secs(5), ack).await {
+                Ok(Ok(ack)) if ack.duplicate => {
+                    // Published before (a relay that died before marking it, or a bug that
+                    // sends twice): JetStream dropped the copy.
+                    self.metrics.duplicates.with_label_values::<&str>(&[]).inc();
+                    tracing::info!(event_id = %id, "already in the stream; JetStream dropped the repeat");
+                    acked.push(id);
+                }
                 Ok(Ok(_)) => {
                     self.metrics
                         .published
@@ -292,6 +299,7 @@ impl common::health::HealthCheck for BrokerCheck {
 pub struct RelayMetrics {
     backlog: prometheus::IntGauge,
     published: prometheus::IntCounterVec,
+    duplicates: prometheus::IntCounterVec,
     failed: prometheus::IntCounterVec,
     lag: prometheus::HistogramVec,
 }
@@ -309,6 +317,15 @@ impl RelayMetrics {
                 "Events published to NATS and acknowledged.",
                 &["type"],
             ),
+            duplicates: {
+                let duplicates = metrics.counter(
+                    "payments_outbox_duplicates_total",
+                    "Events published again that JetStream already held (dropped by its duplicate window): a relay that died before marking them sent, or a bug.",
+                    &[],
+                );
+                duplicates.with_label_values::<&str>(&[]);
+                duplicates
+            },
             failed: metrics.counter(
                 "payments_outbox_publish_failures_total",
                 "Events whose publish was not acknowledged (retried).",

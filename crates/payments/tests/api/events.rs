@@ -191,11 +191,15 @@ async fn drained(app: &TestApp) {
 }
 
 /// The stream holds exactly the database's events, once each, in order per payment.
+/// The stream holds every event of `payments`, once, in order per payment; and the relays
+/// of `app` and of the processes at `other_relays` published each once.
 async fn assert_stream_matches(
     app: &TestApp,
     nats: &str,
     settings: &[(String, String)],
     payments: &[String],
+    other_relays: &[String],
+    outage: bool,
 ) {
     drained(app).await;
     let stream = &settings[1].1;
@@ -219,6 +223,17 @@ async fn assert_stream_matches(
         );
     }
     assert_eq!(messages.len(), expected);
+    // The stream's duplicate window would hide a second publish of an event: what the relays
+    // published (and what JetStream dropped as repeats) is counted where it happened.
+    let mut relays = vec![app.url("")];
+    relays.extend(other_relays.iter().cloned());
+    let published = published_counts(&relays).await;
+    assert_eq!(published.0, expected as u64, "each event published once");
+    if !outage {
+        // Through an outage a publish that reached the stream may have lost its
+        // acknowledgement, and been sent again (at least once); otherwise never.
+        assert_eq!(published.1, 0, "events published twice");
+    }
     for (subject, id, event) in &messages {
         assert_eq!(
             id,
@@ -228,6 +243,31 @@ async fn assert_stream_matches(
         let state = event["type"].as_str().unwrap().rsplit('.').next().unwrap();
         assert_eq!(subject, &format!("{prefix}.{state}"));
     }
+}
+
+/// The events the relays of these services published, and the repeats JetStream dropped, from
+/// their metrics.
+async fn published_counts(relays: &[String]) -> (u64, u64) {
+    let mut counts = (0, 0);
+    for base in relays {
+        let metrics = reqwest::Client::new()
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in metrics.lines() {
+            let value = || line.rsplit(' ').next().unwrap().parse::<u64>().unwrap();
+            if line.starts_with("payments_outbox_published_total{") {
+                counts.0 += value();
+            } else if line.starts_with("payments_outbox_duplicates_total ") {
+                counts.1 += value();
+            }
+        }
+    }
+    counts
 }
 
 async fn create_and_settle(app: &TestApp, token: &str, count: usize, tag: &str) -> Vec<String> {
@@ -259,7 +299,7 @@ async fn every_state_change_is_published_once_in_order(db: TestDatabase) {
     let (status, body) = readiness(&app.url("")).await;
     assert_eq!(status, 200);
     assert_eq!(body["checks"]["broker"][0]["status"], "pass");
-    assert_stream_matches(&app, &nats, &settings, &ids).await;
+    assert_stream_matches(&app, &nats, &settings, &ids, &[], false).await;
     let metrics = app
         .client
         .get(app.url("/metrics"))
@@ -308,7 +348,7 @@ async fn a_nats_outage_loses_nothing(db: TestDatabase) {
     all.extend(during);
     let mut checked = settings.clone();
     checked[0].1 = nats.clone();
-    assert_stream_matches(&app, &nats, &checked, &all).await;
+    assert_stream_matches(&app, &nats, &checked, &all, &[], true).await;
 }
 
 async fn two_relays_publish_each_event_once(db: TestDatabase) {
@@ -318,7 +358,7 @@ async fn two_relays_publish_each_event_once(db: TestDatabase) {
     let (second, _) = start_payments(&app.db, app.accounts.addr, &app.extra).await;
     let token = app.user_token("relays@example.com").await;
     let ids = create_and_settle(&app, &token, 12, "r").await;
-    assert_stream_matches(&app, &nats, &settings, &ids).await;
+    assert_stream_matches(&app, &nats, &settings, &ids, &[second.url("")], false).await;
     second.stop().await.unwrap();
 }
 
