@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use common::server::CommonCommand;
+use common::server::{CommonCommand, ServeArgs};
 
 /// The whole stack in one process: the gateway on :8080 in front of accounts and payments,
 /// each on its own database (SQLite files under DATA_DIR by default). Configured by
@@ -27,17 +27,40 @@ enum Command {
         /// The dumpdata file.
         file: PathBuf,
     },
+    /// Serve one service alone, as its own binary does (`stack service payments`): one
+    /// executable for every container image or test.
+    Service {
+        /// Which one.
+        #[arg(value_enum)]
+        name: ServiceName,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+}
+
+/// The services `stack service` runs.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ServiceName {
+    Accounts,
+    Payments,
+    Gateway,
 }
 
 fn main() -> ExitCode {
     let load = stack::StackConfig::from_env;
     match Cli::parse()
         .command
-        .unwrap_or(Command::Common(CommonCommand::Serve))
+        .unwrap_or(Command::Common(CommonCommand::Serve(ServeArgs::default())))
     {
-        Command::Common(CommonCommand::Serve) => {
+        Command::Service { name, serve } => match name {
+            ServiceName::Accounts => accounts::serve(serve),
+            ServiceName::Payments => payments::serve(serve),
+            ServiceName::Gateway => gateway::serve(serve),
+        },
+        Command::Common(CommonCommand::Serve(serve)) => {
             common::server::run_binary("stack", load, |config, shutdown| async move {
                 let stack = stack::Stack::build(config).await?;
+                serve.announce(stack.gateway_addr()?)?;
                 tracing::info!(
                     gateway = %stack.gateway_addr()?,
                     accounts = %stack.accounts_addr()?,

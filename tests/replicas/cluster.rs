@@ -1,12 +1,13 @@
-//! The replicas: processes of the `accounts`, `payments` and `gateway` binaries, each on a port
-//! it picked itself (read back from its JSON log), and clients that fail over between gateways.
+//! The replicas: processes of the accounts, payments and gateway services (the `stack` binary,
+//! built by cargo for this test, running one service each: `stack service accounts`), each on
+//! a port it picked itself and wrote to its `--addr-file`, and clients that fail over between
+//! gateways.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -14,7 +15,6 @@ use common::testkit::{self, TestDatabase};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::oneshot;
 
 /// Processor workers per payments replica: the most payments one replica can hold when killed.
 pub const PAYMENTS_WORKERS: usize = 2;
@@ -39,6 +39,9 @@ pub struct Cluster {
     killed_at: AtomicI64,
     /// The payments being processed at that moment.
     held_at_kill: Mutex<BTreeSet<String>>,
+    /// Events claimed by a relay and not yet marked sent right after payments B died: the
+    /// ones B may have published without marking, which A publishes again.
+    claimed_at_kill: AtomicI64,
     /// Tries that failed because a replica was gone (refused, reset, 502/503), then retried.
     failovers: AtomicUsize,
     payments_db: sqlx::PgPool,
@@ -46,6 +49,8 @@ pub struct Cluster {
     nats: String,
     stream: String,
     _data: tempfile::TempDir,
+    /// Whatever happens to the test, its stream and Redis keys do not outlive it.
+    _cleanup: (testkit::StreamCleanup, testkit::RedisCleanup),
 }
 
 impl Cluster {
@@ -152,10 +157,15 @@ impl Cluster {
             gateways: [gateway_a, gateway_b],
             killed_at: AtomicI64::new(0),
             held_at_kill: Mutex::new(BTreeSet::new()),
+            claimed_at_kill: AtomicI64::new(0),
             failovers: AtomicUsize::new(0),
             payments_db,
             accounts_db,
             nats: nats.to_owned(),
+            _cleanup: (
+                testkit::StreamCleanup::new(nats, &stream),
+                testkit::RedisCleanup::new(redis, &format!("test:{id}:")),
+            ),
             stream,
             _data: data,
         };
@@ -344,7 +354,7 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("metrics: {e}"))
             .text()
             .await
-            .unwrap_or_default();
+            .unwrap_or_else(|e| panic!("metrics body: {e}"));
         text.lines()
             .filter(|line| line.starts_with("payments_processed_total{"))
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
@@ -369,8 +379,36 @@ impl Cluster {
             set.extend(held);
         }
         tokio::join!(self.payments[1].kill(), self.accounts[1].kill());
+        let claimed = self
+            .count(
+                "SELECT count(*) FROM payment_events \
+                 WHERE published_at IS NULL AND relay_lease_until IS NOT NULL",
+            )
+            .await;
+        self.claimed_at_kill.store(claimed, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(300)).await;
         self.gateways[1].kill().await;
+    }
+
+    /// Events payments A's relay sent again that JetStream already held (its
+    /// `payments_outbox_duplicates_total`), and how many payments B might have left so:
+    /// claimed, and not marked sent, when it died.
+    pub async fn relay_repeats(&self) -> (i64, i64) {
+        let text = self
+            .client
+            .get(self.payments[0].url("/metrics"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("metrics: {e}"))
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("metrics body: {e}"));
+        let repeats = text
+            .lines()
+            .find_map(|line| line.strip_prefix("payments_outbox_duplicates_total "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no payments_outbox_duplicates_total in {text}"));
+        (repeats, self.claimed_at_kill.load(Ordering::SeqCst))
     }
 
     /// The payments that were being processed when the B replicas were killed (a SIGKILL can
@@ -382,27 +420,18 @@ impl Cluster {
             .unwrap_or_default()
     }
 
-    /// Provider calls per payment, from both payments replicas' logs (their `charging` lines).
-    /// A killed replica's last lines (its log buffer) may be missing: that undercounts only
-    /// the payments it was holding.
+    /// Provider calls per payment, from the sandbox provider's own ledger (`sandbox_calls`,
+    /// written as each call arrives: a replica killed mid-call cannot lose it, as it could
+    /// the last lines of its log).
     pub async fn provider_calls(&self) -> BTreeMap<String, usize> {
-        // The log writer flushes every 200 ms.
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        let mut calls = BTreeMap::new();
-        for replica in &self.payments {
-            for line in replica.lines() {
-                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                if entry["message"] == "charging" {
-                    let id = entry["payment_id"]
-                        .as_str()
-                        .unwrap_or_else(|| panic!("a charging line without payment_id: {line}"));
-                    *calls.entry(id.to_owned()).or_insert(0) += 1;
-                }
-            }
-        }
-        calls
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT payment_id, COUNT(*) FROM sandbox_calls GROUP BY payment_id")
+                .fetch_all(&self.payments_db)
+                .await
+                .unwrap_or_else(|e| panic!("the sandbox's ledger: {e}"));
+        rows.into_iter()
+            .map(|(payment, calls)| (payment, usize::try_from(calls).unwrap_or(usize::MAX)))
+            .collect()
     }
 
     /// How many payments were stored when the B replicas were killed, and how many tries
@@ -487,9 +516,16 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Starts `binary` with only `env` (plus JSON logs) and waits for its "listening" line.
-    async fn start(binary: &str, name: &'static str, env: Vec<(&str, String)>) -> Self {
-        let mut child = Command::new(binary_path(binary))
+    /// Starts the service `service` with only `env` (plus JSON logs) and waits until it has
+    /// written the address it listens on.
+    async fn start(service: &str, name: &'static str, env: Vec<(&str, String)>) -> Self {
+        let addr_file = std::env::temp_dir().join(format!(
+            "replica-{name}-{}.addr",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_stack"))
+            .args(["service", service, "--addr-file"])
+            .arg(&addr_file)
             .env_clear()
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
@@ -499,18 +535,32 @@ impl Replica {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {service}: {e}"));
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (listening, address) = oneshot::channel();
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(collect(stdout, log.clone(), Some(listening)));
+            tokio::spawn(collect(stdout, log.clone()));
         }
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(collect(stderr, log.clone(), None));
+            tokio::spawn(collect(stderr, log.clone()));
         }
-        let addr = match tokio::time::timeout(Duration::from_secs(60), address).await {
-            Ok(Ok(addr)) => addr,
-            _ => panic!("{name} did not start listening:\n{}", lines(&log)),
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr = loop {
+            if let Some(addr) = std::fs::read_to_string(&addr_file)
+                .ok()
+                .and_then(|text| text.trim().parse::<SocketAddr>().ok())
+            {
+                let _ = std::fs::remove_file(&addr_file);
+                break addr;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{name} exited with {status}:\n{}", lines(&log));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not start listening:\n{}",
+                lines(&log)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         };
         Self {
             name,
@@ -565,85 +615,12 @@ fn lines(log: &Mutex<Vec<String>>) -> String {
     log.lock().map(|lines| lines.join("\n")).unwrap_or_default()
 }
 
-/// Keeps every line of `output`; the first `"listening"` line's `addr` goes to `listening`.
-async fn collect(
-    output: impl AsyncRead + Unpin,
-    log: Arc<Mutex<Vec<String>>>,
-    mut listening: Option<oneshot::Sender<SocketAddr>>,
-) {
+/// Keeps every line of `output`.
+async fn collect(output: impl AsyncRead + Unpin, log: Arc<Mutex<Vec<String>>>) {
     let mut reader = BufReader::new(output).lines();
     while let Ok(Some(line)) = reader.next_line().await {
-        if listening.is_some()
-            && let Ok(entry) = serde_json::from_str::<Value>(&line)
-            && entry["message"] == "listening"
-            && let Some(addr) = entry["addr"].as_str().and_then(|a| a.parse().ok())
-            && let Some(sender) = listening.take()
-        {
-            let _ = sender.send(addr);
-        }
         if let Ok(mut log) = log.lock() {
             log.push(line);
         }
     }
-}
-
-/// The service binary beside this test's executable (`target/<profile>/<name>`). `cargo test
-/// --workspace` builds it, since its package has tests of its own; when it is missing or
-/// older than the sources (this test run alone after a change), it is built here, once.
-fn binary_path(name: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    let profile_dir = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
-        .unwrap_or_else(|| panic!("cannot find the target directory"));
-    let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates");
-    let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-    let stale = built.is_none_or(|built| {
-        [
-            format!("{name}/src"),
-            format!("{name}/migrations"),
-            "common/src".to_owned(),
-        ]
-        .iter()
-        .any(|dir| newest(&crates.join(dir)).is_some_and(|source| source > built))
-    });
-    if stale {
-        BUILT.get_or_init(|| build_binaries(&profile_dir));
-    }
-    assert!(path.exists(), "{} does not exist", path.display());
-    path
-}
-
-/// The newest modification time under `dir`.
-fn newest(dir: &Path) -> Option<std::time::SystemTime> {
-    let mut latest = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let modified = if path.is_dir() {
-            newest(&path)
-        } else {
-            entry.metadata().and_then(|m| m.modified()).ok()
-        };
-        latest = latest.max(modified);
-    }
-    latest
-}
-
-fn build_binaries(profile_dir: &Path) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = std::process::Command::new(cargo);
-    command.args([
-        "build", "--bins", "-p", "accounts", "-p", "payments", "-p", "gateway",
-    ]);
-    if profile_dir.file_name().is_some_and(|dir| dir == "release") {
-        command.arg("--release");
-    }
-    let status = command
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run cargo build: {e}"));
-    assert!(
-        status.success(),
-        "cargo build of the service binaries failed"
-    );
 }

@@ -50,6 +50,19 @@ pub async fn import_file(
 /// The service's name in logs and spans.
 pub const SERVICE: &str = "accounts";
 
+/// `accounts serve`: the configuration from the environment, then serve until a signal.
+pub fn serve(args: common::server::ServeArgs) -> std::process::ExitCode {
+    common::server::run_binary(
+        SERVICE,
+        AccountsConfig::from_env,
+        |config, shutdown| async move {
+            let app = Application::build(config).await?;
+            args.announce(app.local_addr()?)?;
+            app.run(shutdown).await
+        },
+    )
+}
+
 /// A built accounts service: database opened and migrated, a signing key and an admin in
 /// place, listener bound, not yet serving.
 pub struct Application {

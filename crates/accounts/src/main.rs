@@ -32,16 +32,9 @@ fn main() -> ExitCode {
     let load = accounts::AccountsConfig::from_env;
     match Cli::parse()
         .command
-        .unwrap_or(Command::Common(CommonCommand::Serve))
+        .unwrap_or(Command::Common(CommonCommand::Serve(Default::default())))
     {
-        Command::Common(CommonCommand::Serve) => {
-            common::server::run_binary(accounts::SERVICE, load, |config, shutdown| async move {
-                accounts::Application::build(config)
-                    .await?
-                    .run(shutdown)
-                    .await
-            })
-        }
+        Command::Common(CommonCommand::Serve(serve)) => accounts::serve(serve),
         Command::Common(CommonCommand::Healthcheck) => {
             common::server::run_healthcheck(accounts::SERVICE, load, |config| config.addr)
         }

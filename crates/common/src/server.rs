@@ -232,12 +232,35 @@ pub fn shutdown_on_signal() -> CancellationToken {
 #[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum CommonCommand {
     /// Serve until Ctrl-C or SIGTERM (the default).
-    Serve,
+    Serve(ServeArgs),
     /// Probe a running instance's `/healthz` on the configured address: exit 0 when it answers
     /// 200 (a container health check, no curl needed).
     Healthcheck,
     /// Apply the database migrations, then exit (a Kubernetes Job before a rollout).
     Migrate,
+}
+
+/// The options of `serve`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct ServeArgs {
+    /// Once listening, write the address bound (`127.0.0.1:43125`) to this file: for a
+    /// supervisor or a test that asked for port 0.
+    #[arg(long, value_name = "FILE")]
+    pub addr_file: Option<std::path::PathBuf>,
+}
+
+impl ServeArgs {
+    /// Writes `addr` to the `--addr-file`, if one was asked for (whole or not at all: written
+    /// beside it, then renamed).
+    pub fn announce(&self, addr: SocketAddr) -> anyhow::Result<()> {
+        let Some(path) = &self.addr_file else {
+            return Ok(());
+        };
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, addr.to_string())
+            .and_then(|()| std::fs::rename(&partial, path))
+            .map_err(|e| anyhow::anyhow!("cannot write --addr-file {}: {e}", path.display()))
+    }
 }
 
 /// The configuration, or exit code 2 with a message naming the variable at fault.

@@ -633,3 +633,85 @@ pub async fn run_command(program: &str, args: &[&str], env: &[(&str, &str)]) -> 
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
+
+/// Deletes a JetStream stream when dropped, so a test that fails (or passes) leaves none
+/// behind on the shared NATS server.
+pub struct StreamCleanup {
+    nats: String,
+    stream: String,
+}
+
+impl StreamCleanup {
+    /// Deletes `stream` on the NATS server at `nats` at drop.
+    pub fn new(nats: &str, stream: &str) -> Self {
+        Self {
+            nats: nats.to_owned(),
+            stream: stream.to_owned(),
+        }
+    }
+}
+
+impl Drop for StreamCleanup {
+    fn drop(&mut self) {
+        let (nats, stream) = (self.nats.clone(), self.stream.clone());
+        off_runtime(async move {
+            let client = async_nats::connect(&nats).await.ok()?;
+            let _ = async_nats::jetstream::new(client)
+                .delete_stream(&stream)
+                .await;
+            Some(())
+        });
+    }
+}
+
+/// Deletes the Redis keys under a prefix when dropped, so a test leaves none behind on the
+/// shared Redis server.
+pub struct RedisCleanup {
+    redis: String,
+    prefix: String,
+}
+
+impl RedisCleanup {
+    /// Deletes every key of `redis` starting with `prefix` at drop.
+    pub fn new(redis: &str, prefix: &str) -> Self {
+        Self {
+            redis: redis.to_owned(),
+            prefix: prefix.to_owned(),
+        }
+    }
+}
+
+impl Drop for RedisCleanup {
+    fn drop(&mut self) {
+        let (redis, prefix) = (self.redis.clone(), self.prefix.clone());
+        off_runtime(async move {
+            let client = redis::Client::open(redis.as_str()).ok()?;
+            let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}*"))
+                .query_async(&mut connection)
+                .await
+                .ok()?;
+            if !keys.is_empty() {
+                let _: redis::RedisResult<()> = redis::cmd("DEL")
+                    .arg(keys)
+                    .query_async(&mut connection)
+                    .await;
+            }
+            Some(())
+        });
+    }
+}
+
+/// Runs `cleanup` to its end on a runtime of its own (drops run outside async, or inside a
+/// runtime that may be shutting down).
+fn off_runtime(cleanup: impl std::future::Future<Output = Option<()>> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(cleanup)
+    })
+    .join();
+}

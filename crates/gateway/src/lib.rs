@@ -60,6 +60,19 @@ use upstream::Upstream;
 /// The service's name in logs and spans.
 pub const SERVICE: &str = "gateway";
 
+/// `gateway serve`: the configuration from the environment, then serve until a signal.
+pub fn serve(args: common::server::ServeArgs) -> std::process::ExitCode {
+    common::server::run_binary(
+        SERVICE,
+        GatewayConfig::from_env,
+        |config, shutdown| async move {
+            let app = Application::build(config).await?;
+            args.announce(app.local_addr()?)?;
+            app.run(shutdown).await
+        },
+    )
+}
+
 /// A built gateway: listening sockets bound, not yet serving.
 pub struct Application {
     /// One listening socket per worker, all on the same address.

@@ -27,6 +27,19 @@ use store::PaymentsStore;
 /// The service's name in logs and spans.
 pub const SERVICE: &str = "payments";
 
+/// `payments serve`: the configuration from the environment, then serve until a signal.
+pub fn serve(args: common::server::ServeArgs) -> std::process::ExitCode {
+    common::server::run_binary(
+        SERVICE,
+        PaymentsConfig::from_env,
+        |config, shutdown| async move {
+            let app = Application::build(config).await?;
+            args.announce(app.local_addr()?)?;
+            app.run(shutdown).await
+        },
+    )
+}
+
 /// A built payments service: database opened and migrated, listener bound, not yet serving.
 pub struct Application {
     service: Service,
@@ -117,7 +130,8 @@ impl Application {
         let workers = if self.config.processor_enabled {
             let provider = Arc::new(Sandbox {
                 latency: self.config.sandbox_latency,
-                flaky_failures: 2,
+                flaky_failures: provider::SANDBOX_FLAKY_FAILURES,
+                ledger: self.store.clone(),
             });
             Processor::new(
                 self.store.clone(),

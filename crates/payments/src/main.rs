@@ -17,15 +17,11 @@ struct Cli {
 
 fn main() -> ExitCode {
     let load = payments::PaymentsConfig::from_env;
-    match Cli::parse().command.unwrap_or(CommonCommand::Serve) {
-        CommonCommand::Serve => {
-            common::server::run_binary(payments::SERVICE, load, |config, shutdown| async move {
-                payments::Application::build(config)
-                    .await?
-                    .run(shutdown)
-                    .await
-            })
-        }
+    match Cli::parse()
+        .command
+        .unwrap_or(CommonCommand::Serve(Default::default()))
+    {
+        CommonCommand::Serve(serve) => payments::serve(serve),
         CommonCommand::Healthcheck => {
             common::server::run_healthcheck(payments::SERVICE, load, |config| config.addr)
         }

@@ -1,8 +1,10 @@
 //! Payment providers: the adapter trait the processor calls, and the deterministic sandbox.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::payment::Payment;
+use crate::store::PaymentsStore;
 
 /// A provider's final answer about a charge.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,13 +36,20 @@ pub trait PaymentProvider: Send + Sync {
     ) -> Result<ChargeOutcome, TransientError>;
 }
 
-/// The sandbox: the outcome is chosen by `payment_method` (API.md).
-#[derive(Debug, Clone)]
+/// How many times `pm_card_flaky` fails before it succeeds.
+pub const SANDBOX_FLAKY_FAILURES: u32 = 2;
+
+/// The sandbox: the outcome is chosen by `payment_method` (API.md). Like a real provider it
+/// keeps its own record of the calls it received (`sandbox_calls`, written as each call
+/// arrives), which a caller killed mid-call cannot lose.
+#[derive(Clone)]
 pub struct Sandbox {
     /// Added to every call (`PAYMENTS_SANDBOX_LATENCY_MS`).
     pub latency: Duration,
     /// How many times `pm_card_flaky` fails before it succeeds.
     pub flaky_failures: u32,
+    /// Where the calls are recorded.
+    pub ledger: Arc<dyn PaymentsStore>,
 }
 
 #[async_trait::async_trait]
@@ -50,6 +59,12 @@ impl PaymentProvider for Sandbox {
         payment: &Payment,
         attempt: u32,
     ) -> Result<ChargeOutcome, TransientError> {
+        // A provider that cannot record the call does not take it.
+        let attempt_number = i32::try_from(attempt).unwrap_or(i32::MAX);
+        self.ledger
+            .record_sandbox_call(&payment.id, attempt_number, chrono::Utc::now())
+            .await
+            .map_err(|e| TransientError(format!("sandbox: {e}")))?;
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }

@@ -189,6 +189,16 @@ pub trait PaymentsStore: Send + Sync {
 
     /// How many payments the store holds.
     async fn count_payments(&self) -> Result<i64, StoreError>;
+
+    /// The sandbox provider's ledger: records a charge call as it arrives.
+    async fn record_sandbox_call(
+        &self,
+        payment_id: &str,
+        attempt: i32,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// The sandbox provider's ledger: charge calls per payment.
+    async fn sandbox_calls(&self) -> Result<Vec<(String, i64)>, StoreError>;
 }
 
 /// Opens the database named by `url` (PostgreSQL: with a pool of up to `max_connections`) and

@@ -74,6 +74,7 @@ where
     for<'r> OutboxEvent: FromRow<'r, DB::Row>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'r> (String, DateTime<Utc>): FromRow<'r, DB::Row>,
+    for<'r> (String, i64): FromRow<'r, DB::Row>,
     for<'r> (sqlx::types::Json<serde_json::Value>,): FromRow<'r, DB::Row>,
     for<'r> (i64, sqlx::types::Json<serde_json::Value>): FromRow<'r, DB::Row>,
     for<'r> (
@@ -329,26 +330,28 @@ where
         // our (conditional) claim, and we look again.
         for _ in 0..3 {
             let mut tx = self.pool.begin().await?;
-            let (first_pending, first_lapsed): (Option<(String, DateTime<Utc>)>, _) =
-                if DB::ROW_LOCKS {
-                    let pending = sqlx::query_as(AssertSqlSafe(pending.clone()))
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    let lapsed = sqlx::query_as(AssertSqlSafe(lapsed.clone()))
-                        .bind(now)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    (pending, lapsed)
-                } else {
-                    let pending = sqlx::query_as(AssertSqlSafe(pending.clone()))
-                        .fetch_optional(&self.pool)
-                        .await?;
-                    let lapsed = sqlx::query_as(AssertSqlSafe(lapsed.clone()))
-                        .bind(now)
-                        .fetch_optional(&self.pool)
-                        .await?;
-                    (pending, lapsed)
-                };
+            let (first_pending, first_lapsed): (
+                Option<(String, DateTime<Utc>)>,
+                Option<(String, DateTime<Utc>)>,
+            ) = if DB::ROW_LOCKS {
+                let pending = sqlx::query_as(AssertSqlSafe(pending.clone()))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let lapsed = sqlx::query_as(AssertSqlSafe(lapsed.clone()))
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                (pending, lapsed)
+            } else {
+                let pending = sqlx::query_as(AssertSqlSafe(pending.clone()))
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let lapsed = sqlx::query_as(AssertSqlSafe(lapsed.clone()))
+                    .bind(now)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                (pending, lapsed)
+            };
             // Whichever is due first: a new payment (due when accepted), or one whose lease ran
             // out (its worker died) or whose retry is due (due at `lease_until`).
             let (id, was_pending) = match (first_pending, first_lapsed) {
@@ -571,5 +574,32 @@ where
             .fetch_one(&self.pool)
             .await?;
         Ok(count)
+    }
+
+    #[tracing::instrument(name = "db record_sandbox_call", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "record_sandbox_call"))]
+    async fn record_sandbox_call(
+        &self,
+        payment_id: &str,
+        attempt: i32,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sandbox_calls (payment_id, attempt, received_at) VALUES ($1, $2, $3)",
+        )
+        .bind(payment_id)
+        .bind(attempt)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "db sandbox_calls", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "sandbox_calls"))]
+    async fn sandbox_calls(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT payment_id, COUNT(*) FROM sandbox_calls GROUP BY payment_id ORDER BY payment_id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 }
