@@ -578,13 +578,6 @@ impl Replica {
         format!("--- {} ---\n{}", self.name, lines(&self.log))
     }
 
-    fn lines(&self) -> Vec<String> {
-        self.log
-            .lock()
-            .map(|lines| lines.clone())
-            .unwrap_or_default()
-    }
-
     async fn kill(&self) {
         let mut child = self.child.lock().await;
         child
