@@ -715,3 +715,30 @@ fn off_runtime(cleanup: impl std::future::Future<Output = Option<()>> + Send + '
     })
     .join();
 }
+
+/// A request body that the test sends piece by piece: `send` a chunk, `finish` to end it.
+pub struct SlowBody {
+    sender: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+}
+
+impl SlowBody {
+    /// The writer, and the body to give the request.
+    pub fn new() -> (Self, reqwest::Body) {
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(1);
+        let stream = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx));
+        (Self { sender }, reqwest::Body::wrap_stream(stream))
+    }
+
+    /// Sends the next piece.
+    pub async fn send(&self, chunk: &[u8]) {
+        self.sender
+            .send(Ok(chunk.to_vec()))
+            .await
+            .unwrap_or_else(|_| panic!("the request no longer reads its body"));
+    }
+
+    /// Sends the last piece and ends the body.
+    pub async fn finish(self, chunk: &[u8]) {
+        self.send(chunk).await;
+    }
+}

@@ -230,6 +230,10 @@ async fn client_creation_validates_its_input(db: TestDatabase) {
     ] {
         let response = app.post_json("/v1/admin/clients", &admin, &body).await;
         assert_eq!(response.status(), 422, "{body}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], "validation_failed", "{body}");
+        let field = problem["errors"][0]["field"].as_str().unwrap();
+        assert!(["name", "scopes"].contains(&field), "{problem}");
     }
     let created = app
         .post_json(

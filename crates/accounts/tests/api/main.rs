@@ -6,6 +6,7 @@
 mod abuse;
 mod admin;
 mod cli;
+mod django;
 mod forged;
 mod helpers;
 mod jwks;

@@ -2,10 +2,11 @@
 
 use serde_json::Value;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{TestApp, spawn_app};
 use common::testkit::{TestDatabase, assert_live, readiness, wait_for_readiness};
 
 common::both_databases!(
+    shutdown_lets_an_in_flight_request_finish,
     health_check_passes,
     readiness_passes_when_the_database_answers,
     readiness_fails_when_the_database_is_gone,
@@ -42,4 +43,26 @@ async fn readiness_fails_when_the_database_is_gone(db: TestDatabase) {
         // Recovers without a restart.
         wait_for_readiness(&app.url(""), 200).await;
     }
+}
+
+/// Shutdown stops taking connections but lets a request already being served finish.
+async fn shutdown_lets_an_in_flight_request_finish(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let (body, request_body) = common::testkit::SlowBody::new();
+    let request = app
+        .client
+        .post(app.url("/v1/users"))
+        .header("content-type", "application/json")
+        .body(request_body)
+        .send();
+    let in_flight = tokio::spawn(request);
+    body.send(br#"{"email": "draining@example.com", "#).await;
+    // It has reached the service (the scrape is the other request being served).
+    common::testkit::wait_for_active_requests(&app.url(""), 2).await;
+    app.server.begin_shutdown();
+    body.finish(br#""password": "password-123"}"#).await;
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), 201, "served to its end");
+    let TestApp { server, .. } = app;
+    server.stop().await.expect("a clean stop");
 }

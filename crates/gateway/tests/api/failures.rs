@@ -65,7 +65,8 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let (_upstream, gateway) = spawn_in_front(&[]).await;
     let url = gateway.url("/accounts/slow");
     let in_flight = tokio::spawn(async move { reqwest::get(url).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // It has reached the gateway (the scrape is the other request in flight).
+    common::testkit::wait_for_active_requests(&gateway.url(""), 2).await;
     gateway.begin_shutdown();
     let response = in_flight
         .await

@@ -181,3 +181,51 @@ pub async fn gateway_metrics(gateway: &Running) -> String {
         .await
         .unwrap()
 }
+
+/// Checks the statuses of requests sent one after another from `started` by one client with
+/// a limit of `burst` refilled at one request a second: the first `burst` are allowed; no
+/// more are allowed in all than the burst and what refilled meanwhile; and when the requests
+/// outnumber those, the ones past them are refused. (Exact on a quick machine, and still
+/// right on a slow one, where a second may pass within the burst.)
+pub fn assert_limited(statuses: &[u16], burst: usize, started: std::time::Instant) {
+    let refilled = started.elapsed().as_secs() as usize;
+    let allowed = statuses.iter().filter(|s| **s == 200).count();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[..burst].iter().all(|s| *s == 200),
+        "the burst is allowed: {statuses:?}"
+    );
+    assert!(
+        allowed <= burst + refilled,
+        "{allowed} allowed; the burst {burst} and {refilled} refilled at most: {statuses:?}"
+    );
+    if statuses.len() > burst + refilled {
+        assert!(
+            statuses.contains(&429),
+            "over the burst and what refilled, a request is refused: {statuses:?}"
+        );
+    }
+}
+
+/// Polls `GET path` through `gateway` until it answers `status`, for at most 10 seconds (a
+/// limit refilling, a breaker's cool-down running out).
+pub async fn wait_for_status(gateway: &Running, path: &str, status: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = reqwest::get(gateway.url(path))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        if now == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} answered {now}, waited for {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

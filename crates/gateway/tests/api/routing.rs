@@ -258,19 +258,23 @@ async fn upstream_connections_idle_past_their_timeout_are_not_used_again() {
 
 /// An upstream that answers each connection's first request, keeps the connection open (no
 /// `Connection: close`) for 50 ms, then closes it without a word, as servers with a short
-/// keep-alive timeout do. Returns its address and the number of connections it took.
+/// keep-alive timeout do. Returns its address, the number of connections it took and the
+/// number it has closed.
 async fn upstream_closing_idle_connections() -> (
     std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = connections.clone();
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (counted, closing) = (connections.clone(), closed.clone());
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let closing = closing.clone();
             tokio::spawn(async move {
                 let mut request = Vec::new();
                 let mut buffer = [0u8; 4096];
@@ -284,15 +288,17 @@ async fn upstream_closing_idle_connections() -> (
                 if stream.write_all(answer).await.is_ok() {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
+                drop(stream);
+                closing.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             });
         }
     });
-    (addr, connections)
+    (addr, connections, closed)
 }
 
 #[tokio::test]
 async fn a_connection_the_upstream_closed_while_idle_is_not_used_again() {
-    let (upstream, connections) = upstream_closing_idle_connections().await;
+    let (upstream, connections, closed) = upstream_closing_idle_connections().await;
     let gateway = spawn_gateway(upstream, upstream, &[]).await;
     let client = reqwest::Client::new();
     for round in 0..3 {
@@ -305,7 +311,15 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_used_again() {
             .unwrap();
         assert_eq!(response.status(), 200, "round {round}");
         assert_eq!(response.text().await.unwrap(), "sure");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // Until the upstream has closed the connection it kept.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while closed.load(std::sync::atomic::Ordering::SeqCst) <= round {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the upstream kept the connection"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
     assert_eq!(
         connections.load(std::sync::atomic::Ordering::SeqCst),
@@ -524,10 +538,27 @@ async fn a_client_that_gives_up_mid_upload_is_no_fault_of_the_upstream() {
         )
         .await
         .unwrap();
-    // Gone before the rest of its body.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Gone before the rest of its body, once the gateway is forwarding it.
+    common::testkit::wait_for_active_requests(&gateway.url(""), 2).await;
     drop(client);
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Until the gateway is done with it (the scrape is the one request left).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let metrics = reqwest::get(gateway.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("http_server_active_requests 1\n") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the aborted request never ended"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     // One upstream failure would have opened the breaker.
     let seen = echoed(&gateway, "/payments/after").await;
     assert_eq!(seen["path"], "/after");

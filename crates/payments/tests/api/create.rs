@@ -143,6 +143,10 @@ async fn malformed_bodies_and_missing_tokens_are_refused(db: TestDatabase) {
     }
     let text = raw("{}", "text/plain").send().await.unwrap();
     assert_eq!(text.status(), 415);
+    assert_eq!(
+        text.json::<Value>().await.unwrap()["code"],
+        "unsupported_media_type"
+    );
     // A client of its own: the service answers 413 without reading the rest of the body and
     // closes that connection, which a shared client could otherwise pick for its next request.
     let huge = reqwest::Client::new()
@@ -154,6 +158,10 @@ async fn malformed_bodies_and_missing_tokens_are_refused(db: TestDatabase) {
         .await
         .unwrap();
     assert_eq!(huge.status(), 413);
+    assert_eq!(
+        huge.json::<Value>().await.unwrap()["code"],
+        "payload_too_large"
+    );
 
     let anonymous = app
         .client
@@ -224,6 +232,7 @@ async fn a_principal_sees_only_its_own_payments(db: TestDatabase) {
         .await
         .unwrap();
     assert_eq!(cancel.status(), 404);
+    assert_eq!(cancel.json::<Value>().await.unwrap()["code"], "not_found");
     let bobs: Value = app.get(&bob, "/v1/payments").await.json().await.unwrap();
     assert_eq!(bobs["data"], json!([]));
     // The same key is Bob's own: it creates Bob's payment, not a replay of Alice's.
@@ -239,7 +248,9 @@ async fn a_principal_sees_only_its_own_payments(db: TestDatabase) {
     );
     let all: Value = app.get(&admin, "/v1/payments").await.json().await.unwrap();
     assert_eq!(all["data"].as_array().unwrap().len(), 2);
-    assert_eq!(app.get(&alice, "/v1/payments/pay_nope").await.status(), 404);
+    let unknown = app.get(&alice, "/v1/payments/pay_nope").await;
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(unknown.json::<Value>().await.unwrap()["code"], "not_found");
 }
 
 async fn the_list_is_newest_first_and_paginates_by_cursor(db: TestDatabase) {
@@ -280,5 +291,9 @@ async fn the_list_is_newest_first_and_paginates_by_cursor(db: TestDatabase) {
     ] {
         let response = app.get(&token, bad).await;
         assert_eq!(response.status(), 422, "{bad}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], "validation_failed", "{bad}");
+        let field = problem["errors"][0]["field"].as_str().unwrap();
+        assert!(bad.contains(field), "{bad}: {problem}");
     }
 }

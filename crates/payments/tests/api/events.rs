@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with, start_payments, usd};
-use common::testkit::{Cuttable, TestDatabase, nats_url, readiness, wait_for_readiness};
+use common::testkit::{
+    Cuttable, StreamCleanup, TestDatabase, nats_url, readiness, wait_for_readiness,
+};
 
 common::both_databases!(
     needs(test_nats): every_state_change_is_published_once_in_order,
@@ -293,6 +295,7 @@ async fn create_and_settle(app: &TestApp, token: &str, count: usize, tag: &str) 
 async fn every_state_change_is_published_once_in_order(db: TestDatabase) {
     let nats = nats_url();
     let settings = nats_settings(&nats);
+    let _cleanup = StreamCleanup::new(&nats, &settings[1].1);
     let app = spawn_app_with(db, &as_refs(&settings)).await;
     let token = app.user_token("events@example.com").await;
     let ids = create_and_settle(&app, &token, 6, "e").await;
@@ -327,6 +330,7 @@ async fn a_nats_outage_loses_nothing(db: TestDatabase) {
     let nats = nats_url();
     let proxy = Cuttable::to(&nats).await.unwrap();
     let mut settings = nats_settings(&nats);
+    let _cleanup = StreamCleanup::new(&nats, &settings[1].1);
     settings[0].1 = format!("nats://{}", proxy.addr);
     let app = spawn_app_with(db, &as_refs(&settings)).await;
     let token = app.user_token("outage@example.com").await;
@@ -354,6 +358,7 @@ async fn a_nats_outage_loses_nothing(db: TestDatabase) {
 async fn two_relays_publish_each_event_once(db: TestDatabase) {
     let nats = nats_url();
     let settings = nats_settings(&nats);
+    let _cleanup = StreamCleanup::new(&nats, &settings[1].1);
     let app = spawn_app_with(db, &as_refs(&settings)).await;
     let (second, _) = start_payments(&app.db, app.accounts.addr, &app.extra).await;
     let token = app.user_token("relays@example.com").await;
@@ -438,6 +443,11 @@ async fn the_feed_pages_through_the_callers_events(db: TestDatabase) {
         "/v1/events?after=-1",
         "/v1/events?after=x",
     ] {
-        assert_eq!(app.get(&alice, bad).await.status(), 422, "{bad}");
+        let response = app.get(&alice, bad).await;
+        assert_eq!(response.status(), 422, "{bad}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], "validation_failed", "{bad}");
+        let field = problem["errors"][0]["field"].as_str().unwrap();
+        assert!(bad.contains(field), "{bad}: {problem}");
     }
 }

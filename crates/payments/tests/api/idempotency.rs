@@ -56,6 +56,10 @@ async fn the_same_key_with_another_request_is_422(db: TestDatabase) {
         .await
         .unwrap();
     assert_eq!(other_path.status(), 422, "same body on another path");
+    assert_eq!(
+        other_path.json::<Value>().await.unwrap()["code"],
+        "idempotency_key_reused"
+    );
     assert_eq!(app.store.count_payments().await.unwrap(), 1);
 }
 
@@ -177,7 +181,7 @@ async fn a_request_that_died_mid_way_is_recovered_once_after_restart(db: TestDat
         db,
         &[
             NO_PROCESSOR,
-            ("PAYMENTS_IDEMPOTENCY_LOCK_TIMEOUT_SECONDS", "1"),
+            ("PAYMENTS_IDEMPOTENCY_LOCK_TIMEOUT_SECONDS", "2"),
         ],
     )
     .await;
@@ -203,8 +207,24 @@ async fn a_request_that_died_mid_way_is_recovered_once_after_restart(db: TestDat
 
     let while_locked = app.create(&token, "crash-key", &body).await;
     assert_eq!(while_locked.status(), 409, "the lock is still fresh");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let recovered = app.create(&token, "crash-key", &body).await;
+    assert_eq!(
+        while_locked.json::<Value>().await.unwrap()["code"],
+        "idempotency_key_in_use"
+    );
+    // Retried as a client would, until the dead request's lock times out (2 s after it was
+    // taken): 409 until then, then the request runs, once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let recovered = loop {
+        let response = app.create(&token, "crash-key", &body).await;
+        if response.status() != 409 {
+            break response;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock never timed out"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(recovered.status(), 202, "taken over after the lock timeout");
     assert!(recovered.headers().get("idempotent-replayed").is_none());
     let replay = app.create(&token, "crash-key", &body).await;

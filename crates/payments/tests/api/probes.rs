@@ -6,6 +6,7 @@ use crate::helpers::spawn_app;
 use common::testkit::{TestDatabase, assert_live, readiness, wait_for_readiness};
 
 common::both_databases!(
+    shutdown_lets_an_in_flight_request_finish,
     health_check_passes,
     readiness_follows_the_database,
     migrations_create_the_schema,
@@ -53,4 +54,30 @@ async fn an_older_release_starts_on_a_newer_schema(db: TestDatabase) {
         0,
         "and the store works"
     );
+}
+
+/// Shutdown stops taking connections but lets a request already being served finish.
+async fn shutdown_lets_an_in_flight_request_finish(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let token = app.user_token("draining@example.com").await;
+    let (body, request_body) = common::testkit::SlowBody::new();
+    let request = app
+        .client
+        .post(app.url("/v1/payments"))
+        .bearer_auth(&token)
+        .header("idempotency-key", "draining-1")
+        .header("content-type", "application/json")
+        .body(request_body)
+        .send();
+    let in_flight = tokio::spawn(request);
+    body.send(br#"{"amount": "12.50", "#).await;
+    common::testkit::wait_for_active_requests(&app.url(""), 2).await;
+    app.server.begin_shutdown();
+    body.finish(br#""currency": "EUR", "description": "late"}"#)
+        .await;
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), 202, "served to its end");
+    let crate::helpers::TestApp { server, store, .. } = app;
+    server.stop().await.expect("a clean stop");
+    drop(store);
 }
