@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
 
-use crate::request::current_request_id;
+use crate::request::id::current_request_id;
 
 /// The media type of every problem response.
 pub const PROBLEM_JSON: &str = "application/problem+json";
