@@ -362,10 +362,10 @@ impl Authenticated {
     }
 }
 
-/// The raw Bearer token of a request: `None` without an `Authorization` header,
-/// `Some(Err)` for another scheme or an empty token.
-pub fn bearer_token(parts: &Parts) -> Option<Result<&str, ()>> {
-    let value = parts.headers.get(header::AUTHORIZATION)?;
+/// The raw Bearer token of a request's headers (RFC 6750: the scheme in any case): `None`
+/// without an `Authorization` header, `Some(Err)` for another scheme or an empty token.
+pub fn bearer_token(headers: &http::HeaderMap) -> Option<Result<&str, ()>> {
+    let value = headers.get(header::AUTHORIZATION)?;
     let text = value.to_str().map_err(|_| ());
     Some(text.and_then(|text| {
         let (scheme, token) = text.split_once(' ').ok_or(())?;
@@ -386,7 +386,7 @@ where
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let token = match bearer_token(parts) {
+        let token = match bearer_token(&parts.headers) {
             None => {
                 return Err(Problem::unauthorized(
                     "an access token is required (Authorization: Bearer ...)",

@@ -1,5 +1,6 @@
-//! An upstream's response body on its way to the client: its first frame is read before the
-//! response is handed on, so that a body that fails at once (a malformed first chunk) or
+//! The bodies the gateway handles ([`UpstreamBody`] up, [`UpstreamResponseBody`] back,
+//! [`EdgeBody`] out), and an upstream's response body on its way to the client: its first
+//! frame is read before the response is handed on, so that a body that fails at once (a malformed first chunk) or
 //! never starts is answered with a 502 or 504 while no byte of the response has gone out;
 //! after that each read may wait at most the read timeout (nginx's `proxy_read_timeout`),
 //! so a body that stalls is cut off instead of holding the client until the upstream closes.
@@ -11,6 +12,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
+
+/// What is sent upstream: the client's body (or none, for the gateway's own probes), cut off
+/// at `MAX_BODY_BYTES`.
+pub type UpstreamBody = http_body_util::Limited<
+    http_body_util::Either<hyper::body::Incoming, http_body_util::Empty<Bytes>>,
+>;
+
+/// An upstream's response body, streamed back (its first frame read before the response goes
+/// on, and every read within the read timeout).
+pub type UpstreamResponseBody = TimedBody<crate::pool::PooledBody<UpstreamBody>>;
+
+/// The body of the gateway's responses: an upstream's, or one of its own.
+pub type EdgeBody = http_body_util::Either<UpstreamResponseBody, axum::body::Body>;
 
 /// Why a body could not be started.
 #[derive(Debug)]

@@ -13,7 +13,7 @@
 //! The response's framing follows RFC 9112 §6.3: no body for `HEAD` and 1xx/204/304; a
 //! `Transfer-Encoding` ending in `chunked` decoded; otherwise `Content-Length`; otherwise the
 //! body ends when the upstream closes. A connection is reused only when its response was
-//! complete, self-delimited, HTTP/1.1 and not `Connection: close`, and nothing else arrived;
+//! complete, self-delimited, HTTP/1.1 and not `InlineConnection: close`, and nothing else arrived;
 //! an idle connection on which anything arrives (the upstream closing it, or bytes it should
 //! not have sent) is not reused.
 
@@ -27,7 +27,10 @@ use http_body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::pool::SetHeaders;
+/// Header lines a request is sent with in place of any of the same names it has (`None`:
+/// without that header). For a request without a body they are written straight into the
+/// head it is sent with; otherwise set in its header map first.
+pub type SetHeaders = [(HeaderName, Option<HeaderValue>)];
 
 /// Most header lines in a response (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -55,7 +58,7 @@ pub enum Error {
 }
 
 /// One connection to an upstream, between requests.
-pub struct Connection {
+pub struct InlineConnection {
     io: TcpStream,
     /// Read but not yet used (empty between requests).
     read: BytesMut,
@@ -63,7 +66,7 @@ pub struct Connection {
     write: Vec<u8>,
 }
 
-impl Connection {
+impl InlineConnection {
     /// A new connection over `io`. (Boxed once for its lifetime: it moves with every request
     /// and response, through the pool and each layer of the gateway.)
     pub fn new(io: TcpStream) -> Box<Self> {
@@ -329,7 +332,7 @@ enum Chunk {
 /// connection can be had back for the next request ([`Body::take_reusable`]).
 pub struct Body {
     /// `None` once reading failed (the connection is dropped: closed).
-    connection: Option<Box<Connection>>,
+    connection: Option<Box<InlineConnection>>,
     framing: Framing,
     keep_alive: bool,
     complete: bool,
@@ -338,7 +341,7 @@ pub struct Body {
 impl Body {
     /// The connection, if the body has been read to its end and the connection may carry
     /// another request.
-    pub fn take_reusable(&mut self) -> Option<Box<Connection>> {
+    pub fn take_reusable(&mut self) -> Option<Box<InlineConnection>> {
         if !self.complete || !self.keep_alive {
             return None;
         }
@@ -357,7 +360,10 @@ impl Body {
     }
 
     /// `n` bytes from the read buffer as a frame.
-    fn data(connection: &mut Connection, n: usize) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+    fn data(
+        connection: &mut InlineConnection,
+        n: usize,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         Poll::Ready(Some(Ok(Frame::data(connection.read.split_to(n).freeze()))))
     }
 }
@@ -566,8 +572,8 @@ mod tests {
 
     use std::net::SocketAddr;
 
-    async fn connect(addr: SocketAddr) -> Box<Connection> {
-        Connection::new(TcpStream::connect(addr).await.unwrap())
+    async fn connect(addr: SocketAddr) -> Box<InlineConnection> {
+        InlineConnection::new(TcpStream::connect(addr).await.unwrap())
     }
 
     fn head(method: Method, target: &str) -> http::request::Parts {
@@ -588,13 +594,13 @@ mod tests {
     /// Sends `GET /` on `connection`: the status, headers, body, and the connection if it may
     /// be reused.
     async fn get(
-        connection: Box<Connection>,
+        connection: Box<InlineConnection>,
         method: Method,
     ) -> (
         StatusCode,
         HeaderMap,
         Result<Bytes, Error>,
-        Option<Box<Connection>>,
+        Option<Box<InlineConnection>>,
     ) {
         let response = connection.send(&head(method, "/a?b=1"), &[]).await.unwrap();
         let (parts, mut body) = response.into_parts();

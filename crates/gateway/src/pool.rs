@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -30,7 +30,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::h1;
+use crate::h1::{self, SetHeaders};
 
 /// How a request to an upstream failed.
 pub enum SendError<B> {
@@ -58,11 +58,6 @@ impl<B> std::fmt::Display for SendError<B> {
         }
     }
 }
-
-/// Header lines a request is sent with in place of any of the same names it has (`None`:
-/// without that header). For a request without a body they are written straight into the
-/// head it is sent with; otherwise set in its header map first.
-pub type SetHeaders = [(HeaderName, Option<HeaderValue>)];
 
 /// One worker's idle connections to one upstream, and how to make more.
 pub struct Pool<B> {
@@ -101,7 +96,7 @@ struct Inner<B> {
     /// age out when traffic falls).
     idle: Mutex<VecDeque<Idle<B>>>,
     /// Idle connections for requests without a body, the most recently used last.
-    inline_idle: Mutex<VecDeque<(Box<h1::Connection>, Instant)>>,
+    inline_idle: Mutex<VecDeque<(Box<h1::InlineConnection>, Instant)>>,
     /// Whether the task that closes connections idle too long runs.
     reaping: std::sync::atomic::AtomicBool,
 }
@@ -220,7 +215,7 @@ where
             let (connection, reused) = match self.take_inline() {
                 Some(connection) => (connection, true),
                 None => match Box::pin(self.connect_stream()).await {
-                    Ok(stream) => (h1::Connection::new(stream), false),
+                    Ok(stream) => (h1::InlineConnection::new(stream), false),
                     Err(reason) => {
                         return Err(SendError::Connect {
                             reason,
@@ -245,7 +240,7 @@ where
 
     /// The most recently used idle connection for a request without a body that can still
     /// be used; expired ones are let go.
-    fn take_inline(&self) -> Option<Box<h1::Connection>> {
+    fn take_inline(&self) -> Option<Box<h1::InlineConnection>> {
         let mut idle = self.inner.lock_inline();
         let expired = self.inner.settings.idle_timeout;
         while idle
@@ -362,14 +357,16 @@ impl<B> Inner<B> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn lock_inline(&self) -> std::sync::MutexGuard<'_, VecDeque<(Box<h1::Connection>, Instant)>> {
+    fn lock_inline(
+        &self,
+    ) -> std::sync::MutexGuard<'_, VecDeque<(Box<h1::InlineConnection>, Instant)>> {
         self.inline_idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Keeps `connection` for the next request without a body, unless the pool is full.
-    fn checkin_inline(&self, connection: Box<h1::Connection>) {
+    fn checkin_inline(&self, connection: Box<h1::InlineConnection>) {
         let mut idle = self.lock_inline();
         if idle.len() < self.settings.max_idle {
             idle.push_back((connection, Instant::now()));

@@ -6,28 +6,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::response::IntoResponse;
-use bytes::Bytes;
-use common::Problem;
 use common::metrics::Metrics;
 use common::request::{RequestContext, TRACEPARENT};
 use http::Request;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode, Uri};
-use http_body_util::{Either, Empty};
+use http::{Method, Uri};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use tracing::Instrument;
 
-use crate::body::{StartError, TimedBody};
+use crate::body::{EdgeBody, StartError, TimedBody, UpstreamBody, UpstreamResponseBody};
 use crate::breaker::Permit;
 use crate::config::GatewayConfig;
-use crate::pool::{PooledBody, SendError, SetHeaders, error_chain};
+use crate::error::GatewayError;
+use crate::h1::SetHeaders;
+use crate::pool::{PooledBody, SendError, error_chain};
 use crate::upstream::{Outcome, ProxyMetrics, Upstream};
 
 /// The client at the other end of one connection, whether it is a proxy the gateway trusts,
 /// and what it adds to `X-Forwarded-For` (worked out once per connection, not per request).
-pub struct Client {
+pub struct Downstream {
     /// Its TCP address.
     pub addr: SocketAddr,
     /// One of `GATEWAY_TRUSTED_PROXIES`: the forwarding headers it sends are kept (its
@@ -37,7 +35,7 @@ pub struct Client {
     forwarded_for: Option<HeaderValue>,
 }
 
-impl Client {
+impl Downstream {
     /// The client at `addr`; `trusted` when it is a proxy in front of the gateway.
     pub fn new(addr: SocketAddr, trusted: bool) -> Self {
         Self {
@@ -46,23 +44,6 @@ impl Client {
             forwarded_for: HeaderValue::from_str(&addr.ip().to_string()).ok(),
         }
     }
-}
-
-/// What is sent upstream: the client's body (or none, for the gateway's own probes), cut off
-/// at `MAX_BODY_BYTES`.
-pub type UpstreamBody = http_body_util::Limited<Either<Incoming, Empty<Bytes>>>;
-
-/// An upstream's response body, streamed back (its first frame read before the response goes
-/// on, and every read within the read timeout: [`crate::body`]).
-pub type UpstreamResponseBody = TimedBody<PooledBody<UpstreamBody>>;
-
-/// The body of the gateway's responses: an upstream's, or one of its own.
-pub type EdgeBody = Either<UpstreamResponseBody, Body>;
-
-/// One of the gateway's own answers to the request of `context`, with its request id.
-pub fn own(mut problem: Problem, context: &RequestContext) -> http::Response<EdgeBody> {
-    problem.request_id = Some(context.request_id.clone());
-    problem.into_response().map(Either::Right)
 }
 
 /// A prefix route.
@@ -202,35 +183,27 @@ impl Proxy {
     pub async fn forward(
         &self,
         request: Request<Incoming>,
-        client: &Client,
+        client: &Downstream,
         context: &RequestContext,
     ) -> http::Response<EdgeBody> {
         let full_path = request.uri().path();
         if has_dot_segments(full_path) {
-            return own(
-                Problem::malformed("the path may not contain . or .. segments"),
-                context,
-            );
+            return GatewayError::DotSegments.respond(context);
         }
         let target = self
             .resolve(full_path)
             .filter(|target| !self.is_blocked(target.path));
         let Some(target) = target else {
-            return own(
-                Problem::not_found(format!("no route for {full_path}")),
-                context,
-            );
+            let path = full_path.to_owned();
+            return GatewayError::NoRoute { path }.respond(context);
         };
         // The body's length as its `Content-Length` declares it (0 when it streams).
         let declared = http_body::Body::size_hint(request.body()).lower();
         if declared > self.max_body_bytes as u64 {
-            return own(Problem::from_status(StatusCode::PAYLOAD_TOO_LARGE), context);
+            return GatewayError::PayloadTooLarge.respond(context);
         }
         let Ok(uri) = target.upstream.uri(target.path, request.uri().query()) else {
-            return own(
-                Problem::malformed("the request path cannot be forwarded"),
-                context,
-            );
+            return GatewayError::Unforwardable.respond(context);
         };
         let (upstream, prefix) = (target.upstream, target.prefix);
         let permit = match upstream.breaker.try_acquire() {
@@ -239,19 +212,11 @@ impl Proxy {
                 upstream
                     .metrics
                     .record(Outcome::CircuitOpen, &upstream.breaker);
-                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                return own(
-                    Problem::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "circuit_open",
-                        format!(
-                            "the {} service is failing; not calling it for now",
-                            upstream.name
-                        ),
-                    )
-                    .with_header(header::RETRY_AFTER, HeaderValue::from(seconds.max(1))),
-                    context,
-                );
+                return GatewayError::CircuitOpen {
+                    upstream: upstream.name.clone(),
+                    retry_after: wait,
+                }
+                .respond(context);
             }
         };
         let retryable = matches!(
@@ -400,14 +365,12 @@ impl Proxy {
                     context,
                     info!(upstream = %name, error = %error_chain(&error), "request body failed")
                 );
-                Err(own(
-                    if too_long {
-                        Problem::from_status(StatusCode::PAYLOAD_TOO_LARGE)
-                    } else {
-                        Problem::malformed("the request body could not be read")
-                    },
-                    context,
-                ))
+                Err(if too_long {
+                    GatewayError::PayloadTooLarge
+                } else {
+                    GatewayError::BodyUnreadable
+                }
+                .respond(context))
             }
             Attempt::Failed(error) => {
                 permit.record(false);
@@ -418,14 +381,10 @@ impl Proxy {
                     context,
                     warn!(upstream = %name, error = %error, "upstream request failed")
                 );
-                Err(own(
-                    Problem::new(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_unavailable",
-                        format!("the {name} service could not be reached"),
-                    ),
-                    context,
-                ))
+                Err(GatewayError::Unreachable {
+                    upstream: name.clone(),
+                }
+                .respond(context))
             }
             Attempt::BodyFailed(why) => {
                 permit.record(false);
@@ -436,14 +395,10 @@ impl Proxy {
                     context,
                     warn!(upstream = %name, error = %why, "upstream response body failed before it began")
                 );
-                Err(own(
-                    Problem::new(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_unavailable",
-                        format!("the {name} service sent an invalid response"),
-                    ),
-                    context,
-                ))
+                Err(GatewayError::InvalidResponse {
+                    upstream: name.clone(),
+                }
+                .respond(context))
             }
             Attempt::TimedOut => {
                 permit.record(false);
@@ -452,14 +407,10 @@ impl Proxy {
                     context,
                     warn!(upstream = %name, timeout = ?self.upstream_timeout, "upstream timed out")
                 );
-                Err(own(
-                    Problem::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "upstream_timeout",
-                        format!("the {name} service did not answer in time"),
-                    ),
-                    context,
-                ))
+                Err(GatewayError::Timeout {
+                    upstream: name.clone(),
+                }
+                .respond(context))
             }
         }
     }
@@ -492,7 +443,7 @@ impl Proxy {
     fn outgoing_request(
         &self,
         request: Request<Incoming>,
-        client: &Client,
+        client: &Downstream,
         uri: Uri,
         upstream: &Upstream,
         prefix: Option<&Prefix>,

@@ -7,10 +7,12 @@ use http::header::{self, HeaderValue};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{Either, Empty};
 
+use common::health::HealthCheck;
+
+use crate::body::UpstreamBody;
 use crate::breaker::Breaker;
 use crate::config::GatewayConfig;
 use crate::pool::{self, Pool, PoolSettings};
-use crate::proxy::UpstreamBody;
 use common::metrics::Metrics;
 
 /// An upstream: where requests go, under which name they are reported, its breaker and this
@@ -191,5 +193,30 @@ impl UpstreamMetrics {
 
     pub(crate) fn breaker_state(&self, breaker: &Breaker) {
         self.breaker.set(breaker.state().code());
+    }
+}
+
+/// Readiness check `upstream:<name>`: the upstream's own `/readyz` answers 200.
+pub struct UpstreamCheck {
+    /// The upstream.
+    pub upstream: Upstream,
+}
+
+#[async_trait::async_trait]
+impl HealthCheck for UpstreamCheck {
+    fn name(&self) -> String {
+        format!("upstream:{}", self.upstream.name)
+    }
+
+    fn component_type(&self) -> &'static str {
+        "component"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        match self.upstream.get("/readyz").await {
+            Ok(status) if status.is_success() => Ok(()),
+            Ok(status) => Err(format!("answered {status}")),
+            Err(error) => Err(format!("unreachable: {error}")),
+        }
     }
 }

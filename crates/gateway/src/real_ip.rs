@@ -10,7 +10,7 @@ use ipnet::IpNet;
 /// nearest address in `X-Forwarded-For` (read from the right, the end each proxy appends to)
 /// that is not a trusted proxy. What a client writes into the header itself lies further left
 /// than the address its first trusted proxy appended, so it is never reached.
-pub fn address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|network| network.contains(ip));
     if !is_trusted(&peer) {
         return peer;
@@ -57,10 +57,13 @@ mod tests {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let claims = headers(&["1.2.3.4"]);
         assert_eq!(
-            address(ip("203.0.113.9"), &claims, &trusted),
+            client_address(ip("203.0.113.9"), &claims, &trusted),
             ip("203.0.113.9")
         );
-        assert_eq!(address(ip("203.0.113.9"), &claims, &[]), ip("203.0.113.9"));
+        assert_eq!(
+            client_address(ip("203.0.113.9"), &claims, &[]),
+            ip("203.0.113.9")
+        );
     }
 
     #[test]
@@ -70,11 +73,11 @@ mod tests {
         // an inner proxy (10.0.0.5) appended the ingress.
         let chain = headers(&["1.2.3.4, 198.51.100.7", "10.0.0.5"]);
         assert_eq!(
-            address(ip("10.1.1.1"), &chain, &trusted),
+            client_address(ip("10.1.1.1"), &chain, &trusted),
             ip("198.51.100.7")
         );
         assert_eq!(
-            address(ip("::1"), &headers(&["2001:db8::1"]), &trusted),
+            client_address(ip("::1"), &headers(&["2001:db8::1"]), &trusted),
             ip("2001:db8::1")
         );
     }
@@ -83,14 +86,17 @@ mod tests {
     fn a_chain_of_trusted_hops_or_garbage_stops_at_the_last_address_known() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         assert_eq!(
-            address(ip("10.0.0.1"), &headers(&["10.0.0.2"]), &trusted),
+            client_address(ip("10.0.0.1"), &headers(&["10.0.0.2"]), &trusted),
             ip("10.0.0.2")
         );
         assert_eq!(
-            address(ip("10.0.0.1"), &headers(&[]), &trusted),
+            client_address(ip("10.0.0.1"), &headers(&[]), &trusted),
             ip("10.0.0.1")
         );
         let garbage = headers(&["203.0.113.1, unknown, 10.0.0.3"]);
-        assert_eq!(address(ip("10.0.0.1"), &garbage, &trusted), ip("10.0.0.3"));
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &garbage, &trusted),
+            ip("10.0.0.3")
+        );
     }
 }

@@ -11,7 +11,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::Worker;
+use crate::edge::Worker;
 
 /// How each worker serves its connections.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,359 @@
+//! The edge: what each worker serves. Requests for the gateway's own paths go to its probe
+//! and metrics router; every other request is observed (request id, trace context, access
+//! log, RED metrics), rate-limited (by token subject, else client address; a path's own limit
+//! or the default one) and handed to the proxy.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use common::auth::{HttpJwks, TokenVerifier, VerifierSettings};
+use common::request::{RequestObserver, RequestSpans};
+use http::HeaderValue;
+use hyper::body::Incoming;
+use tower::ServiceExt;
+
+use crate::body::EdgeBody;
+use crate::config::GatewayConfig;
+use crate::error::GatewayError;
+use crate::limit::{self, Decision, Limiter, RateLimitSettings};
+use crate::proxy::{self, Proxy};
+use crate::{SERVICE, real_ip};
+
+/// The gateway's own endpoints; every other path is forwarded.
+const OWN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// One worker's service: requests for [`OWN_PATHS`] go to the probe and metrics router (with
+/// every service's standard layers), the others straight to the edge, which observes them
+/// as those layers would (request id, trace context, span, access log, RED metrics) without
+/// the router's per-request machinery in the way of the hot path.
+#[derive(Clone)]
+pub struct Worker {
+    edge: Arc<Edge>,
+    own: Router,
+}
+
+impl Worker {
+    /// The service for a connection from `peer`.
+    pub fn connection(&self, peer: SocketAddr) -> ClientConnection {
+        let trusted = self
+            .edge
+            .trusted_proxies
+            .iter()
+            .any(|network| network.contains(&peer.ip()));
+        ClientConnection {
+            worker: self.clone(),
+            client: Arc::new(proxy::Downstream::new(peer, trusted)),
+        }
+    }
+}
+
+/// The service for one client connection.
+#[derive(Clone)]
+pub struct ClientConnection {
+    worker: Worker,
+    client: Arc<proxy::Downstream>,
+}
+
+impl hyper::service::Service<http::Request<Incoming>> for ClientConnection {
+    type Response = http::Response<EdgeBody>;
+    type Error = Infallible;
+    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn call(&self, mut request: http::Request<Incoming>) -> Self::Future {
+        if OWN_PATHS.contains(&request.uri().path()) {
+            request
+                .extensions_mut()
+                .insert(ConnectInfo(self.client.addr));
+            let own = self.worker.own.clone().oneshot(request.map(Body::new));
+            return Box::pin(async move {
+                own.await
+                    .map(|response| response.map(http_body_util::Either::Right))
+            });
+        }
+        let edge = self.worker.edge.clone();
+        let client = self.client.clone();
+        Box::pin(async move { Ok(edge.serve(request, &client).await) })
+    }
+}
+
+/// A rate limit: the default one, or a path's own.
+#[derive(Clone)]
+struct EdgeLimit {
+    /// The path it is for, with everything under it; `None` for the default limit.
+    path: Option<Arc<str>>,
+    /// `default`, or the path limit's name.
+    name: Arc<str>,
+    limiter: Arc<Limiter>,
+    /// `RateLimit-Policy`, the same on every response it answers.
+    policy: Option<HeaderValue>,
+}
+
+impl EdgeLimit {
+    fn new(path: Option<&str>, name: &str, limiter: Limiter) -> Self {
+        Self {
+            path: path.map(Arc::from),
+            name: Arc::from(name),
+            policy: rate_limit_policy(name, limiter.settings()),
+            limiter: Arc::new(limiter),
+        }
+    }
+
+    /// The same limit with a header value of the worker's own.
+    fn for_worker(&self) -> Self {
+        Self {
+            policy: self
+                .policy
+                .as_ref()
+                .and_then(|policy| HeaderValue::from_bytes(policy.as_bytes()).ok()),
+            ..self.clone()
+        }
+    }
+
+    /// Whether it limits requests for `path`.
+    fn covers(&self, path: &str) -> bool {
+        self.path.as_deref().is_none_or(|own| {
+            path.strip_prefix(own)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    }
+}
+
+/// The edge: rate limiting in front of the proxy.
+#[derive(Clone)]
+pub struct Edge {
+    proxy: Arc<Proxy>,
+    /// Path limits, longest path first, then the default limit; empty when limiting is off.
+    limits: Arc<[EdgeLimit]>,
+    verifier: Arc<TokenVerifier>,
+    rate_limited: prometheus::IntCounterVec,
+    trusted_proxies: Arc<[ipnet::IpNet]>,
+    observer: RequestObserver,
+}
+
+impl Edge {
+    /// The edge of `config`: its limits (each path's own, then the default), the verifier
+    /// that finds a token's subject, its metrics.
+    pub fn new(
+        config: &GatewayConfig,
+        proxy: Arc<Proxy>,
+        redis: Option<(redis::aio::ConnectionManager, String)>,
+        metrics: &common::metrics::Metrics,
+    ) -> Self {
+        let mut settings = VerifierSettings::new(config.token_issuer.clone(), "accounts");
+        settings.audiences.push("payments".to_owned());
+        let redis =
+            redis.map(|(connection, prefix)| limit::SharedRedis::new(connection, prefix, metrics));
+        let mut limits: Vec<EdgeLimit> = Vec::new();
+        if config.rate_limit.is_some() {
+            // Paths with a limit of their own first (longest first), then the default one.
+            for path_limit in &config.path_limits {
+                limits.push(EdgeLimit::new(
+                    Some(&path_limit.path),
+                    &path_limit.name,
+                    Limiter::new(path_limit.settings, redis.clone(), Some(&path_limit.name)),
+                ));
+            }
+        }
+        if let Some(settings) = config.rate_limit {
+            limits.push(EdgeLimit::new(
+                None,
+                "default",
+                Limiter::new(settings, redis, None),
+            ));
+        }
+        let rate_limited = metrics.counter(
+            "gateway_rate_limited_total",
+            "Requests refused with 429 by the rate limiter, by limit (default, or a path's own).",
+            &["limit"],
+        );
+        for limit in &limits {
+            rate_limited.with_label_values(&[&*limit.name]);
+        }
+        let edge = Edge {
+            proxy,
+            limits: limits.into(),
+            verifier: Arc::new(TokenVerifier::new(
+                Arc::new(HttpJwks::new(config.jwks_url.clone())),
+                settings,
+            )),
+            rate_limited,
+            trusted_proxies: config.trusted_proxies.clone().into(),
+            observer: RequestObserver {
+                service: SERVICE,
+                metrics: metrics.clone(),
+                spans: RequestSpans::WhenExported,
+            },
+        };
+        if !edge.limits.is_empty() {
+            // Forget idle clients now and then, so the in-process tables stay small.
+            let limiters: Vec<_> = edge
+                .limits
+                .iter()
+                .map(|limit| Arc::downgrade(&limit.limiter))
+                .collect();
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    interval.tick().await;
+                    let mut alive = false;
+                    for limiter in limiters.iter().filter_map(std::sync::Weak::upgrade) {
+                        limiter.shrink();
+                        alive = true;
+                    }
+                    if !alive {
+                        break;
+                    }
+                }
+            });
+        }
+        edge
+    }
+
+    /// A worker's copy, with connections of its own, serving `own` (the gateway's probes
+    /// and metrics) beside the forwarded paths.
+    pub fn worker(&self, own: Router) -> Worker {
+        let edge = Self {
+            proxy: Arc::new(self.proxy.with_own_pool()),
+            // Not shared: cloning one header value from every worker would contend for its
+            // count.
+            limits: self.limits.iter().map(EdgeLimit::for_worker).collect(),
+            ..self.clone()
+        };
+        Worker {
+            edge: Arc::new(edge),
+            own,
+        }
+    }
+}
+
+impl Edge {
+    /// Serves one forwarded request, observed as every service's requests are.
+    async fn serve(
+        &self,
+        mut request: http::Request<Incoming>,
+        client: &proxy::Downstream,
+    ) -> http::Response<EdgeBody> {
+        let observation = self.observer.begin(&mut request);
+        let route = self.proxy.route_of(request.uri().path());
+        if let Some(route) = route {
+            observation.span().record("http.route", route);
+        }
+        let mut response = {
+            let context = observation.context();
+            let span = observation.span();
+            // Polled where it lies, inside the span (if there is one), its panics caught: a
+            // wrapper of each kind around the future would move the whole future into it.
+            let mut forward =
+                std::pin::pin!(self.forward(request, client, context, route.is_some()));
+            let outcome = std::future::poll_fn(|cx| {
+                let _entered = (!span.is_none()).then(|| span.enter());
+                match std::panic::catch_unwind(AssertUnwindSafe(|| forward.as_mut().poll(cx))) {
+                    Ok(poll) => poll.map(Ok),
+                    Err(panic) => Poll::Ready(Err(panic)),
+                }
+            })
+            .await;
+            outcome.unwrap_or_else(|_| {
+                request_event!(context, error!("handler panicked"));
+                GatewayError::Panicked.respond(context)
+            })
+        };
+        self.observer.finish(observation, route, &mut response);
+        response
+    }
+
+    /// Rate limiting (for routed paths), then the proxy.
+    async fn forward(
+        &self,
+        request: http::Request<Incoming>,
+        client: &proxy::Downstream,
+        context: &common::request::RequestContext,
+        routed: bool,
+    ) -> http::Response<EdgeBody> {
+        let mut quota = None;
+        let limit = self
+            .limits
+            .iter()
+            .find(|limit| routed && limit.covers(request.uri().path()));
+        if let Some(limit) = limit {
+            let key = match common::auth::bearer_token(request.headers()).and_then(Result::ok) {
+                // Boxed: a token check would otherwise make every request's future larger.
+                Some(token) => Box::pin(self.subject_key(token)).await,
+                None => None,
+            }
+            .unwrap_or_else(|| {
+                limit::ClientKey::Ip(real_ip::client_address(
+                    client.addr.ip(),
+                    request.headers(),
+                    &self.trusted_proxies,
+                ))
+            });
+            let decision = match limit.limiter.check_now(&key) {
+                Some(decision) => decision,
+                None => Box::pin(limit.limiter.check(&key)).await,
+            };
+            match decision {
+                Decision::Allowed { remaining, reset } => quota = Some((limit, remaining, reset)),
+                Decision::Limited { retry_after } => {
+                    self.rate_limited.with_label_values(&[&*limit.name]).inc();
+                    let mut response = GatewayError::RateLimited(retry_after).respond(context);
+                    rate_limit_headers(limit, response.headers_mut(), 0, retry_after);
+                    return response;
+                }
+            }
+        }
+        let mut response = self.proxy.forward(request, client, context).await;
+        if let Some((limit, remaining, reset)) = quota {
+            rate_limit_headers(limit, response.headers_mut(), remaining, reset);
+        }
+        response
+    }
+
+    /// The subject of `token`, if it is a valid access token.
+    async fn subject_key(&self, token: &str) -> Option<limit::ClientKey> {
+        let claims = self.verifier.verify(token).await.ok()?;
+        Some(limit::ClientKey::Subject(claims.sub))
+    }
+}
+
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) of `limit`: the
+/// burst as the quota over the time it takes to refill, what remains now, and when it is full
+/// again.
+fn rate_limit_headers(
+    limit: &EdgeLimit,
+    headers: &mut http::HeaderMap,
+    remaining: u32,
+    reset: Duration,
+) {
+    if let Some(policy) = &limit.policy {
+        headers.insert(RATELIMIT_POLICY, policy.clone());
+    }
+    let mut value = String::with_capacity(32);
+    value.push('"');
+    value.push_str(&limit.name);
+    value.push_str("\";r=");
+    value.push_str(itoa::Buffer::new().format(remaining));
+    value.push_str(";t=");
+    value.push_str(
+        itoa::Buffer::new().format(reset.as_secs() + u64::from(reset.subsec_nanos() > 0)),
+    );
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+        headers.insert(RATELIMIT, value);
+    }
+}
+
+const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+
+/// `RateLimit-Policy` of the limit `name`: `"<name>";q=<burst>;w=<seconds to refill>`.
+fn rate_limit_policy(name: &str, policy: RateLimitSettings) -> Option<HeaderValue> {
+    let window = policy.burst.get().div_ceil(policy.rps.get()).max(1);
+    HeaderValue::from_str(&format!("\"{name}\";q={};w={window}", policy.burst)).ok()
+}
