@@ -1,7 +1,7 @@
 //! Importing the monolith's users from `manage.py dumpdata auth.user` JSON. Django password
 //! hashes are kept as they are and replaced by Argon2id at each user's next login; a hash
 //! whose scheme is unsupported or whose parameters ask for more work than
-//! [`passwords::limits`](crate::passwords::limits) allow is refused, entry by entry, with the
+//! [`crate::passwords::limits`] allow is refused, entry by entry, with the
 //! reason.
 
 use chrono::{DateTime, Utc};

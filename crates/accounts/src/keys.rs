@@ -256,6 +256,9 @@ pub struct KeyManager {
 /// replica switches keys on time whatever its cache's age.
 const KEYS_CACHE: Duration = Duration::from_secs(10);
 
+/// How often [`KeyManager::spawn_rotation`] checks whether a rotation is due.
+const ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// Tokens signed by a retired key may still be presented for their lifetime plus this
 /// (clock skew between replicas and verifiers).
 const RETIRED_KEY_MARGIN: Duration = Duration::from_secs(60);
@@ -453,7 +456,7 @@ impl KeyManager {
     /// Checks hourly (and at start) whether a rotation is due, until `shutdown`.
     pub fn spawn_rotation(self: Arc<Self>, shutdown: CancellationToken) {
         tokio::spawn(async move {
-            let mut interval = tokio::time::interval(Duration::from_secs(3600));
+            let mut interval = tokio::time::interval(ROTATION_CHECK_INTERVAL);
             loop {
                 tokio::select! {
                     _ = interval.tick() => {

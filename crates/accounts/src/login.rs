@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use common::db::StoreError;
+use common::problem::retry_after_seconds;
 
 use crate::domain::email_key;
 use crate::passwords::{Hasher, PasswordError, Verdict};
@@ -86,9 +87,9 @@ pub async fn password_login(
     let key = throttle_key(username);
     let lock_after = |failures: i64| lock_seconds(failures).map(chrono::Duration::seconds);
     if let LoginGate::Locked { until } = store.begin_login_attempt(&key, now, &lock_after).await? {
-        let wait = (until - now).num_milliseconds().max(0);
+        let wait = (until - now).to_std().unwrap_or_default();
         return Err(LoginError::Throttled {
-            retry_after: u64::try_from(wait).unwrap_or(0).div_ceil(1000).max(1),
+            retry_after: retry_after_seconds(wait),
         });
     }
     // Unknown users, and hashes that cannot be verified, are checked against a dummy hash:

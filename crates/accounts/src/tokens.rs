@@ -159,10 +159,7 @@ pub fn random_secret() -> String {
 
 /// SHA-256 (hex) of a high-entropy secret; what is stored instead of it.
 pub fn hash_token(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// Seconds since the epoch as a time.

@@ -1,6 +1,7 @@
 //! RFC 9457 `application/problem+json` responses with a stable machine-readable `code`.
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -212,9 +213,30 @@ impl IntoResponse for Problem {
     }
 }
 
+/// Whole seconds in `wait`, rounded up: what the `RateLimit` headers carry.
+pub fn seconds_rounded_up(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
+/// The `Retry-After` seconds for `wait`: rounded up, and at least 1 (a client told to retry
+/// in 0 seconds retries at once).
+pub fn retry_after_seconds(wait: Duration) -> u64 {
+    seconds_rounded_up(wait).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_round_up_and_retry_after_is_at_least_one() {
+        assert_eq!(seconds_rounded_up(Duration::ZERO), 0);
+        assert_eq!(seconds_rounded_up(Duration::from_millis(1500)), 2);
+        assert_eq!(seconds_rounded_up(Duration::from_secs(3)), 3);
+        assert_eq!(retry_after_seconds(Duration::ZERO), 1);
+        assert_eq!(retry_after_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_seconds(Duration::from_millis(2001)), 3);
+    }
 
     #[test]
     fn a_validation_problem_lists_each_field() {

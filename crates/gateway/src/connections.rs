@@ -1,6 +1,6 @@
 //! Each worker's listener: connections accepted and served by hyper directly (HTTP/1.1, and
 //! HTTP/2 with prior knowledge unless `GATEWAY_H2C=false`), each request handed to the
-//! connection's [`Connection`](crate::Connection) service without the generic glue of
+//! connection's [`ClientConnection`](crate::edge::ClientConnection) service without the generic glue of
 //! axum's server (tower adapters, a boxed request body, a shutdown signal polled beside every
 //! connection); graceful shutdown by hyper's own.
 

@@ -14,6 +14,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use common::auth::{HttpJwks, TokenVerifier, VerifierSettings};
+use common::problem::seconds_rounded_up;
 use common::request::{RequestObserver, RequestSpans};
 use http::HeaderValue;
 use hyper::body::Incoming;
@@ -26,12 +27,15 @@ use crate::limit::{self, Decision, Limiter, RateLimitSettings};
 use crate::proxy::{self, Proxy};
 use crate::{SERVICE, real_ip};
 
+/// How often the in-process rate limiters forget clients whose buckets are full again.
+const LIMITER_SHRINK_INTERVAL: Duration = Duration::from_secs(60);
+
 /// The gateway's own endpoints; every other path is forwarded.
 const OWN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
-/// One worker's service: requests for [`OWN_PATHS`] go to the probe and metrics router (with
-/// every service's standard layers), the others straight to the edge, which observes them
-/// as those layers would (request id, trace context, span, access log, RED metrics) without
+/// One worker's service: requests for `/healthz`, `/readyz` and `/metrics` go to the probe
+/// and metrics router (with every service's standard layers), the others straight to the
+/// edge, which observes them as those layers would (request id, trace context, span, access log, RED metrics) without
 /// the router's per-request machinery in the way of the hot path.
 #[derive(Clone)]
 pub struct Worker {
@@ -199,7 +203,7 @@ impl Edge {
                 .map(|limit| Arc::downgrade(&limit.limiter))
                 .collect();
             tokio::spawn(async move {
-                let mut interval = tokio::time::interval(Duration::from_secs(60));
+                let mut interval = tokio::time::interval(LIMITER_SHRINK_INTERVAL);
                 loop {
                     interval.tick().await;
                     let mut alive = false;
@@ -341,9 +345,7 @@ fn rate_limit_headers(
     value.push_str("\";r=");
     value.push_str(itoa::Buffer::new().format(remaining));
     value.push_str(";t=");
-    value.push_str(
-        itoa::Buffer::new().format(reset.as_secs() + u64::from(reset.subsec_nanos() > 0)),
-    );
+    value.push_str(itoa::Buffer::new().format(seconds_rounded_up(reset)));
     if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         headers.insert(RATELIMIT, value);
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::response::IntoResponse;
 use common::Problem;
+use common::problem::retry_after_seconds;
 use common::request::RequestContext;
 use http::{HeaderValue, StatusCode, header};
 
@@ -68,11 +69,6 @@ pub enum GatewayError {
     Panicked,
 }
 
-/// Whole seconds, rounded up (for `Retry-After`, the `RateLimit` headers), at least 1.
-pub fn retry_seconds(wait: Duration) -> u64 {
-    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
-}
-
 impl GatewayError {
     /// The problem this error is answered with.
     pub fn problem(&self) -> Problem {
@@ -85,9 +81,15 @@ impl GatewayError {
             Self::RateLimited(wait) => Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
-                format!("too many requests; retry in {} s", retry_seconds(*wait)),
+                format!(
+                    "too many requests; retry in {} s",
+                    retry_after_seconds(*wait)
+                ),
             )
-            .with_header(header::RETRY_AFTER, HeaderValue::from(retry_seconds(*wait))),
+            .with_header(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_seconds(*wait)),
+            ),
             Self::Unreachable { .. } | Self::InvalidResponse { .. } => {
                 Problem::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", detail)
             }
@@ -101,7 +103,7 @@ impl GatewayError {
             )
             .with_header(
                 header::RETRY_AFTER,
-                HeaderValue::from(retry_seconds(*retry_after)),
+                HeaderValue::from(retry_after_seconds(*retry_after)),
             ),
             Self::Timeout { .. } => {
                 Problem::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", detail)
@@ -176,7 +178,5 @@ mod tests {
                 "{error}"
             );
         }
-        assert_eq!(retry_seconds(Duration::from_millis(1500)), 2);
-        assert_eq!(retry_seconds(Duration::ZERO), 1);
     }
 }

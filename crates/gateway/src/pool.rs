@@ -400,11 +400,14 @@ async fn connect_tcp(settings: &PoolSettings) -> std::io::Result<TcpStream> {
     Err(last.unwrap_or_else(|| std::io::Error::other("the name resolved to no address")))
 }
 
+/// Idle time before the first TCP keepalive probe on an upstream connection.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
 async fn connect_addr(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     // Dead peers behind a silent network are found by TCP keepalive probes.
-    let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+    let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
     socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
     Ok(stream)
 }

@@ -15,6 +15,10 @@ use crate::config::GatewayConfig;
 use crate::pool::{self, Pool, PoolSettings};
 use common::metrics::Metrics;
 
+/// Idle keep-alive connections kept per upstream and worker; beyond it, a connection released
+/// after a burst is closed (nginx's `keepalive` directive plays this role).
+const MAX_IDLE_CONNECTIONS: usize = 256;
+
 /// An upstream: where requests go, under which name they are reported, its breaker and this
 /// worker's connections to it.
 #[derive(Clone)]
@@ -64,7 +68,7 @@ impl Upstream {
                 port,
                 connect_timeout: config.connect_timeout,
                 idle_timeout: config.upstream_idle_timeout,
-                max_idle: 256,
+                max_idle: MAX_IDLE_CONNECTIONS,
             }),
         }
     }

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod idempotency;
 pub mod processor;
 pub mod provider;
 pub mod relay;
@@ -12,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use std::time::Duration;
 
 use common::auth::{HttpJwks, TokenVerifier, VerifierSettings};
 use common::server::Service;
@@ -144,9 +144,9 @@ impl Application {
         } else {
             Vec::new()
         };
-        processor::spawn_key_purger(
+        idempotency::spawn_purger(
             self.store.clone(),
-            Duration::from_secs(600),
+            idempotency::PURGE_INTERVAL,
             shutdown.clone(),
         );
         let relay_task = match (&self.config.relay, self.broker.clone()) {

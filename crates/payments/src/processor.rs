@@ -227,27 +227,6 @@ impl Processor {
     }
 }
 
-/// Deletes expired idempotency keys every `every`, until `shutdown`.
-pub fn spawn_key_purger(
-    store: Arc<dyn PaymentsStore>,
-    every: Duration,
-    shutdown: CancellationToken,
-) {
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = interval.tick() => match store.purge_idempotency_keys(Utc::now()).await {
-                    Ok(0) => {}
-                    Ok(purged) => tracing::info!(purged, "expired idempotency keys purged"),
-                    Err(error) => tracing::warn!(%error, "cannot purge idempotency keys"),
-                },
-                () = shutdown.cancelled() => return,
-            }
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,19 @@ use common::db::StoreError;
 
 use crate::store::{OutboxEvent, PaymentsStore};
 
+/// How long JetStream keeps an event (consumers further behind read the feed instead).
+const STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// JetStream drops a message whose `Nats-Msg-Id` it saw within this window: a relay that
+/// published but died before marking the event sent publishes it again, harmlessly.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// The first pause after a failure, doubled on each failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The pause after a batch that emptied the outbox (a new payment wakes the relay sooner).
+const IDLE_PAUSE: Duration = Duration::from_millis(500);
+/// How often sent events older than the retention are deleted.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+
 /// Where and how events are published.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
@@ -177,8 +190,8 @@ async fn ensure_stream(
     let config = stream::Config {
         name: settings.stream.clone(),
         subjects: vec![format!("{}.*", settings.subject_prefix)],
-        max_age: Duration::from_secs(7 * 24 * 3600),
-        duplicate_window: Duration::from_secs(120),
+        max_age: STREAM_MAX_AGE,
+        duplicate_window: DUPLICATE_WINDOW,
         storage: stream::StorageType::File,
         ..Default::default()
     };
@@ -206,8 +219,9 @@ pub fn spawn(
             metrics: metrics.clone(),
         };
         let mut stream_ready = false;
-        let mut backoff = Duration::from_millis(100);
-        let mut last_prune = std::time::Instant::now() - Duration::from_secs(3600);
+        let mut backoff = FIRST_BACKOFF;
+        // Prune at the first chance.
+        let mut last_prune = std::time::Instant::now() - PRUNE_INTERVAL * 2;
         while !shutdown.is_cancelled() {
             // First: the backlog is reported however NATS is doing, from the first round on.
             if let Ok(backlog) = store.outbox_backlog().await {
@@ -222,7 +236,7 @@ pub fn spawn(
                     Err(error) => {
                         tracing::warn!(%error, "cannot set up the JetStream stream; retrying");
                         pause(&shutdown, &wake, backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                         continue;
                     }
                 }
@@ -235,24 +249,24 @@ pub fn spawn(
                         "events not published; retrying"
                     );
                     pause(&shutdown, &wake, backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Ok(outcome) => {
-                    backoff = Duration::from_millis(100);
+                    backoff = FIRST_BACKOFF;
                     if outcome.sent > 0 {
                         tracing::debug!(sent = outcome.sent, "events published");
                     }
                     if outcome.sent < usize::try_from(settings.batch).unwrap_or(usize::MAX) {
-                        pause(&shutdown, &wake, Duration::from_millis(500)).await;
+                        pause(&shutdown, &wake, IDLE_PAUSE).await;
                     }
                 }
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the outbox; retrying");
                     pause(&shutdown, &wake, backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
-            if last_prune.elapsed() > Duration::from_secs(600) {
+            if last_prune.elapsed() > PRUNE_INTERVAL {
                 last_prune = std::time::Instant::now();
                 let before = Utc::now() - settings.retention;
                 match store.prune_published_events(before).await {

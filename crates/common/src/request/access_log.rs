@@ -2,7 +2,6 @@
 //! `logline`), with the same fields under the same names as a `request completed` event
 //! inside a request span.
 
-use super::observer::RequestObserver;
 use super::trace::TraceParent;
 use crate::logline;
 
@@ -68,10 +67,11 @@ impl AccessLine<'_> {
     }
 }
 
-impl RequestObserver {
-    /// Writes `line` to the JSON log directly, or, when that is not the subscriber (plain
+impl AccessLine<'_> {
+    /// Writes the line to the JSON log directly, or, when that is not the subscriber (plain
     /// text, tests), logs it through `tracing` with the same fields.
-    pub(super) fn access_log(&self, line: AccessLine<'_>) {
+    pub(super) fn log(self) {
+        let line = self;
         macro_rules! event {
             ($level:expr) => {{
                 if tracing::enabled!($level)

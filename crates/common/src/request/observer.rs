@@ -193,7 +193,7 @@ impl RequestObserver {
         let latency_micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let latency_ms = latency_micros as f64 / 1000.0;
         match uri {
-            Some(uri) => self.access_log(AccessLine {
+            Some(uri) => AccessLine {
                 level: if status >= 500 { "WARN" } else { "INFO" },
                 latency_micros,
                 method: method.as_str(),
@@ -204,7 +204,8 @@ impl RequestObserver {
                 service: self.service,
                 trace: context.trace,
                 path: uri.path(),
-            }),
+            }
+            .log(),
             None => span.in_scope(|| {
                 if status >= 500 {
                     tracing::warn!(latency_ms, "request completed");
@@ -232,7 +233,7 @@ impl Observation {
     }
 
     /// Runs `future` (what serves the request) inside the request's span, with its id as the
-    /// task's [`current_request_id`].
+    /// task's [`current_request_id`](super::id::current_request_id).
     pub fn scope<F: std::future::Future>(
         &self,
         future: F,

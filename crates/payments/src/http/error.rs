@@ -7,16 +7,14 @@ use common::problem::FieldError;
 use http::{HeaderValue, StatusCode, header};
 
 use crate::domain::payment::PaymentStatus;
+use crate::idempotency::{KeyError, Refused};
 
 /// Everything a payments handler can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// 400 `missing_idempotency_key` (`missing`) or `invalid_idempotency_key`.
-    #[error("bad idempotency key")]
-    IdempotencyKey {
-        /// The header was absent.
-        missing: bool,
-    },
+    /// 400 `missing_idempotency_key` or `invalid_idempotency_key`.
+    #[error(transparent)]
+    IdempotencyKey(#[from] KeyError),
     /// 422 `idempotency_key_reused`: same key, different method, path or body.
     #[error("idempotency key reused")]
     KeyReused,
@@ -40,6 +38,16 @@ pub enum ApiError {
     Store(#[from] StoreError),
 }
 
+impl From<Refused> for ApiError {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::InUse => Self::KeyInUse,
+            Refused::Reused => Self::KeyReused,
+            Refused::Store(error) => Self::Store(error),
+        }
+    }
+}
+
 impl From<Problem> for ApiError {
     fn from(problem: Problem) -> Self {
         Self::Problem(Box::new(problem))
@@ -49,12 +57,12 @@ impl From<Problem> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = match self {
-            Self::IdempotencyKey { missing: true } => Problem::new(
+            Self::IdempotencyKey(KeyError::Missing) => Problem::new(
                 StatusCode::BAD_REQUEST,
                 "missing_idempotency_key",
                 "this request needs an Idempotency-Key header (1-255 printable ASCII characters)",
             ),
-            Self::IdempotencyKey { missing: false } => Problem::new(
+            Self::IdempotencyKey(KeyError::Invalid) => Problem::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_idempotency_key",
                 "the Idempotency-Key must be 1-255 printable ASCII characters",

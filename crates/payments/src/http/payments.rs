@@ -5,20 +5,18 @@ use std::collections::HashMap;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use chrono::{SubsecRound, Utc};
+use chrono::Utc;
 use common::auth::Authenticated;
-use common::db::StoreError;
 use common::extract::{Json, JsonBytes, Path, Query};
 use common::problem::FieldError;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState};
 use crate::domain::events::state_changed;
 use crate::domain::money::{Money, parse_currency};
 use crate::domain::payment::{DEFAULT_PAYMENT_METHOD, PAYMENT_METHODS, Payment, PaymentStatus};
-use crate::store::{KeyClaim, SavedResponse};
+use crate::idempotency::{self, Begun};
 
 pub(super) const READ: &str = "payments:read";
 const WRITE: &str = "payments:write";
@@ -33,18 +31,6 @@ pub struct CreatePayment {
     description: String,
     #[serde(default)]
     payment_method: Option<String>,
-}
-
-/// The `Idempotency-Key`: 1–255 printable ASCII characters.
-fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
-    let value = headers
-        .get("idempotency-key")
-        .ok_or(ApiError::IdempotencyKey { missing: true })?;
-    let bytes = value.as_bytes();
-    if bytes.is_empty() || bytes.len() > 255 || !bytes.iter().all(|b| (0x20..=0x7e).contains(b)) {
-        return Err(ApiError::IdempotencyKey { missing: false });
-    }
-    Ok(String::from_utf8_lossy(bytes).into_owned())
 }
 
 /// Where the payment can be read, through the gateway when the request came through it.
@@ -149,85 +135,40 @@ pub async fn create(
     body: Result<JsonBytes<CreatePayment>, common::Problem>,
 ) -> Result<Response, ApiError> {
     caller.require_scope(WRITE)?;
-    let key = idempotency_key(&headers)?;
+    let key = idempotency::Key::from_headers(&headers)?;
     let JsonBytes(request, body) = body?;
     let payment = new_payment(request, &caller.0.sub)?;
 
-    let mut hasher = Sha256::new();
-    hasher.update(b"POST\n");
-    hasher.update(uri.path().as_bytes());
-    hasher.update(b"\n");
-    hasher.update(&body);
-    let fingerprint: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-
-    let principal = caller.0.sub.as_str();
-    let config = &state.config;
-    // The lock's time is also its fencing token, compared after a round trip through the
-    // database: microseconds, as PostgreSQL stores them.
-    let claimed_at = Utc::now().trunc_subsecs(6);
-    let claim = state
-        .store
-        .claim_idempotency_key(
-            principal,
-            &key,
-            &fingerprint,
-            claimed_at,
-            config.idempotency_ttl,
-            config.idempotency_lock_timeout,
-        )
-        .await?;
-    match claim {
-        KeyClaim::Proceed => {}
-        KeyClaim::Replay {
-            status,
-            body,
-            payment_id,
-        } => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut response = json_response(status, body, &headers, payment_id.as_deref());
+    let fingerprint = idempotency::fingerprint("POST", uri.path(), &body);
+    let settings = idempotency::Settings {
+        ttl: state.config.idempotency_ttl,
+        lock_timeout: state.config.idempotency_lock_timeout,
+    };
+    let lock = match idempotency::begin(&*state.store, &caller.0.sub, key, &fingerprint, settings)
+        .await?
+    {
+        Begun::Run(lock) => lock,
+        Begun::Replay(replay) => {
+            let status =
+                StatusCode::from_u16(replay.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut response =
+                json_response(status, replay.body, &headers, replay.payment_id.as_deref());
             response
                 .headers_mut()
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
             return Ok(response);
         }
-        KeyClaim::InFlight => return Err(ApiError::KeyInUse),
-        KeyClaim::Mismatch => return Err(ApiError::KeyReused),
-    }
+    };
 
     let body = payment.to_json().to_string();
     let event = state_changed(&payment, payment.created_at);
-    let saved = SavedResponse {
-        principal,
-        key: &key,
-        status: 202,
-        body: &body,
-        locked_at: claimed_at,
-    };
+    let saved = lock.response(202, &body);
     if let Err(error) = state
         .store
         .create_payment(&payment, &event, Some(saved))
         .await
     {
-        if matches!(error, StoreError::Conflict(_)) {
-            // This request outlived its lock and another one took the key over: that one's
-            // payment is the key's; a retry gets it.
-            tracing::warn!("idempotency key taken over while this request ran; nothing created");
-            return Err(ApiError::KeyInUse);
-        }
-        // Nothing was written; free the key so a retry runs (if the database is gone, the lock
-        // times out instead).
-        if let Err(release) = state
-            .store
-            .release_idempotency_key(principal, &key, claimed_at)
-            .await
-        {
-            tracing::warn!(error = %release, "cannot release the idempotency key; it will time out");
-        }
-        return Err(error.into());
+        return Err(lock.abandon(&*state.store, error).await.into());
     }
     state.wake.notify_waiters();
     tracing::info!(payment_id = %payment.id, amount_minor = payment.amount_minor, currency = %payment.currency, "payment accepted");
