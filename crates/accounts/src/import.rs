@@ -42,7 +42,7 @@ fn active_by_default() -> bool {
 }
 
 /// What an import did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ImportReport {
     /// Users created.
     pub imported: usize,
@@ -54,7 +54,7 @@ pub struct ImportReport {
 }
 
 /// An entry the import refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RefusedEntry {
     /// Its position in the array (from 0).
     pub index: usize,

@@ -16,18 +16,22 @@ use crate::keys::{KeyError, KeyManager};
 use crate::store::{AccountsStore, RefreshTokenRecord};
 
 /// What the token endpoint hands out.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct IssuedTokens {
-    /// The JWT.
+    /// The access token: a JWT (RFC 9068, `typ: at+jwt`) signed with a key of the JWKS.
+    #[schema(example = "eyJ0eXAiOiJhdCtqd3QiLCJhbGciOiJSUzI1NiIsImtpZCI6Ii4uLiJ9...")]
     pub access_token: String,
-    /// Always `Bearer`.
+    /// `Bearer`.
+    #[schema(value_type = String, example = "Bearer")]
     pub token_type: &'static str,
     /// Seconds until the access token expires.
+    #[schema(example = 900)]
     pub expires_in: u64,
-    /// A new refresh token (not for client credentials).
+    /// A new refresh token (not for client credentials); the one redeemed is spent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
     /// Granted scopes, space-separated.
+    #[schema(example = "payments:read payments:write")]
     pub scope: String,
 }
 

@@ -24,7 +24,7 @@ pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
 pub const ALLOWED_ALGORITHMS: [Algorithm; 2] = [Algorithm::RS256, Algorithm::EdDSA];
 
 /// An `aud` claim: one audience or several.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Audience {
     /// `"aud": "payments"`.

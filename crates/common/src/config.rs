@@ -121,7 +121,14 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// How long in-flight requests may take to finish at shutdown (`SHUTDOWN_GRACE_SECONDS`).
     pub shutdown_grace: std::time::Duration,
+    /// Where `/docs` loads Swagger UI from (`DOCS_ASSETS_URL`): a URL under which
+    /// `swagger-ui-bundle.js` and `swagger-ui.css` are found, without a trailing slash.
+    pub docs_assets_url: String,
 }
+
+/// Swagger UI on a public CDN, pinned to one version (as FastAPI does); an air-gapped
+/// deployment sets `DOCS_ASSETS_URL` to its own copy of the `swagger-ui-dist` package.
+pub const DEFAULT_DOCS_ASSETS_URL: &str = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5.35.0";
 
 impl HttpConfig {
     /// Reads the shared HTTP settings.
@@ -131,9 +138,27 @@ impl HttpConfig {
             return Err(ConfigError::new("MAX_BODY_BYTES", "must be above 0"));
         }
         let grace: u64 = env.parse_or("SHUTDOWN_GRACE_SECONDS", 30)?;
+        let docs_assets_url = env.string_or("DOCS_ASSETS_URL", DEFAULT_DOCS_ASSETS_URL);
+        let parsed = url::Url::parse(&docs_assets_url).map_err(|e| {
+            ConfigError::new(
+                "DOCS_ASSETS_URL",
+                format!("not a URL ({e}): {docs_assets_url:?}"),
+            )
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https")
+            || parsed.query().is_some()
+            || parsed.fragment().is_some()
+            || !parsed.username().is_empty()
+        {
+            return Err(ConfigError::new(
+                "DOCS_ASSETS_URL",
+                "must be an http or https URL without query, fragment or credentials",
+            ));
+        }
         Ok(Self {
             max_body_bytes,
             shutdown_grace: std::time::Duration::from_secs(grace),
+            docs_assets_url: docs_assets_url.trim_end_matches('/').to_owned(),
         })
     }
 }
@@ -143,6 +168,7 @@ impl Default for HttpConfig {
         Self {
             max_body_bytes: 1024 * 1024,
             shutdown_grace: std::time::Duration::from_secs(30),
+            docs_assets_url: DEFAULT_DOCS_ASSETS_URL.to_owned(),
         }
     }
 }
@@ -157,6 +183,29 @@ mod tests {
         let err = HttpConfig::from_env(&env).unwrap_err();
         assert_eq!(err.variable, "MAX_BODY_BYTES");
         assert!(err.to_string().contains("MAX_BODY_BYTES"));
+    }
+
+    #[test]
+    fn the_docs_assets_url_must_be_a_plain_http_url() {
+        let config = HttpConfig::from_env(&Env::from_pairs([(
+            "DOCS_ASSETS_URL",
+            "http://assets.internal/swagger/",
+        )]))
+        .unwrap();
+        assert_eq!(config.docs_assets_url, "http://assets.internal/swagger");
+        for bad in [
+            "file:///etc",
+            "javascript:alert(1)",
+            "http://x/?a=b",
+            "not a url",
+        ] {
+            let env = Env::from_pairs([("DOCS_ASSETS_URL", bad)]);
+            assert_eq!(
+                HttpConfig::from_env(&env).unwrap_err().variable,
+                "DOCS_ASSETS_URL",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

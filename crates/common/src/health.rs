@@ -115,12 +115,85 @@ pub fn routes<S: Clone + Send + Sync + 'static>(readiness: Readiness) -> Router<
         .with_state(readiness)
 }
 
+/// [`routes`] with their OpenAPI operations, for a service that serves a document.
+pub fn documented_routes<S: Clone + Send + Sync + 'static>(
+    readiness: Readiness,
+) -> utoipa_axum::router::OpenApiRouter<S> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(healthz))
+        .routes(utoipa_axum::routes!(readyz))
+        .with_state(readiness)
+}
+
+/// The body of `/healthz` and `/readyz` (`application/health+json`,
+/// draft-inadarei-api-health-check). Documentation only: the handlers build it from the checks.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct Health {
+    /// `pass` or `fail`.
+    #[schema(example = "pass")]
+    status: HealthStatus,
+    /// `/readyz` only: each dependency's result, under its name (`database`, `broker`,
+    /// `signing_key`).
+    #[schema(required = false)]
+    checks: std::collections::BTreeMap<String, Vec<CheckResult>>,
+}
+
+/// Whether a check (or the whole) passed.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum HealthStatus {
+    /// Ready.
+    Pass,
+    /// Not ready.
+    Fail,
+}
+
+/// One dependency's check.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct CheckResult {
+    /// `datastore`, `component` or `system`.
+    component_type: String,
+    /// `pass` or `fail`.
+    status: HealthStatus,
+    /// When it was checked (RFC 3339).
+    time: String,
+    /// Why it failed.
+    #[schema(required = false)]
+    output: String,
+}
+
 /// Liveness: passes whenever the process serves; never looks at dependencies.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    operation_id = "healthz",
+    summary = "Liveness",
+    description = "200 whenever the process serves; never checks dependencies.",
+    responses((status = 200, description = "The process serves", body = Health, content_type = "application/health+json"))
+)]
 pub async fn healthz() -> Response {
     health_response(StatusCode::OK, json!({"status": "pass"}))
 }
 
-async fn readyz(State(readiness): State<Readiness>) -> Response {
+/// Readiness: every dependency answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    operation_id = "readyz",
+    summary = "Readiness",
+    description = "200 when every dependency (the database, the broker where configured, the signing key) answers; else 503. Evaluated at most once a second, shared by concurrent callers.",
+    responses(
+        (status = 200, description = "Ready", body = Health, content_type = "application/health+json"),
+        (status = 503, description = "Not ready: a check failed (see `checks`)", body = Health, content_type = "application/health+json")
+    )
+)]
+pub async fn readyz(State(readiness): State<Readiness>) -> Response {
     let (ready, checks) = readiness.evaluate_shared().await;
     let (status, word) = if ready {
         (StatusCode::OK, "pass")

@@ -8,6 +8,7 @@ pub mod extract;
 pub mod health;
 pub mod logline;
 pub mod metrics;
+pub mod openapi;
 pub mod problem;
 pub mod request;
 pub mod server;

@@ -184,6 +184,17 @@ impl Default for Metrics {
 }
 
 /// `GET /metrics`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    summary = "Prometheus metrics",
+    description = "The service's metrics in the Prometheus text format (RED metrics per route, domain counters).",
+    responses(
+        (status = 200, description = "The metrics", body = String, content_type = "text/plain")
+    )
+)]
 pub async fn metrics_endpoint(State(metrics): State<Metrics>) -> Response {
     let mut response = (StatusCode::OK, metrics.render()).into_response();
     response.headers_mut().insert(

@@ -13,11 +13,13 @@ use crate::request::id::current_request_id;
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// One rejected field of a request, listed under `errors` in a `validation_failed` problem.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// The field, as the client named it (`amount`, `email`).
+    #[schema(example = "amount")]
     pub field: String,
     /// Why it was not accepted.
+    #[schema(example = "has more decimal places than USD allows (2)")]
     pub message: String,
 }
 
@@ -31,24 +33,32 @@ impl FieldError {
     }
 }
 
-/// An RFC 9457 problem. `request_id` is filled in from the request being served.
-#[derive(Debug, Clone, Serialize)]
+/// An RFC 9457 problem (`application/problem+json`). `request_id` is filled in from the
+/// request being served.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI naming the kind of problem; derived from `code`.
     #[serde(rename = "type")]
+    #[schema(example = "urn:problem-type:validation_failed")]
     pub type_uri: String,
     /// Short human summary (the status phrase).
+    #[schema(value_type = String, example = "Unprocessable Entity")]
     pub title: Cow<'static, str>,
     /// The HTTP status, repeated in the body.
+    #[schema(example = 422)]
     pub status: u16,
     /// Human explanation of this occurrence.
+    #[schema(example = "invalid fields: amount")]
     pub detail: String,
-    /// Stable machine-readable code (API.md lists them).
+    /// Stable machine-readable code: what a client branches on.
+    #[schema(value_type = String, example = "validation_failed")]
     pub code: Cow<'static, str>,
     /// The `X-Request-ID` of the request that failed.
+    #[schema(example = "0193a8e2-7c1f-7d2e-9b51-3f0e6c2d9a44")]
     pub request_id: Option<String>,
     /// Field-level errors for `validation_failed`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
     pub errors: Vec<FieldError>,
     #[serde(skip)]
     headers: HeaderMap,

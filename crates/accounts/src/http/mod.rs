@@ -11,12 +11,16 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
-use axum::routing::{get, post};
+use axum::routing::get;
 use common::auth::{KeySource, TokenVerifier};
 use common::db::DatabaseCheck;
 use common::health::Readiness;
 use common::metrics::Metrics;
+use common::openapi::{HttpMethod, alias};
 use jsonwebtoken::jwk::JwkSet;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 
@@ -121,32 +125,89 @@ impl KeySource for StoreKeys {
 /// Imports can be large: a whole user table.
 const IMPORT_BODY_LIMIT: usize = 256 * 1024 * 1024;
 
+/// The document's front matter; the operations come from the routes.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "accounts",
+        description = "Users, login, OAuth 2.0 tokens (RFC 6749, 7009, 7662), signed JWT access tokens and the JWKS that verifies them. Errors outside the OAuth endpoints are `application/problem+json` with a stable `code`; the OAuth endpoints answer RFC 6749 error bodies.",
+    ),
+    tags(
+        (name = "oauth", description = "The token endpoint, revocation and introspection"),
+        (name = "discovery", description = "Where everything is, and the public keys"),
+        (name = "users", description = "Sign-up and the caller's user"),
+        (name = "admin", description = "Service clients, key rotation, importing users (`accounts:admin`)"),
+        (name = "operations", description = "Probes and metrics"),
+    )
+)]
+struct AccountsApi;
+
+/// The scopes accounts' tokens carry.
+const SCOPES: &[(&str, &str)] = &[
+    (crate::domain::scope::PAYMENTS_READ, "read your payments"),
+    (
+        crate::domain::scope::PAYMENTS_WRITE,
+        "create and cancel payments",
+    ),
+    (
+        crate::domain::scope::PAYMENTS_ADMIN,
+        "see everyone's payments",
+    ),
+    (
+        crate::domain::scope::ACCOUNTS_ADMIN,
+        "administer accounts: clients, keys, imports",
+    ),
+];
+
+/// The routes and their OpenAPI document, built from the same `#[utoipa::path]` attributes.
+fn routes(state: AppState, readiness: Readiness) -> (Router, utoipa::openapi::OpenApi) {
+    let import = OpenApiRouter::new()
+        .routes(routes!(admin::import))
+        .layer(DefaultBodyLimit::max(IMPORT_BODY_LIMIT));
+    let router = OpenApiRouter::with_openapi(AccountsApi::openapi())
+        .routes(routes!(jwks::jwks))
+        .routes(routes!(jwks::discovery))
+        .routes(routes!(users::me))
+        .routes(routes!(users::sign_up))
+        .routes(routes!(token::token))
+        .routes(routes!(token::revoke))
+        .routes(routes!(token::introspect))
+        .routes(routes!(admin::create_client))
+        .routes(routes!(admin::rotate_keys))
+        .merge(import);
+    let router = alias(
+        router,
+        HttpMethod::Get,
+        "/.well-known/openid-configuration",
+        "/.well-known/oauth-authorization-server",
+        "oauth_authorization_server",
+        get(jwks::discovery),
+    );
+    alias(
+        router,
+        HttpMethod::Get,
+        "/v1/users/me",
+        "/users/me",
+        "get_me_unversioned",
+        get(users::me),
+    )
+    .with_state(state)
+    .merge(common::health::documented_routes(readiness))
+    .split_for_parts()
+}
+
 /// The complete router, with the shared layers applied.
 pub fn router(state: AppState) -> Router {
     let readiness = Readiness::new()
         .with(Arc::new(DatabaseCheck(state.store.database())))
         .with(Arc::new(SigningKeyCheck(state.keys.clone())));
     let (http, metrics) = (state.config.http.clone(), state.metrics.clone());
-    let api = Router::new()
-        .route("/.well-known/jwks.json", get(jwks::jwks))
-        .route("/.well-known/openid-configuration", get(jwks::discovery))
-        .route(
-            "/.well-known/oauth-authorization-server",
-            get(jwks::discovery),
-        )
-        .route("/users/me", get(users::me))
-        .route("/v1/users/me", get(users::me))
-        .route("/v1/users", post(users::sign_up))
-        .route("/v1/token", post(token::token))
-        .route("/v1/token/revoke", post(token::revoke))
-        .route("/v1/token/introspect", post(token::introspect))
-        .route("/v1/admin/clients", post(admin::create_client))
-        .route("/v1/admin/keys/rotate", post(admin::rotate_keys))
-        .route(
-            "/v1/admin/users/import",
-            post(admin::import).layer(DefaultBodyLimit::max(IMPORT_BODY_LIMIT)),
-        )
-        .with_state(state)
-        .merge(common::health::routes(readiness));
+    let token_url = format!("{}/v1/token", state.config.issuer);
+    let (api, document) = routes(state, readiness);
+    let security = common::openapi::Security {
+        token_url: &token_url,
+        scopes: SCOPES,
+    };
+    let api = common::openapi::serve_document(api, document, &security, crate::SERVICE, &http);
     common::server::finish(api, crate::SERVICE, &http, &metrics)
 }

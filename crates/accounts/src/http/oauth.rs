@@ -186,9 +186,24 @@ impl From<anyhow::Error> for OAuthError {
     }
 }
 
+/// An RFC 6749 §5.2 error body.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct OAuthErrorBody {
+    /// `invalid_request`, `invalid_client`, `invalid_grant`, `invalid_scope`,
+    /// `unsupported_grant_type`, `temporarily_unavailable` or `server_error`.
+    #[schema(value_type = String, example = "invalid_grant")]
+    pub error: &'static str,
+    /// For people.
+    #[schema(example = "the email or password is wrong")]
+    pub error_description: String,
+}
+
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.error, "error_description": self.description});
+        let body = OAuthErrorBody {
+            error: self.error,
+            error_description: self.description,
+        };
         let mut response = (self.status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         no_store(headers);
@@ -258,11 +273,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OAuthBody<T> {
 }
 
 /// Client credentials in form fields (`client_id`, `client_secret`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct ClientFields {
-    /// The client's id.
+    /// The client's id (`client_secret_post`; or use HTTP Basic).
     pub client_id: Option<String>,
-    /// The client's secret.
+    /// The client's secret (`client_secret_post`).
+    #[schema(format = Password)]
     pub client_secret: Option<String>,
 }
 

@@ -5,31 +5,82 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use serde::Deserialize;
-use serde_json::json;
+use common::auth::Audience;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::oauth::{
-    ClientFields, OAuthBody, OAuthError, authenticate_client, no_store, presented_client,
-    require_client,
+    ClientFields, OAuthBody, OAuthError, OAuthErrorBody, authenticate_client, no_store,
+    presented_client, require_client,
 };
 use crate::domain::{Role, Scopes};
 use crate::login;
 use crate::tokens::{IssuedTokens, PUBLIC_CLIENT_ID, from_timestamp, hash_token};
 
-/// The token endpoint's parameters, across grants.
-#[derive(Debug, Deserialize)]
+/// The token endpoint's parameters, across grants (RFC 6749 §4.3, §6, §4.4).
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "grant_type": "password",
+    "username": "ada@example.com",
+    "password": "correct horse battery staple",
+    "scope": "payments:read payments:write"
+}))]
 pub struct TokenRequest {
+    /// `password`, `refresh_token` or `client_credentials`.
+    #[schema(value_type = GrantType)]
     grant_type: Option<String>,
+    /// `password` grant: the email.
     username: Option<String>,
+    /// `password` grant: the password.
+    #[schema(format = Password)]
     password: Option<String>,
+    /// Space-separated scopes to narrow the grant to (default: all the caller may have).
+    #[schema(example = "payments:read payments:write")]
     scope: Option<String>,
+    /// `refresh_token` grant: the refresh token to redeem (it is spent; a new one is issued).
     refresh_token: Option<String>,
     #[serde(flatten)]
     client: ClientFields,
 }
 
+/// The grants the token endpoint knows.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum GrantType {
+    /// A user's email and password.
+    Password,
+    /// A refresh token (rotated at each use).
+    RefreshToken,
+    /// A client's own credentials.
+    ClientCredentials,
+}
+
 /// `POST /v1/token`.
+#[utoipa::path(
+    post,
+    path = "/v1/token",
+    tag = "oauth",
+    operation_id = "token",
+    summary = "Issue tokens (OAuth 2.0 token endpoint)",
+    description = "RFC 6749: the `password`, `refresh_token` and `client_credentials` grants. Parameters form-encoded (or JSON). A client authenticates with HTTP Basic or `client_id`/`client_secret` fields; the password and refresh grants may be used without one. Errors are RFC 6749 `{\"error\", \"error_description\"}` bodies. Responses are `Cache-Control: no-store`.",
+    request_body(content(
+        (TokenRequest = "application/x-www-form-urlencoded"),
+        (TokenRequest = "application/json"),
+    )),
+    responses(
+        (status = 200, description = "Tokens issued", body = IssuedTokens, headers(("Cache-Control" = String, description = "`no-store`"))),
+        (status = 400, description = "RFC 6749 error `invalid_request`, `invalid_grant` (wrong email or password, a spent or revoked refresh token), `invalid_scope` or `unsupported_grant_type`", body = OAuthErrorBody),
+        (status = 401, description = "RFC 6749 error `invalid_client`: client authentication failed", body = OAuthErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Basic` when the client tried HTTP Basic"))),
+        (status = 429, description = "RFC 6749 error `temporarily_unavailable`: too many failed logins for this account; retry after `Retry-After`", body = OAuthErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 503, description = "RFC 6749 error `temporarily_unavailable`: the service is busy or cannot reach its database", body = OAuthErrorBody),
+        (status = 500, description = "RFC 6749 error `server_error`", body = OAuthErrorBody),
+    ),
+    security((), ("client_basic" = []))
+)]
 pub async fn token(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -139,16 +190,38 @@ async fn client_credentials_grant(
 }
 
 /// RFC 7009 / RFC 7662 body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct TokenParameter {
+    /// The access or refresh token.
     token: Option<String>,
+    /// `access_token` or `refresh_token` (a hint; the token's form decides).
     #[serde(rename = "token_type_hint")]
+    #[schema(rename = "token_type_hint")]
     _hint: Option<String>,
     #[serde(flatten)]
     client: ClientFields,
 }
 
 /// `POST /v1/token/revoke`: 200 whether or not the token was known (RFC 7009 §2.2).
+#[utoipa::path(
+    post,
+    path = "/v1/token/revoke",
+    tag = "oauth",
+    operation_id = "revoke",
+    summary = "Revoke a token (RFC 7009)",
+    description = "Revokes an access token, or a refresh token with its whole family. 200 for unknown tokens too. A client that presents credentials must authenticate.",
+    request_body(content(
+        (TokenParameter = "application/x-www-form-urlencoded"),
+        (TokenParameter = "application/json"),
+    )),
+    responses(
+        (status = 200, description = "Revoked (or not a token of ours)"),
+        (status = 400, description = "RFC 6749 error `invalid_request`: no `token`", body = OAuthErrorBody),
+        (status = 401, description = "RFC 6749 error `invalid_client`: client authentication failed", body = OAuthErrorBody),
+        (status = 503, description = "RFC 6749 error `temporarily_unavailable`", body = OAuthErrorBody),
+    ),
+    security((), ("client_basic" = []))
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -180,8 +253,76 @@ pub async fn revoke(
     Ok(response)
 }
 
+/// What introspection says of a token (RFC 7662): `{"active": false}` alone, or its claims.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Introspection {
+    /// Whether the token is valid now.
+    active: bool,
+    /// `Bearer` (an access token) or `refresh_token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_type: Option<&'static str>,
+    /// Space-separated scopes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+    /// The client it was issued to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<String>,
+    /// The user (or client) it stands for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sub: Option<String>,
+    /// Access tokens: the services it is for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<Audience>,
+    /// Access tokens: the issuer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    /// Expiry, seconds since the epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exp: Option<i64>,
+    /// Issued at, seconds since the epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iat: Option<i64>,
+    /// Access tokens: the token's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jti: Option<String>,
+}
+
+impl Introspection {
+    const INACTIVE: Self = Self {
+        active: false,
+        token_type: None,
+        scope: None,
+        client_id: None,
+        sub: None,
+        aud: None,
+        iss: None,
+        exp: None,
+        iat: None,
+        jti: None,
+    };
+}
+
 /// `POST /v1/token/introspect`: client authentication required; `{"active":false}` for anything
 /// not currently valid.
+#[utoipa::path(
+    post,
+    path = "/v1/token/introspect",
+    tag = "oauth",
+    operation_id = "introspect",
+    summary = "Introspect a token (RFC 7662)",
+    description = "Whether a token is valid now, with its claims; exactly `{\"active\": false}` otherwise. Client authentication is required.",
+    request_body(content(
+        (TokenParameter = "application/x-www-form-urlencoded"),
+        (TokenParameter = "application/json"),
+    )),
+    responses(
+        (status = 200, description = "The token's state", body = Introspection),
+        (status = 400, description = "RFC 6749 error `invalid_request`: no `token`", body = OAuthErrorBody),
+        (status = 401, description = "RFC 6749 error `invalid_client`: no or wrong client credentials", body = OAuthErrorBody),
+        (status = 503, description = "RFC 6749 error `temporarily_unavailable`", body = OAuthErrorBody),
+    ),
+    security(("client_basic" = []))
+)]
 pub async fn introspect(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -191,19 +332,19 @@ pub async fn introspect(
     let token = required(&request.token, "token")?;
     let body = if token.matches('.').count() == 2 {
         match state.verifier.verify(token).await {
-            Ok(claims) if !state.store.access_token_revoked(&claims.jti).await? => json!({
-                "active": true,
-                "token_type": "Bearer",
-                "scope": claims.scope,
-                "client_id": claims.client_id,
-                "sub": claims.sub,
-                "aud": claims.aud,
-                "iss": claims.iss,
-                "exp": claims.exp,
-                "iat": claims.iat,
-                "jti": claims.jti,
-            }),
-            _ => json!({"active": false}),
+            Ok(claims) if !state.store.access_token_revoked(&claims.jti).await? => Introspection {
+                active: true,
+                token_type: Some("Bearer"),
+                scope: Some(claims.scope),
+                client_id: Some(claims.client_id),
+                sub: Some(claims.sub),
+                aud: Some(claims.aud),
+                iss: Some(claims.iss),
+                exp: Some(claims.exp),
+                iat: Some(claims.iat),
+                jti: Some(claims.jti),
+            },
+            _ => Introspection::INACTIVE,
         }
     } else {
         match state
@@ -216,17 +357,18 @@ pub async fn introspect(
                     && record.revoked_at.is_none()
                     && record.expires_at > Utc::now() =>
             {
-                json!({
-                    "active": true,
-                    "token_type": "refresh_token",
-                    "scope": record.scope,
-                    "client_id": record.client_id,
-                    "sub": record.user_id,
-                    "exp": record.expires_at.timestamp(),
-                    "iat": record.created_at.timestamp(),
-                })
+                Introspection {
+                    active: true,
+                    token_type: Some("refresh_token"),
+                    scope: Some(record.scope),
+                    client_id: Some(record.client_id),
+                    sub: Some(record.user_id),
+                    exp: Some(record.expires_at.timestamp()),
+                    iat: Some(record.created_at.timestamp()),
+                    ..Introspection::INACTIVE
+                }
             }
-            _ => json!({"active": false}),
+            _ => Introspection::INACTIVE,
         }
     };
     let mut response = axum::Json(body).into_response();

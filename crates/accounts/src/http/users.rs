@@ -8,6 +8,7 @@ use common::auth::Authenticated;
 use common::extract::Json;
 use common::problem::FieldError;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{ApiError, AppState};
 use crate::domain::{Email, Password, Role, name_char_allowed};
@@ -15,12 +16,23 @@ use crate::store::UserRecord;
 use crate::users::create_user;
 
 /// A user as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = User)]
 pub struct UserView {
+    /// `usr_` and 32 hex digits; the `sub` of the user's tokens.
+    #[schema(example = "usr_0193a8e27c1f7d2e9b513f0e6c2d9a44")]
     id: String,
+    /// The email, as given (logins compare it case-insensitively).
+    #[schema(example = "ada@example.com")]
     email: String,
+    /// The display name.
+    #[schema(example = "Ada Lovelace")]
     name: Option<String>,
+    /// `user`, and `admin` for administrators.
+    #[schema(example = json!(["user"]))]
     roles: Vec<&'static str>,
+    /// When the account was created (RFC 3339).
+    #[schema(value_type = String, format = DateTime, example = "2026-12-02T09:15:03.214Z")]
     created_at: DateTime<Utc>,
 }
 
@@ -37,15 +49,36 @@ impl From<UserRecord> for UserView {
 }
 
 /// The sign-up body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct SignUp {
+    /// The email to log in with; unique, compared case-insensitively.
+    #[schema(example = "ada@example.com", max_length = 254)]
     email: String,
+    /// 8 to 128 characters.
+    #[schema(example = "correct horse battery staple", min_length = 8, max_length = 128, format = Password)]
     password: String,
+    /// A display name, at most 200 characters.
     #[serde(default)]
+    #[schema(example = "Ada Lovelace", max_length = 200)]
     name: Option<String>,
 }
 
 /// `POST /v1/users` → 201 user; 409 `email_taken`; 422 for a bad email, password or name.
+#[utoipa::path(
+    post,
+    path = "/v1/users",
+    tag = "users",
+    operation_id = "sign_up",
+    summary = "Sign up",
+    description = "Creates a user who can then log in at the token endpoint. Can be switched off (`ACCOUNTS_SIGNUP_ENABLED=false`).",
+    request_body = SignUp,
+    responses(
+        (status = 201, description = "The new user", body = UserView),
+        (status = 403, description = "`signup_disabled`: sign-up is switched off"),
+        (status = 409, description = "`email_taken`: an account with this email exists"),
+        (status = 422, description = "`validation_failed`: the email, password or name is not acceptable"),
+    )
+)]
 pub async fn sign_up(
     State(state): State<AppState>,
     Json(body): Json<SignUp>,
@@ -90,7 +123,20 @@ pub async fn sign_up(
     Ok((StatusCode::CREATED, Json(UserView::from(user))))
 }
 
-/// `GET /users/me`, `GET /v1/users/me`: the caller's user.
+/// `GET /v1/users/me`: the caller's user.
+#[utoipa::path(
+    get,
+    path = "/v1/users/me",
+    tag = "users",
+    operation_id = "get_me",
+    summary = "The caller's user",
+    description = "The user the access token was issued to.",
+    responses(
+        (status = 200, description = "The caller's user", body = UserView),
+        (status = 404, description = "`not_found`: the token is a client's, which has no user"),
+    ),
+    security(("bearer" = []), ("oauth2" = []))
+)]
 pub async fn me(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,

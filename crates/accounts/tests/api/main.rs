@@ -11,6 +11,7 @@ mod forged;
 mod helpers;
 mod jwks;
 mod migrations;
+mod openapi;
 mod probes;
 mod tokens;
 mod users;

@@ -33,6 +33,18 @@ fn amount_error(message: impl Into<String>) -> MoneyError {
 }
 
 /// Parses a currency code (any case): a real ISO 4217 currency with minor units defined.
+/// The ISO 4217 codes of every currency that can be charged (those with minor units), sorted.
+pub fn chargeable_currencies() -> Vec<&'static str> {
+    use iso_currency::IntoEnumIterator;
+    let mut codes: Vec<&'static str> = Currency::iter()
+        .filter(|currency| currency.exponent().is_some())
+        .map(|currency| currency.code())
+        .collect();
+    codes.sort_unstable();
+    codes
+}
+
+/// Parses an ISO 4217 code (case-insensitive) of a currency that can be charged.
 pub fn parse_currency(raw: &str) -> Result<(Currency, u32), MoneyError> {
     let code = raw.trim().to_ascii_uppercase();
     let unknown = || MoneyError {

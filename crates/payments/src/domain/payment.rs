@@ -3,7 +3,8 @@
 use std::fmt;
 
 /// Where a payment is in its life. Terminal states never change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum PaymentStatus {
     /// Accepted, not yet picked up.
     Pending,
@@ -157,22 +158,80 @@ impl Payment {
     }
 
     /// The API representation (also the `data` of its events).
-    pub fn to_json(&self) -> serde_json::Value {
+    pub fn view(&self) -> PaymentView {
         let amount = super::money::Money::from_minor(self.amount_minor, &self.currency)
             .map_or_else(|_| self.amount_minor.to_string(), |m| m.to_string());
-        serde_json::json!({
-            "id": self.id,
-            "object": "payment",
-            "status": self.status,
-            "amount": amount,
-            "amount_minor": self.amount_minor,
-            "currency": self.currency,
-            "description": self.description,
-            "payment_method": self.payment_method,
-            "failure_code": self.failure_code,
-            "failure_message": self.failure_message,
-            "created_at": self.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "updated_at": self.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        })
+        PaymentView {
+            id: self.id.clone(),
+            object: PaymentObject::Payment,
+            status: self.status(),
+            amount,
+            amount_minor: self.amount_minor,
+            currency: self.currency.clone(),
+            description: self.description.clone(),
+            payment_method: self.payment_method.clone(),
+            failure_code: self.failure_code.clone(),
+            failure_message: self.failure_message.clone(),
+            created_at: api_time(self.created_at),
+            updated_at: api_time(self.updated_at),
+        }
     }
+
+    /// [`Payment::view`] as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.view()).unwrap_or_default()
+    }
+}
+
+/// Times as the API writes them: RFC 3339 in UTC, milliseconds.
+pub fn api_time(time: chrono::DateTime<chrono::Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The `object` of a payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PaymentObject {
+    /// Always `payment`.
+    Payment,
+}
+
+/// A payment as the API shows it (and as the `data` of its events).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Payment)]
+pub struct PaymentView {
+    /// `pay_` and 32 hex digits.
+    #[schema(example = "pay_0193a8e27c1f7d2e9b513f0e6c2d9a44")]
+    pub id: String,
+    /// `payment`.
+    pub object: PaymentObject,
+    /// Where the payment is in its life.
+    pub status: PaymentStatus,
+    /// The amount in major units, as a decimal string with the currency's decimal places.
+    #[schema(example = "100.00")]
+    pub amount: String,
+    /// The amount in the currency's minor units (cents).
+    #[schema(example = 10000)]
+    pub amount_minor: i64,
+    /// ISO 4217 code.
+    #[schema(example = "USD")]
+    pub currency: String,
+    /// The client's description.
+    #[schema(example = "Order 1042")]
+    pub description: String,
+    /// The sandbox payment method.
+    #[schema(example = "pm_card_visa")]
+    pub payment_method: String,
+    /// Why it failed (`card_declined`, `insufficient_funds`, `processing_error`).
+    #[schema(example = json!(null))]
+    pub failure_code: Option<String>,
+    /// The failure, for people.
+    #[schema(example = json!(null))]
+    pub failure_message: Option<String>,
+    /// When it was accepted (RFC 3339, UTC, milliseconds).
+    #[schema(format = DateTime, example = "2026-12-02T09:15:03.214Z")]
+    pub created_at: String,
+    /// When it last changed.
+    #[schema(format = DateTime, example = "2026-12-02T09:15:03.871Z")]
+    pub updated_at: String,
 }

@@ -8,12 +8,16 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::FromRef;
-use axum::routing::{get, post};
+use axum::routing::post;
 use common::auth::TokenVerifier;
 use common::db::DatabaseCheck;
 use common::health::Readiness;
 use common::metrics::Metrics;
+use common::openapi::{HttpMethod, alias};
 use tokio::sync::Notify;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 
@@ -43,6 +47,48 @@ impl FromRef<AppState> for Arc<TokenVerifier> {
     }
 }
 
+/// The document's front matter; the operations come from the routes.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "payments",
+        description = "Idempotent payments, their processing workflow, and their events. Every error is `application/problem+json` with a stable `code`.",
+    ),
+    tags(
+        (name = "payments", description = "Payments: create (idempotent), read, list, cancel"),
+        (name = "events", description = "The event feed (CloudEvents)"),
+        (name = "operations", description = "Probes and metrics"),
+    )
+)]
+struct PaymentsApi;
+
+/// The scopes payments' operations ask for.
+const SCOPES: &[(&str, &str)] = &[
+    (payments::READ, "read your payments and their events"),
+    (payments::WRITE, "create and cancel payments"),
+    (payments::ADMIN, "see everyone's payments and events"),
+];
+
+/// The routes and their OpenAPI document, built from the same `#[utoipa::path]` attributes.
+fn routes(state: AppState, readiness: Readiness) -> (Router, utoipa::openapi::OpenApi) {
+    let router = OpenApiRouter::with_openapi(PaymentsApi::openapi())
+        .routes(routes!(payments::create, payments::list))
+        .routes(routes!(payments::get_one))
+        .routes(routes!(payments::cancel))
+        .routes(routes!(events::feed));
+    alias(
+        router,
+        HttpMethod::Post,
+        "/v1/payments",
+        "/payments",
+        "create_payment_unversioned",
+        post(payments::create),
+    )
+    .with_state(state)
+    .merge(common::health::documented_routes(readiness))
+    .split_for_parts()
+}
+
 /// The complete router, with the shared layers applied.
 pub fn router(state: AppState) -> Router {
     let mut readiness = Readiness::new().with(Arc::new(DatabaseCheck(state.store.database())));
@@ -50,13 +96,12 @@ pub fn router(state: AppState) -> Router {
         readiness = readiness.with(Arc::new(crate::relay::BrokerCheck(broker.clone())));
     }
     let (http, metrics) = (state.config.http.clone(), state.metrics.clone());
-    let api = Router::new()
-        .route("/payments", post(payments::create))
-        .route("/v1/payments", post(payments::create).get(payments::list))
-        .route("/v1/payments/{id}", get(payments::get_one))
-        .route("/v1/payments/{id}/cancel", post(payments::cancel))
-        .route("/v1/events", get(events::feed))
-        .with_state(state)
-        .merge(common::health::routes(readiness));
+    let token_url = format!("{}/v1/token", state.config.token_issuer);
+    let (api, document) = routes(state, readiness);
+    let security = common::openapi::Security {
+        token_url: &token_url,
+        scopes: SCOPES,
+    };
+    let api = common::openapi::serve_document(api, document, &security, crate::SERVICE, &http);
     common::server::finish(api, crate::SERVICE, &http, &metrics)
 }

@@ -1,7 +1,5 @@
 //! Payment routes: create (idempotent, 202), read, list, cancel.
 
-use std::collections::HashMap;
-
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -9,28 +7,150 @@ use chrono::Utc;
 use common::auth::Authenticated;
 use common::extract::{Json, JsonBytes, Path, Query};
 use common::problem::FieldError;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiError, AppState};
 use crate::domain::events::state_changed;
-use crate::domain::money::{Money, parse_currency};
-use crate::domain::payment::{DEFAULT_PAYMENT_METHOD, PAYMENT_METHODS, Payment, PaymentStatus};
+use crate::domain::money::{Money, chargeable_currencies, parse_currency};
+use crate::domain::payment::{
+    DEFAULT_PAYMENT_METHOD, PAYMENT_METHODS, Payment, PaymentStatus, PaymentView,
+};
 use crate::idempotency::{self, Begun};
 
 pub(super) const READ: &str = "payments:read";
-const WRITE: &str = "payments:write";
+pub(super) const WRITE: &str = "payments:write";
 pub(super) const ADMIN: &str = "payments:admin";
 
 /// The body of `POST /v1/payments`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "amount": "100.00",
+    "currency": "USD",
+    "description": "Order 1042",
+    "payment_method": "pm_card_visa"
+}))]
 pub struct CreatePayment {
+    /// The amount in major units, converted exactly (never through a float) to the currency's
+    /// minor units: more decimal places than the currency has, zero and negatives are refused.
+    #[schema(value_type = Amount)]
     amount: Box<RawValue>,
+    /// ISO 4217 code of a currency that can be charged (case-insensitive).
+    #[schema(value_type = CurrencyCode)]
     currency: String,
+    /// Free text, at most 1000 characters.
     #[serde(default)]
+    #[schema(max_length = 1000, example = "Order 1042")]
     description: String,
+    /// The sandbox payment method; `pm_card_visa` when absent.
     #[serde(default)]
+    #[schema(value_type = Option<PaymentMethod>)]
     payment_method: Option<String>,
+}
+
+/// An amount in major units: a JSON number (`100.5`) or a decimal string (`"100.50"`).
+/// Documentation only: the handler reads the amount's exact text.
+pub struct Amount;
+
+impl utoipa::PartialSchema for Amount {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Number)
+                    .exclusive_minimum(Some(0)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^[0-9]{1,15}(\.[0-9]{1,4})?$")),
+            )
+            .description(Some(
+                "The amount in major units, as a JSON number or a decimal string; at most as many decimal places as the currency has.",
+            ))
+            .examples(["100.00"])
+            .into()
+    }
+}
+
+impl ToSchema for Amount {}
+
+/// An ISO 4217 code of a currency that can be charged. Documentation only.
+pub struct CurrencyCode;
+
+impl utoipa::PartialSchema for CurrencyCode {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(chargeable_currencies()))
+            .description(Some(
+                "ISO 4217 code of a currency that can be charged (case-insensitive).",
+            ))
+            .examples(["USD"])
+            .into()
+    }
+}
+
+impl ToSchema for CurrencyCode {}
+
+/// The sandbox's payment methods: `pm_card_visa` succeeds, `pm_card_declined` and
+/// `pm_card_insufficient_funds` fail, `pm_card_flaky` fails transiently a few times, then
+/// succeeds.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code, clippy::enum_variant_names)]
+pub enum PaymentMethod {
+    /// Succeeds.
+    PmCardVisa,
+    /// Fails with `card_declined`.
+    PmCardDeclined,
+    /// Fails with `insufficient_funds`.
+    PmCardInsufficientFunds,
+    /// Fails transiently a few times, is retried, then succeeds.
+    PmCardFlaky,
+}
+
+/// The `Idempotency-Key` header of a create request.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct IdempotencyKeyHeader {
+    /// 1–255 printable ASCII characters, scoped to the caller: a retry with the same key and
+    /// body gets the first response again (`Idempotent-Replayed: true`); keys are kept 24 hours.
+    #[serde(rename = "Idempotency-Key")]
+    #[param(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[ -~]+$",
+        example = "order-1042-attempt-1"
+    )]
+    idempotency_key: String,
+}
+
+/// A page of payments, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PaymentList {
+    /// `list`.
+    #[schema(value_type = String, example = "list")]
+    object: &'static str,
+    /// The payments.
+    data: Vec<PaymentView>,
+    /// Whether older payments follow (pass the last `id` as `starting_after`).
+    has_more: bool,
+}
+
+/// The parameters of `GET /v1/payments`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// How many, from 1 to 100 (default 10).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    limit: Option<String>,
+    /// A payment `id`: the page starts after it (the next older one).
+    starting_after: Option<String>,
 }
 
 /// Where the payment can be read, through the gateway when the request came through it.
@@ -125,8 +245,32 @@ fn new_payment(body: CreatePayment, owner: &str) -> Result<Payment, ApiError> {
     })
 }
 
-/// `POST /payments`, `POST /v1/payments` → 202 with the payment and `Location`; idempotent by
-/// `Idempotency-Key` (scoped to the caller).
+/// `POST /v1/payments` → 202 with the payment and `Location`; idempotent by `Idempotency-Key`
+/// (scoped to the caller).
+#[utoipa::path(
+    post,
+    path = "/v1/payments",
+    tag = "payments",
+    operation_id = "create_payment",
+    summary = "Create a payment",
+    description = "Accepts a payment for processing: 202 with the payment (`pending`) and its `Location`. Idempotent by `Idempotency-Key`: the same key and body return the first response again, byte for byte, with `Idempotent-Replayed: true`; N concurrent identical requests create one payment.",
+    params(IdempotencyKeyHeader),
+    request_body = CreatePayment,
+    responses(
+        (status = 202, description = "Accepted: the payment, pending", body = PaymentView,
+            headers(("Location" = String, description = "Where the payment can be read"),
+                    ("Idempotent-Replayed" = String, description = "`true` when this is the saved response of an earlier request with the same key")),
+            links(
+                ("get_payment" = (operation_id = "get_payment", parameters(("id" = "$response.body#/id")), description = "Read the payment")),
+                ("cancel_payment" = (operation_id = "cancel_payment", parameters(("id" = "$response.body#/id")), description = "Cancel the payment"))
+            )),
+        (status = 400, description = "`missing_idempotency_key`, `invalid_idempotency_key`: the Idempotency-Key header is absent, or not 1-255 printable ASCII characters"),
+        (status = 409, description = "`idempotency_key_in_use`: a request with this key is still running; retry after `Retry-After`",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 422, description = "`idempotency_key_reused`, `validation_failed`: the key was used for a different request, or a field is not acceptable"),
+    ),
+    security(("bearer" = ["payments:write"]), ("oauth2" = ["payments:write"]))
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -191,23 +335,49 @@ async fn visible(state: &AppState, caller: &Authenticated, id: &str) -> Result<P
 }
 
 /// `GET /v1/payments/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/payments/{id}",
+    tag = "payments",
+    operation_id = "get_payment",
+    summary = "Read a payment",
+    params(("id" = String, Path, description = "The payment's id (`pay_...`)")),
+    responses(
+        (status = 200, description = "The payment", body = PaymentView),
+        (status = 404, description = "`not_found`: no such payment, or another principal's"),
+    ),
+    security(("bearer" = ["payments:read"]), ("oauth2" = ["payments:read"]))
+)]
 pub async fn get_one(
     State(state): State<AppState>,
     caller: Authenticated,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PaymentView>, ApiError> {
     caller.require_scope(READ)?;
-    Ok(Json(visible(&state, &caller, &id).await?.to_json()))
+    Ok(Json(visible(&state, &caller, &id).await?.view()))
 }
 
 /// `GET /v1/payments?limit=&starting_after=` → newest first, `{"data","has_more"}`.
+#[utoipa::path(
+    get,
+    path = "/v1/payments",
+    tag = "payments",
+    operation_id = "list_payments",
+    summary = "List payments",
+    description = "The caller's payments (everyone's with `payments:admin`), newest first, a page at a time: pass the last `id` of a page as `starting_after` for the next.",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of payments", body = PaymentList),
+    ),
+    security(("bearer" = ["payments:read"]), ("oauth2" = ["payments:read"]))
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Authenticated,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    Query(params): Query<ListParams>,
+) -> Result<Json<PaymentList>, ApiError> {
     caller.require_scope(READ)?;
-    let limit = match params.get("limit").map(|l| l.parse::<i64>()) {
+    let limit = match params.limit.as_deref().map(str::parse::<i64>) {
         None => 10,
         Some(Ok(limit)) if (1..=100).contains(&limit) => limit,
         Some(_) => {
@@ -217,7 +387,7 @@ pub async fn list(
             )]));
         }
     };
-    let before = match params.get("starting_after") {
+    let before = match &params.starting_after {
         None => None,
         Some(id) => {
             let cursor = visible(&state, &caller, id)
@@ -236,19 +406,34 @@ pub async fn list(
     let mut page = state.store.list_payments(owner, before, limit + 1).await?;
     let has_more = page.len() > usize::try_from(limit).unwrap_or(usize::MAX);
     page.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    Ok(Json(serde_json::json!({
-        "object": "list",
-        "data": page.iter().map(Payment::to_json).collect::<Vec<_>>(),
-        "has_more": has_more,
-    })))
+    Ok(Json(PaymentList {
+        object: "list",
+        data: page.iter().map(Payment::view).collect(),
+        has_more,
+    }))
 }
 
 /// `POST /v1/payments/{id}/cancel` → the canceled payment, or 409 `invalid_state`.
+#[utoipa::path(
+    post,
+    path = "/v1/payments/{id}/cancel",
+    tag = "payments",
+    operation_id = "cancel_payment",
+    summary = "Cancel a payment",
+    description = "Cancels a `pending` payment; any other status is final for this purpose (409).",
+    params(("id" = String, Path, description = "The payment's id (`pay_...`)")),
+    responses(
+        (status = 200, description = "The canceled payment", body = PaymentView),
+        (status = 404, description = "`not_found`: no such payment, or another principal's"),
+        (status = 409, description = "`invalid_state`: the payment is no longer pending"),
+    ),
+    security(("bearer" = ["payments:write"]), ("oauth2" = ["payments:write"]))
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Authenticated,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PaymentView>, ApiError> {
     caller.require_scope(WRITE)?;
     let payment = visible(&state, &caller, &id).await?;
     if payment
@@ -259,7 +444,7 @@ pub async fn cancel(
         return Err(ApiError::InvalidState(payment.status()));
     }
     match state.store.cancel_payment(&id, Utc::now()).await? {
-        Some(canceled) => Ok(Json(canceled.to_json())),
+        Some(canceled) => Ok(Json(canceled.view())),
         // A processor took it between our read and our write.
         None => {
             let current = state.store.payment(&id).await?.ok_or(ApiError::NotFound)?;

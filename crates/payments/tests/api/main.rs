@@ -9,4 +9,5 @@ mod events;
 mod helpers;
 mod idempotency;
 mod lifecycle;
+mod openapi;
 mod probes;
