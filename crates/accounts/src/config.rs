@@ -25,6 +25,14 @@ pub struct AccountsConfig {
     pub http: HttpConfig,
     /// `ACCOUNTS_SIGNUP_ENABLED`, default true: whether `POST /v1/users` is open.
     pub signup_enabled: bool,
+    /// `ACCOUNTS_PASSWORD_GRANT_ENABLED`, default true: whether the token endpoint accepts
+    /// `grant_type=password` (for the migration; browsers sign in at the login page).
+    pub password_grant_enabled: bool,
+    /// `ACCOUNTS_SESSION_IDLE_SECONDS`, default 1800: a browser session unused this long ends.
+    pub session_idle: Duration,
+    /// `ACCOUNTS_SESSION_MAX_SECONDS`, default 36000 (10 hours): a browser session ends this
+    /// long after its login, used or not.
+    pub session_lifetime: Duration,
     /// `ACCOUNTS_SIGNING_ALG`: `RS256` (default) or `EdDSA`, for keys generated from now on.
     pub signing_algorithm: SigningAlgorithm,
     /// `ACCOUNTS_ACCESS_TOKEN_TTL_SECONDS`, default 900 (15 minutes).
@@ -92,6 +100,12 @@ impl std::fmt::Debug for KeyEncryptionSource {
 }
 
 impl AccountsConfig {
+    /// Whether the issuer is served over https: session cookies are then `Secure` and named
+    /// with the `__Host-` prefix.
+    pub fn secure_cookies(&self) -> bool {
+        self.issuer.starts_with("https://")
+    }
+
     /// Reads and checks the configuration.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let issuer = env.string_or("ACCOUNTS_ISSUER", "http://localhost:8080/accounts");
@@ -179,6 +193,9 @@ impl AccountsConfig {
             key_prepublish: Duration::from_secs(prepublish),
             hashing,
             signup_enabled: env.flag_or("ACCOUNTS_SIGNUP_ENABLED", true)?,
+            password_grant_enabled: env.flag_or("ACCOUNTS_PASSWORD_GRANT_ENABLED", true)?,
+            session_idle: seconds("ACCOUNTS_SESSION_IDLE_SECONDS", 1800)?,
+            session_lifetime: seconds("ACCOUNTS_SESSION_MAX_SECONDS", 36_000)?,
             signing_algorithm: env.parse_or("ACCOUNTS_SIGNING_ALG", SigningAlgorithm::Rs256)?,
             access_token_ttl: seconds("ACCOUNTS_ACCESS_TOKEN_TTL_SECONDS", 900)?,
             refresh_token_ttl: seconds("ACCOUNTS_REFRESH_TOKEN_TTL_SECONDS", 30 * 24 * 3600)?,

@@ -204,12 +204,33 @@ pub mod scope {
     pub const PAYMENTS_ADMIN: &str = "payments:admin";
     /// Administer accounts: clients, keys, imports.
     pub const ACCOUNTS_ADMIN: &str = "accounts:admin";
-    /// All of them.
-    pub const ALL: [&str; 4] = [
+    /// OpenID Connect: an ID token, and `/userinfo` with the access token.
+    pub const OPENID: &str = "openid";
+    /// OpenID Connect: the `name` claim.
+    pub const PROFILE: &str = "profile";
+    /// OpenID Connect: the `email` and `email_verified` claims.
+    pub const EMAIL: &str = "email";
+    /// OpenID Connect: a refresh token (for a client that has the `refresh_token` grant).
+    pub const OFFLINE_ACCESS: &str = "offline_access";
+    /// The API scopes (what a service checks).
+    pub const API: [&str; 4] = [
         PAYMENTS_READ,
         PAYMENTS_WRITE,
         PAYMENTS_ADMIN,
         ACCOUNTS_ADMIN,
+    ];
+    /// The OpenID Connect scopes (what the user's identity may be shown as).
+    pub const IDENTITY: [&str; 4] = [OPENID, PROFILE, EMAIL, OFFLINE_ACCESS];
+    /// All of them.
+    pub const ALL: [&str; 8] = [
+        PAYMENTS_READ,
+        PAYMENTS_WRITE,
+        PAYMENTS_ADMIN,
+        ACCOUNTS_ADMIN,
+        OPENID,
+        PROFILE,
+        EMAIL,
+        OFFLINE_ACCESS,
     ];
 }
 
@@ -254,9 +275,34 @@ impl Scopes {
             .join(" ")
     }
 
-    /// The services these scopes are for (the part before `:`), the token's audiences.
+    /// Whether `scope` is among them.
+    pub fn contains(&self, scope: &str) -> bool {
+        self.0.contains(scope)
+    }
+
+    /// Those in both.
+    pub fn intersection(&self, other: &Scopes) -> Scopes {
+        Scopes(self.0.intersection(&other.0).cloned().collect())
+    }
+
+    /// Those in either.
+    pub fn union(&self, other: &Scopes) -> Scopes {
+        Scopes(self.0.union(&other.0).cloned().collect())
+    }
+
+    /// The OpenID Connect scopes, which every user may grant about themselves.
+    pub fn identity() -> Scopes {
+        Scopes(scope::IDENTITY.iter().map(|s| (*s).to_owned()).collect())
+    }
+
+    /// The services these scopes are for (the part before `:` of the API scopes), the
+    /// token's audiences.
     pub fn audiences(&self) -> Vec<String> {
-        let set: BTreeSet<&str> = self.0.iter().filter_map(|s| s.split(':').next()).collect();
+        let set: BTreeSet<&str> = self
+            .0
+            .iter()
+            .filter_map(|s| s.split_once(':').map(|(service, _)| service))
+            .collect();
         set.into_iter().map(str::to_owned).collect()
     }
 

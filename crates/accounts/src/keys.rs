@@ -209,8 +209,18 @@ pub struct ActiveKey {
 impl ActiveKey {
     /// Signs `claims` as an access token (`typ: at+jwt`).
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, KeyError> {
+        self.sign_as(claims, common::auth::ACCESS_TOKEN_TYPE)
+    }
+
+    /// The algorithm it signs with.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// Signs `claims` with the header's `typ` set to `typ` (`JWT` for ID tokens).
+    pub fn sign_as<T: Serialize>(&self, claims: &T, typ: &str) -> Result<String, KeyError> {
         let mut header = Header::new(self.algorithm);
-        header.typ = Some(common::auth::ACCESS_TOKEN_TYPE.to_owned());
+        header.typ = Some(typ.to_owned());
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.encoding).map_err(crypto)
     }

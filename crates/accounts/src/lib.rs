@@ -1,12 +1,14 @@
 //! The accounts service: users, login, JWT issuance and the JWKS that lets others verify them.
 
 pub mod bootstrap;
+pub mod clients;
 pub mod config;
 pub mod domain;
 pub mod http;
 pub mod import;
 pub mod keys;
 pub mod login;
+pub mod oidc;
 pub mod passwords;
 pub mod store;
 pub mod tokens;

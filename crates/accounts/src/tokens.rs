@@ -11,9 +11,10 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::config::AccountsConfig;
-use crate::domain::Scopes;
+use crate::domain::{Scopes, scope};
 use crate::keys::{KeyError, KeyManager};
-use crate::store::{AccountsStore, RefreshTokenRecord};
+use crate::oidc::{IdTokenClaims, at_hash, identity_claims};
+use crate::store::{AccountsStore, AuthorizationCodeRecord, RefreshTokenRecord, UserRecord};
 
 /// What the token endpoint hands out.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -33,6 +34,19 @@ pub struct IssuedTokens {
     /// Granted scopes, space-separated.
     #[schema(example = "payments:read payments:write")]
     pub scope: String,
+    /// The ID token (authorization code grant with the `openid` scope): a JWT for the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+}
+
+/// What redeeming an authorization code issued, to be recorded against the code.
+pub struct CodeTokens {
+    /// The response.
+    pub tokens: IssuedTokens,
+    /// The access token's claims.
+    pub access: AccessClaims,
+    /// The refresh-token family started, if any.
+    pub refresh_family: Option<String>,
 }
 
 /// The client id recorded in tokens issued to callers that did not authenticate a client
@@ -93,37 +107,98 @@ impl Issuer {
         scopes: &Scopes,
         family: Option<&str>,
     ) -> Result<IssuedTokens, KeyError> {
+        Ok(self
+            .user_tokens(user_id, client_id, scopes, Some(family))
+            .await?
+            .tokens)
+    }
+
+    /// An access token for a user, and a refresh token when `refresh` says so (`Some(None)`:
+    /// a new family; `Some(Some(family))`: continuing one).
+    async fn user_tokens(
+        &self,
+        user_id: &str,
+        client_id: &str,
+        scopes: &Scopes,
+        refresh: Option<Option<&str>>,
+    ) -> Result<CodeTokens, KeyError> {
         // Users always may call accounts (/users/me) besides the services their scopes name.
         let mut audiences = scopes.audiences();
         if !audiences.iter().any(|a| a == "accounts") {
             audiences.insert(0, "accounts".to_owned());
         }
-        let (access_token, _) = self
+        let (access_token, access) = self
             .access_token(user_id, client_id, scopes, audiences)
             .await?;
-        let refresh_token = new_refresh_token();
-        let now = Utc::now();
-        self.store
-            .insert_refresh_token(&RefreshTokenRecord {
-                id: uuid::Uuid::new_v4().to_string(),
-                token_hash: hash_token(&refresh_token),
-                family_id: family.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned),
-                user_id: user_id.to_owned(),
-                client_id: client_id.to_owned(),
+        let mut refresh_family = None;
+        let mut refresh_token = None;
+        if let Some(family) = refresh {
+            let token = new_refresh_token();
+            let family_id = family.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+            let now = Utc::now();
+            self.store
+                .insert_refresh_token(&RefreshTokenRecord {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    token_hash: hash_token(&token),
+                    family_id: family_id.clone(),
+                    user_id: user_id.to_owned(),
+                    client_id: client_id.to_owned(),
+                    scope: scopes.to_claim(),
+                    created_at: now,
+                    expires_at: now + self.config.refresh_token_ttl,
+                    used_at: None,
+                    revoked_at: None,
+                })
+                .await?;
+            refresh_family = Some(family_id);
+            refresh_token = Some(token);
+        }
+        Ok(CodeTokens {
+            tokens: IssuedTokens {
+                access_token,
+                token_type: "Bearer",
+                expires_in: self.config.access_token_ttl.as_secs(),
+                refresh_token,
                 scope: scopes.to_claim(),
-                created_at: now,
-                expires_at: now + self.config.refresh_token_ttl,
-                used_at: None,
-                revoked_at: None,
-            })
-            .await?;
-        Ok(IssuedTokens {
-            access_token,
-            token_type: "Bearer",
-            expires_in: self.config.access_token_ttl.as_secs(),
-            refresh_token: Some(refresh_token),
-            scope: scopes.to_claim(),
+                id_token: None,
+            },
+            access,
+            refresh_family,
         })
+    }
+
+    /// What an authorization code buys: an access token, a refresh token when `refresh`, and
+    /// an ID token when the code's scopes include `openid`.
+    pub async fn for_code(
+        &self,
+        code: &AuthorizationCodeRecord,
+        user: &UserRecord,
+        refresh: bool,
+    ) -> Result<CodeTokens, KeyError> {
+        let scopes = Scopes::parse(&code.scope).unwrap_or_default();
+        let mut issued = self
+            .user_tokens(&user.id, &code.client_id, &scopes, refresh.then_some(None))
+            .await?;
+        if scopes.contains(scope::OPENID) {
+            let key = self.keys.active().await?;
+            let (email, email_verified, name) = identity_claims(user, &scopes);
+            let claims = IdTokenClaims {
+                iss: self.config.issuer.clone(),
+                sub: user.id.clone(),
+                aud: code.client_id.clone(),
+                exp: issued.access.exp,
+                iat: issued.access.iat,
+                auth_time: code.auth_time.timestamp(),
+                nonce: code.nonce.clone(),
+                at_hash: Some(at_hash(&issued.tokens.access_token, key.algorithm())),
+                sid: Some(code.sid.clone()),
+                email,
+                email_verified,
+                name,
+            };
+            issued.tokens.id_token = Some(key.sign_as(&claims, "JWT")?);
+        }
+        Ok(issued)
     }
 
     /// An access token for a service client (no refresh token).
@@ -145,6 +220,7 @@ impl Issuer {
             expires_in: self.config.access_token_ttl.as_secs(),
             refresh_token: None,
             scope: scopes.to_claim(),
+            id_token: None,
         })
     }
 }

@@ -4,7 +4,9 @@
 use chrono::Utc;
 use common::db::StoreError;
 
-use crate::domain::{Email, Password, Role};
+use common::problem::FieldError;
+
+use crate::domain::{Email, Password, Role, name_char_allowed};
 use crate::passwords::{Hasher, PasswordError};
 use crate::store::{AccountsStore, UserRecord};
 
@@ -20,6 +22,36 @@ pub enum CreateUserError {
     /// The database failed.
     #[error(transparent)]
     Store(StoreError),
+}
+
+/// A sign-up's fields, checked (the API and the sign-up page alike): every field's error.
+pub fn check_sign_up(
+    email: &str,
+    password: String,
+    name: Option<String>,
+) -> Result<(Email, Password, Option<String>), Vec<FieldError>> {
+    let email = Email::parse(email);
+    let password = Password::parse(password);
+    let name = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+    let name_error = name.as_ref().and_then(|n| {
+        if n.chars().count() > 200 {
+            Some(FieldError::new("name", "must be at most 200 characters"))
+        } else if !n.chars().all(name_char_allowed) {
+            Some(FieldError::new(
+                "name",
+                "must not contain control characters or bidi overrides",
+            ))
+        } else {
+            None
+        }
+    });
+    match (email, password, name_error) {
+        (Ok(email), Ok(password), None) => Ok((email, password, name)),
+        (email, password, name_error) => {
+            let errors = [email.err(), password.err(), name_error];
+            Err(errors.into_iter().flatten().collect())
+        }
+    }
 }
 
 /// Hashes the password and stores a new user; [`CreateUserError::EmailTaken`] if the email

@@ -82,8 +82,9 @@ const ANY_OPERATION: &[(&str, &[&str], &str)] = &[
 /// `client_basic` (HTTP Basic client authentication at the OAuth endpoints).
 #[derive(Debug, Clone)]
 pub struct Security<'a> {
-    /// accounts' token endpoint (`{issuer}/v1/token`).
-    pub token_url: &'a str,
+    /// accounts' issuer URL: its token endpoint is `{issuer}/v1/token`, its authorization
+    /// endpoint `{issuer}/authorize`.
+    pub issuer: &'a str,
     /// The scopes this service's operations ask for, with what each allows.
     pub scopes: &'a [(&'a str, &'a str)],
 }
@@ -105,6 +106,8 @@ impl Document {
             .iter()
             .map(|(scope, what)| ((*scope).to_owned(), Value::String((*what).to_owned())))
             .collect();
+        let token_url = format!("{}/v1/token", security.issuer);
+        let authorization_url = format!("{}/authorize", security.issuer);
         json["components"]["securitySchemes"] = json!({
             "bearer": {
                 "type": "http",
@@ -116,8 +119,13 @@ impl Document {
                 "type": "oauth2",
                 "description": "The same access token, as accounts' token endpoint issues it.",
                 "flows": {
-                    "password": { "tokenUrl": security.token_url, "scopes": scopes },
-                    "clientCredentials": { "tokenUrl": security.token_url, "scopes": scopes }
+                    "authorizationCode": {
+                        "authorizationUrl": authorization_url,
+                        "tokenUrl": token_url,
+                        "scopes": scopes
+                    },
+                    "password": { "tokenUrl": token_url, "scopes": scopes },
+                    "clientCredentials": { "tokenUrl": token_url, "scopes": scopes }
                 }
             },
             "client_basic": {

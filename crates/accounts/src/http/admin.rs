@@ -1,136 +1,23 @@
-//! Administration (`accounts:admin`): service clients, key rotation, user import.
+//! Administration (`accounts:admin`): key rotation, user import, disabling users (clients:
+//! `clients.rs`).
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::Utc;
 use common::auth::Authenticated;
-use common::extract::Json;
-use common::problem::FieldError;
+use common::extract::{Json, Path};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::users::UserView;
 use super::{ApiError, AppState};
-use crate::domain::{Scopes, scope};
+use crate::domain::scope;
 use crate::import::{ImportReport, import_users};
-use crate::store::ClientRecord;
-use crate::tokens::{hash_token, random_secret};
 
-fn require_admin(caller: &Authenticated) -> Result<(), ApiError> {
+pub(super) fn require_admin(caller: &Authenticated) -> Result<(), ApiError> {
     caller
         .require_scope(scope::ACCOUNTS_ADMIN)
         .map_err(ApiError::from)
-}
-
-/// The body of `POST /v1/admin/clients`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[schema(example = json!({"name": "monolith", "scopes": ["payments:write", "payments:read"]}))]
-pub struct NewClient {
-    /// 1 to 100 characters.
-    #[schema(min_length = 1, max_length = 100)]
-    name: String,
-    /// The scopes its tokens may carry (at least one).
-    #[schema(value_type = Vec<ScopeName>, min_items = 1)]
-    scopes: Vec<String>,
-}
-
-/// A scope.
-#[derive(ToSchema)]
-#[schema(rename_all = "snake_case")]
-#[allow(dead_code)]
-pub enum ScopeName {
-    /// `payments:read`.
-    #[schema(rename = "payments:read")]
-    PaymentsRead,
-    /// `payments:write`.
-    #[schema(rename = "payments:write")]
-    PaymentsWrite,
-    /// `payments:admin`.
-    #[schema(rename = "payments:admin")]
-    PaymentsAdmin,
-    /// `accounts:admin`.
-    #[schema(rename = "accounts:admin")]
-    AccountsAdmin,
-}
-
-/// A client just created: its secret is shown this once.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CreatedClient {
-    /// `cli_` and 32 hex digits.
-    #[schema(example = "cli_0193a8e27c1f7d2e9b513f0e6c2d9a44")]
-    client_id: String,
-    /// The secret: keep it, it cannot be read again.
-    client_secret: String,
-    /// The name given.
-    name: String,
-    /// Its scopes.
-    scopes: Vec<String>,
-    /// When it was created.
-    #[schema(value_type = String, format = DateTime)]
-    created_at: chrono::DateTime<Utc>,
-}
-
-/// `POST /v1/admin/clients` → 201 with `client_id` and `client_secret` (shown this once).
-#[utoipa::path(
-    post,
-    path = "/v1/admin/clients",
-    tag = "admin",
-    operation_id = "create_client",
-    summary = "Create a service client",
-    description = "A confidential client for the `client_credentials` grant (a service calling another). The secret is returned this once.",
-    request_body = NewClient,
-    responses((status = 201, description = "The client, with its secret", body = CreatedClient)),
-    security(("bearer" = ["accounts:admin"]), ("oauth2" = ["accounts:admin"]))
-)]
-pub async fn create_client(
-    State(state): State<AppState>,
-    caller: Authenticated,
-    Json(body): Json<NewClient>,
-) -> Result<impl IntoResponse, ApiError> {
-    require_admin(&caller)?;
-    let name = body.name.trim().to_owned();
-    let mut errors = Vec::new();
-    if name.is_empty() || name.chars().count() > 100 {
-        errors.push(FieldError::new("name", "must be 1 to 100 characters"));
-    }
-    let scopes = match Scopes::from_iter_checked(body.scopes.iter().map(String::as_str)) {
-        Ok(scopes) if !scopes.is_empty() => Some(scopes),
-        Ok(_) => {
-            errors.push(FieldError::new("scopes", "at least one scope is required"));
-            None
-        }
-        Err(why) => {
-            errors.push(FieldError::new(
-                "scopes",
-                format!("{why}; known: {}", scope::ALL.join(", ")),
-            ));
-            None
-        }
-    };
-    let Some(scopes) = scopes.filter(|_| errors.is_empty()) else {
-        return Err(ApiError::Validation(errors));
-    };
-    let secret = random_secret();
-    let client = ClientRecord {
-        client_id: format!("cli_{}", uuid::Uuid::now_v7().simple()),
-        name,
-        secret_hash: hash_token(&secret),
-        scopes: scopes.to_claim(),
-        disabled: false,
-        created_at: Utc::now(),
-    };
-    state.store.insert_client(&client).await?;
-    tracing::info!(client_id = %client.client_id, by = %caller.0.sub, "client created");
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedClient {
-            client_id: client.client_id,
-            client_secret: secret,
-            name: client.name,
-            scopes: scopes.iter().map(str::to_owned).collect(),
-            created_at: client.created_at,
-        }),
-    ))
 }
 
 /// The body of `POST /v1/admin/keys/rotate` (optional).
@@ -239,4 +126,53 @@ pub async fn import(
 ) -> Result<Json<ImportReport>, ApiError> {
     require_admin(&caller)?;
     Ok(Json(import_users(state.store.as_ref(), &entries).await?))
+}
+
+/// The body of `PATCH /v1/admin/users/{id}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserChange {
+    /// Disable (or enable) the account. Disabling ends its browser sessions and revokes its
+    /// refresh tokens; its access tokens stop working at `/users/me` and `/userinfo` at once
+    /// and elsewhere when they expire.
+    disabled: bool,
+}
+
+/// `PATCH /v1/admin/users/{id}`: disables or enables a user.
+#[utoipa::path(
+    patch,
+    path = "/v1/admin/users/{id}",
+    tag = "admin",
+    operation_id = "update_user",
+    summary = "Disable or enable a user",
+    description = "Disabling ends the user's browser sessions and revokes their refresh tokens in the same transaction; they can no longer log in.",
+    params(("id" = String, Path, description = "The user's id (`usr_...`)")),
+    request_body = UserChange,
+    responses(
+        (status = 200, description = "The user", body = UserView),
+        (status = 404, description = "`not_found`: no such user"),
+    ),
+    security(("bearer" = ["accounts:admin"]), ("oauth2" = ["accounts:admin"]))
+)]
+pub async fn update_user(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Path(id): Path<String>,
+    Json(change): Json<UserChange>,
+) -> Result<Json<UserView>, ApiError> {
+    require_admin(&caller)?;
+    if !state
+        .store
+        .set_user_disabled(&id, change.disabled, Utc::now())
+        .await?
+    {
+        return Err(ApiError::NotFound("user"));
+    }
+    tracing::info!(user_id = %id, disabled = change.disabled, by = %caller.0.sub, "user changed");
+    let user = state
+        .store
+        .user_by_id(&id)
+        .await?
+        .ok_or(ApiError::NotFound("user"))?;
+    Ok(Json(UserView::from(user)))
 }

@@ -56,14 +56,36 @@ pub struct Discovery {
     jwks_uri: String,
     /// The token endpoint.
     token_endpoint: String,
+    /// The authorization endpoint (browser sign-in).
+    authorization_endpoint: String,
+    /// OpenID Connect userinfo.
+    userinfo_endpoint: String,
+    /// RP-initiated logout.
+    end_session_endpoint: String,
     /// RFC 7009 revocation.
     revocation_endpoint: String,
     /// RFC 7662 introspection.
     introspection_endpoint: String,
     /// The grants the token endpoint accepts.
     grant_types_supported: Vec<&'static str>,
-    /// The response types of the authorization endpoint.
+    /// The response types of the authorization endpoint: `code`.
     response_types_supported: Vec<&'static str>,
+    /// `query`.
+    response_modes_supported: Vec<&'static str>,
+    /// PKCE: `S256`.
+    code_challenge_methods_supported: Vec<&'static str>,
+    /// `none`, `login`, `consent`.
+    prompt_values_supported: Vec<&'static str>,
+    /// The claims ID tokens and userinfo may carry.
+    claims_supported: Vec<&'static str>,
+    /// The authorization response carries `iss` (RFC 9207).
+    authorization_response_iss_parameter_supported: bool,
+    /// `claims` request parameter: not supported.
+    claims_parameter_supported: bool,
+    /// `request` parameter: not supported.
+    request_parameter_supported: bool,
+    /// `request_uri` parameter: not supported.
+    request_uri_parameter_supported: bool,
     /// Every scope.
     scopes_supported: Vec<&'static str>,
     /// How clients authenticate at the token endpoint.
@@ -123,10 +145,43 @@ pub async fn discovery(State(state): State<AppState>) -> Response {
         issuer: issuer.clone(),
         jwks_uri: format!("{issuer}/.well-known/jwks.json"),
         token_endpoint: format!("{issuer}/v1/token"),
+        authorization_endpoint: format!("{issuer}/authorize"),
+        userinfo_endpoint: format!("{issuer}/userinfo"),
+        end_session_endpoint: format!("{issuer}/logout"),
         revocation_endpoint: format!("{issuer}/v1/token/revoke"),
         introspection_endpoint: format!("{issuer}/v1/token/introspect"),
-        grant_types_supported: vec!["password", "refresh_token", "client_credentials"],
-        response_types_supported: vec!["token"],
+        grant_types_supported: if state.config.password_grant_enabled {
+            vec![
+                "authorization_code",
+                "refresh_token",
+                "client_credentials",
+                "password",
+            ]
+        } else {
+            vec!["authorization_code", "refresh_token", "client_credentials"]
+        },
+        response_types_supported: vec!["code"],
+        response_modes_supported: vec!["query"],
+        code_challenge_methods_supported: vec!["S256"],
+        prompt_values_supported: vec!["none", "login", "consent"],
+        claims_supported: vec![
+            "iss",
+            "sub",
+            "aud",
+            "exp",
+            "iat",
+            "auth_time",
+            "nonce",
+            "at_hash",
+            "sid",
+            "email",
+            "email_verified",
+            "name",
+        ],
+        authorization_response_iss_parameter_supported: true,
+        claims_parameter_supported: false,
+        request_parameter_supported: false,
+        request_uri_parameter_supported: false,
         scopes_supported: scope::ALL.to_vec(),
         token_endpoint_auth_methods_supported: client_auth.clone(),
         revocation_endpoint_auth_methods_supported: client_auth,
@@ -134,6 +189,7 @@ pub async fn discovery(State(state): State<AppState>) -> Response {
             "client_secret_basic",
             "client_secret_post",
         ],
+        // RS256 first: every relying party supports it (OpenID Connect Discovery requires it).
         id_token_signing_alg_values_supported: vec!["RS256", "EdDSA"],
         token_endpoint_auth_signing_alg_values_supported: vec!["RS256", "EdDSA"],
         subject_types_supported: vec!["public"],

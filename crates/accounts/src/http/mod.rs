@@ -1,10 +1,14 @@
 //! The accounts HTTP API: routes, handlers and their state.
 
 mod admin;
+mod clients;
 mod error;
 mod jwks;
 mod oauth;
+mod pages;
+mod signin;
 mod token;
+mod userinfo;
 mod users;
 
 use std::sync::Arc;
@@ -56,10 +60,17 @@ pub struct AppState {
 pub struct TokenMetrics {
     logins: prometheus::IntCounterVec,
     issued: prometheus::IntCounterVec,
+    authorizations: prometheus::IntCounterVec,
+    sessions: prometheus::IntCounterVec,
 }
 
 /// The grants the token endpoint knows (anything else is counted as `other`).
-const GRANTS: [&str; 3] = ["password", "refresh_token", "client_credentials"];
+const GRANTS: [&str; 4] = [
+    "authorization_code",
+    "password",
+    "refresh_token",
+    "client_credentials",
+];
 
 impl TokenMetrics {
     /// Registers `accounts_logins_total{outcome}` and `accounts_tokens_issued_total{grant_type}`.
@@ -80,7 +91,55 @@ impl TokenMetrics {
         for grant in GRANTS {
             issued.with_label_values(&[grant]);
         }
-        Self { logins, issued }
+        let authorizations = metrics.counter(
+            "accounts_authorizations_total",
+            "Answers of the authorization endpoint: code_issued, or the error sent to the client (login_required, access_denied, ...), or invalid_request_page.",
+            &["outcome"],
+        );
+        for outcome in [
+            "code_issued",
+            "login_required",
+            "access_denied",
+            "invalid_request_page",
+        ] {
+            authorizations.with_label_values(&[outcome]);
+        }
+        let sessions = metrics.counter(
+            "accounts_browser_sessions_total",
+            "Browser sessions started (a login at the login or sign-up page) and ended (logout).",
+            &["event"],
+        );
+        for event in ["started", "ended"] {
+            sessions.with_label_values(&[event]);
+        }
+        Self {
+            logins,
+            issued,
+            authorizations,
+            sessions,
+        }
+    }
+
+    /// Counts a login at the login page, like the password grant's.
+    pub fn page_login<T>(&self, result: &Result<T, crate::login::LoginError>) {
+        use crate::login::LoginError;
+        let outcome = match result {
+            Ok(_) => "success",
+            Err(LoginError::InvalidCredentials) => "invalid_credentials",
+            Err(LoginError::Throttled { .. }) => "throttled",
+            Err(_) => "error",
+        };
+        self.logins.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts an answer of the authorization endpoint.
+    pub fn authorization(&self, outcome: &str) {
+        self.authorizations.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts a session started or ended.
+    pub fn session(&self, event: &str) {
+        self.sessions.with_label_values(&[event]).inc();
     }
 
     /// Counts one answer of the token endpoint to a `grant_type` request.
@@ -136,7 +195,8 @@ const IMPORT_BODY_LIMIT: usize = 256 * 1024 * 1024;
         (name = "oauth", description = "The token endpoint, revocation and introspection"),
         (name = "discovery", description = "Where everything is, and the public keys"),
         (name = "users", description = "Sign-up and the caller's user"),
-        (name = "admin", description = "Service clients, key rotation, importing users (`accounts:admin`)"),
+        (name = "sign-in", description = "Browser sign-in (OpenID Connect): the authorization endpoint and its pages, userinfo, logout"),
+        (name = "admin", description = "Clients, key rotation, users and imports (`accounts:admin`)"),
         (name = "operations", description = "Probes and metrics"),
     )
 )]
@@ -157,6 +217,16 @@ const SCOPES: &[(&str, &str)] = &[
         crate::domain::scope::ACCOUNTS_ADMIN,
         "administer accounts: clients, keys, imports",
     ),
+    (
+        crate::domain::scope::OPENID,
+        "sign in: an ID token and /userinfo",
+    ),
+    (crate::domain::scope::PROFILE, "the user's name"),
+    (crate::domain::scope::EMAIL, "the user's email address"),
+    (
+        crate::domain::scope::OFFLINE_ACCESS,
+        "a refresh token, for clients with the refresh_token grant",
+    ),
 ];
 
 /// The routes and their OpenAPI document, built from the same `#[utoipa::path]` attributes.
@@ -172,7 +242,19 @@ fn routes(state: AppState, readiness: Readiness) -> (Router, utoipa::openapi::Op
         .routes(routes!(token::token))
         .routes(routes!(token::revoke))
         .routes(routes!(token::introspect))
-        .routes(routes!(admin::create_client))
+        .routes(routes!(clients::create_client))
+        .routes(routes!(
+            clients::get_client,
+            clients::update_client,
+            clients::delete_client
+        ))
+        .routes(routes!(admin::update_user))
+        .routes(routes!(signin::authorize, signin::login))
+        .routes(routes!(signin::consent))
+        .routes(routes!(signin::signup_page, signin::signup))
+        .routes(routes!(signin::logout_page, signin::logout))
+        .routes(routes!(signin::stylesheet))
+        .routes(routes!(userinfo::userinfo, userinfo::userinfo_post))
         .routes(routes!(admin::rotate_keys))
         .merge(import);
     let router = alias(
@@ -202,10 +284,10 @@ pub fn router(state: AppState) -> Router {
         .with(Arc::new(DatabaseCheck(state.store.database())))
         .with(Arc::new(SigningKeyCheck(state.keys.clone())));
     let (http, metrics) = (state.config.http.clone(), state.metrics.clone());
-    let token_url = format!("{}/v1/token", state.config.issuer);
+    let issuer = state.config.issuer.clone();
     let (api, document) = routes(state, readiness);
     let security = common::openapi::Security {
-        token_url: &token_url,
+        issuer: &issuer,
         scopes: SCOPES,
     };
     let api = common::openapi::serve_document(api, document, &security, crate::SERVICE, &http);

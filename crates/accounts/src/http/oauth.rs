@@ -69,6 +69,20 @@ impl OAuthError {
         )
     }
 
+    /// 400 `unauthorized_client`: the client may not use this grant.
+    pub fn unauthorized_client(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "unauthorized_client", description)
+    }
+
+    /// 400 `unsupported_grant_type`, saying why.
+    pub fn unsupported_grant_type_because(grant: &str, why: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            format!("grant_type {grant:?}: {why}"),
+        )
+    }
+
     /// 401 `invalid_client`, with a Basic challenge when the client tried Basic.
     pub fn invalid_client(basic: bool) -> Self {
         let mut error = Self::new(
@@ -363,6 +377,33 @@ pub async fn authenticate_client(
             Ok(client)
         }
         _ => Err(OAuthError::invalid_client(presented.basic)),
+    }
+}
+
+/// The client of a request at the token endpoint, where public clients may take part: a
+/// confidential client authenticates (Basic or form fields); a public one (registered with
+/// `token_endpoint_auth_method: none`) only names itself with `client_id`. `None` when the
+/// request names no client.
+pub async fn identify_client(
+    store: &dyn AccountsStore,
+    headers: &HeaderMap,
+    fields: &ClientFields,
+) -> Result<Option<ClientRecord>, OAuthError> {
+    if let Some(presented) = presented_client(headers, fields)? {
+        return authenticate_client(store, &presented).await.map(Some);
+    }
+    let Some(client_id) = fields.client_id.as_deref().filter(|c| !c.is_empty()) else {
+        return Ok(None);
+    };
+    match store.client_by_id(client_id).await? {
+        Some(client)
+            if !client.disabled
+                && client.token_endpoint_auth_method == crate::clients::auth_method::NONE =>
+        {
+            Ok(Some(client))
+        }
+        // A confidential client that sent no secret.
+        _ => Err(OAuthError::invalid_client(false)),
     }
 }
 

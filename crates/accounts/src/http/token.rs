@@ -11,11 +11,13 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::oauth::{
-    ClientFields, OAuthBody, OAuthError, OAuthErrorBody, authenticate_client, no_store,
-    presented_client, require_client,
+    ClientFields, OAuthBody, OAuthError, OAuthErrorBody, authenticate_client, identify_client,
+    no_store, presented_client, require_client,
 };
+use crate::clients::{ClientMetadata, grant};
 use crate::domain::{Role, Scopes};
 use crate::login;
+use crate::oidc;
 use crate::tokens::{IssuedTokens, PUBLIC_CLIENT_ID, from_timestamp, hash_token};
 
 /// The token endpoint's parameters, across grants (RFC 6749 §4.3, §6, §4.4).
@@ -40,6 +42,12 @@ pub struct TokenRequest {
     scope: Option<String>,
     /// `refresh_token` grant: the refresh token to redeem (it is spent; a new one is issued).
     refresh_token: Option<String>,
+    /// `authorization_code` grant: the code the authorization endpoint sent.
+    code: Option<String>,
+    /// `authorization_code` grant: the redirect URI of the authorization request.
+    redirect_uri: Option<String>,
+    /// `authorization_code` grant: the PKCE verifier (RFC 7636).
+    code_verifier: Option<String>,
     #[serde(flatten)]
     client: ClientFields,
 }
@@ -49,7 +57,9 @@ pub struct TokenRequest {
 #[schema(rename_all = "snake_case")]
 #[allow(dead_code)]
 pub enum GrantType {
-    /// A user's email and password.
+    /// A code from the authorization endpoint (browser sign-in).
+    AuthorizationCode,
+    /// A user's email and password (can be switched off: `ACCOUNTS_PASSWORD_GRANT_ENABLED`).
     Password,
     /// A refresh token (rotated at each use).
     RefreshToken,
@@ -64,7 +74,7 @@ pub enum GrantType {
     tag = "oauth",
     operation_id = "token",
     summary = "Issue tokens (OAuth 2.0 token endpoint)",
-    description = "RFC 6749: the `password`, `refresh_token` and `client_credentials` grants. Parameters form-encoded (or JSON). A client authenticates with HTTP Basic or `client_id`/`client_secret` fields; the password and refresh grants may be used without one. Errors are RFC 6749 `{\"error\", \"error_description\"}` bodies. Responses are `Cache-Control: no-store`.",
+    description = "RFC 6749: the `authorization_code` (with PKCE, RFC 7636; an `id_token` with the `openid` scope), `password`, `refresh_token` and `client_credentials` grants. A public client names itself with `client_id` alone. Parameters form-encoded (or JSON). A client authenticates with HTTP Basic or `client_id`/`client_secret` fields; the password and refresh grants may be used without one. Errors are RFC 6749 `{\"error\", \"error_description\"}` bodies. Responses are `Cache-Control: no-store`.",
     request_body(content(
         (TokenRequest = "application/x-www-form-urlencoded"),
         (TokenRequest = "application/json"),
@@ -88,6 +98,13 @@ pub async fn token(
 ) -> Result<Response, OAuthError> {
     let grant_type = request.grant_type.as_deref();
     let result = match grant_type {
+        Some("authorization_code") => code_grant(&state, &headers, &request).await,
+        Some("password") if !state.config.password_grant_enabled => {
+            Err(OAuthError::unsupported_grant_type_because(
+                "password",
+                "the password grant is switched off; sign in through the authorization endpoint",
+            ))
+        }
         Some("password") => password_grant(&state, &headers, &request).await,
         Some("refresh_token") => refresh_grant(&state, &headers, &request).await,
         Some("client_credentials") => client_credentials_grant(&state, &headers, &request).await,
@@ -154,10 +171,7 @@ async fn refresh_grant(
     request: &TokenRequest,
 ) -> Result<IssuedTokens, OAuthError> {
     let presented = required(&request.refresh_token, "refresh_token")?;
-    let client = match presented_client(headers, &request.client)? {
-        Some(presented) => Some(authenticate_client(state.store.as_ref(), &presented).await?),
-        None => None,
-    };
+    let client = identify_client(state.store.as_ref(), headers, &request.client).await?;
     let (record, user) =
         login::redeem_refresh_token(state.store.as_ref(), presented, client.as_ref(), Utc::now())
             .await?;
@@ -176,12 +190,60 @@ async fn refresh_grant(
         .await?)
 }
 
+/// RFC 6749 §4.1.3 with RFC 7636: a code from the authorization endpoint, redeemed once by
+/// the client it was issued to, with the same redirect URI and the PKCE verifier.
+async fn code_grant(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: &TokenRequest,
+) -> Result<IssuedTokens, OAuthError> {
+    let code = required(&request.code, "code")?;
+    let redirect_uri = required(&request.redirect_uri, "redirect_uri")?;
+    let client = identify_client(state.store.as_ref(), headers, &request.client)
+        .await?
+        .ok_or_else(|| OAuthError::invalid_client(false))?;
+    let metadata = ClientMetadata::of(&client);
+    if !metadata.allows(grant::AUTHORIZATION_CODE) {
+        return Err(OAuthError::unauthorized_client(
+            "the client is not registered for the authorization_code grant",
+        ));
+    }
+    let (record, user) = oidc::redeem_code(
+        state.store.as_ref(),
+        code,
+        &client,
+        redirect_uri,
+        request.code_verifier.as_deref(),
+        Utc::now(),
+    )
+    .await?;
+    let issued = state
+        .issuer
+        .for_code(&record, &user, metadata.allows(grant::REFRESH_TOKEN))
+        .await?;
+    state
+        .store
+        .record_code_tokens(
+            &record.code_hash,
+            issued.refresh_family.as_deref(),
+            &issued.access.jti,
+            from_timestamp(issued.access.exp),
+        )
+        .await?;
+    Ok(issued.tokens)
+}
+
 async fn client_credentials_grant(
     state: &AppState,
     headers: &HeaderMap,
     request: &TokenRequest,
 ) -> Result<IssuedTokens, OAuthError> {
     let client = require_client(state.store.as_ref(), headers, &request.client).await?;
+    if !ClientMetadata::of(&client).allows(grant::CLIENT_CREDENTIALS) {
+        return Err(OAuthError::unauthorized_client(
+            "the client is not registered for the client_credentials grant",
+        ));
+    }
     let allowed = Scopes::parse(&client.scopes)
         .map_err(|_| OAuthError::invalid_scope("the client's scopes are unknown"))?;
     let scopes =

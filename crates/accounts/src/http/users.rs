@@ -6,14 +6,13 @@ use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use common::auth::Authenticated;
 use common::extract::Json;
-use common::problem::FieldError;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{ApiError, AppState};
-use crate::domain::{Email, Password, Role, name_char_allowed};
+use crate::domain::Role;
 use crate::store::UserRecord;
-use crate::users::create_user;
+use crate::users::{check_sign_up, create_user};
 
 /// A user as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -86,31 +85,8 @@ pub async fn sign_up(
     if !state.config.signup_enabled {
         return Err(ApiError::SignupDisabled);
     }
-    let email = Email::parse(&body.email);
-    let password = Password::parse(body.password);
-    let name = body
-        .name
-        .map(|n| n.trim().to_owned())
-        .filter(|n| !n.is_empty());
-    let name_error = name.as_ref().and_then(|n| {
-        if n.chars().count() > 200 {
-            Some(FieldError::new("name", "must be at most 200 characters"))
-        } else if !n.chars().all(name_char_allowed) {
-            Some(FieldError::new(
-                "name",
-                "must not contain control characters or bidi overrides",
-            ))
-        } else {
-            None
-        }
-    });
-    let (email, password) = match (email, password, name_error) {
-        (Ok(email), Ok(password), None) => (email, password),
-        (email, password, name_error) => {
-            let errors = [email.err(), password.err(), name_error];
-            return Err(ApiError::Validation(errors.into_iter().flatten().collect()));
-        }
-    };
+    let (email, password, name) =
+        check_sign_up(&body.email, body.password, body.name).map_err(ApiError::Validation)?;
     let user = create_user(
         state.store.as_ref(),
         &state.hasher,
@@ -141,6 +117,16 @@ pub async fn me(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
 ) -> Result<Json<UserView>, ApiError> {
+    let user = caller_user(&state, &claims).await?;
+    Ok(Json(UserView::from(user)))
+}
+
+/// The user an access token was issued to: refused when the token was revoked or the user is
+/// disabled; 404 for a client's token, which has no user.
+pub(super) async fn caller_user(
+    state: &AppState,
+    claims: &common::auth::AccessClaims,
+) -> Result<UserRecord, ApiError> {
     if state.store.access_token_revoked(&claims.jti).await? {
         return Err(ApiError::Unauthorized("the access token was revoked"));
     }
@@ -154,5 +140,5 @@ pub async fn me(
     if user.disabled {
         return Err(ApiError::Unauthorized("the account is disabled"));
     }
-    Ok(Json(UserView::from(user)))
+    Ok(user)
 }

@@ -48,6 +48,74 @@ pub struct ClientRecord {
     pub disabled: bool,
     /// Creation time.
     pub created_at: DateTime<Utc>,
+    /// Where the authorization endpoint may send codes, space-separated (exact matches).
+    pub redirect_uris: String,
+    /// Where the end-session endpoint may send the browser back, space-separated.
+    pub post_logout_redirect_uris: String,
+    /// `authorization_code`, `refresh_token`, `client_credentials`, space-separated.
+    pub grant_types: String,
+    /// `client_secret_basic`, `client_secret_post` or `none` (a public client).
+    pub token_endpoint_auth_method: String,
+    /// First-party clients skip the consent page.
+    pub first_party: bool,
+    /// Last change of its metadata.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// A browser session (the cookie's value is never stored, only its SHA-256).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SessionRecord {
+    /// SHA-256 (hex) of the cookie's value.
+    pub id_hash: String,
+    /// The public session id (`sid` in ID tokens).
+    pub sid: String,
+    /// Whose.
+    pub user_id: String,
+    /// When the user last typed their password.
+    pub auth_time: DateTime<Utc>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last used (idle lifetime).
+    pub last_seen_at: DateTime<Utc>,
+    /// Absolute end.
+    pub expires_at: DateTime<Utc>,
+    /// Signed out (or ended by an administrator).
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// An authorization code (only its hash is kept).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AuthorizationCodeRecord {
+    /// SHA-256 (hex) of the code.
+    pub code_hash: String,
+    /// Issued to.
+    pub client_id: String,
+    /// Whose.
+    pub user_id: String,
+    /// The session it came from.
+    pub sid: String,
+    /// The redirect URI it was sent to (the token request must name it again).
+    pub redirect_uri: String,
+    /// Granted scopes.
+    pub scope: String,
+    /// The client's nonce, for the ID token.
+    pub nonce: Option<String>,
+    /// PKCE: base64url SHA-256 of the verifier (S256).
+    pub code_challenge: Option<String>,
+    /// When the user authenticated.
+    pub auth_time: DateTime<Utc>,
+    /// Issued.
+    pub created_at: DateTime<Utc>,
+    /// Expires (a minute after issue).
+    pub expires_at: DateTime<Utc>,
+    /// Redeemed.
+    pub used_at: Option<DateTime<Utc>>,
+    /// The refresh-token family its redemption started.
+    pub refresh_family: Option<String>,
+    /// The access token its redemption issued.
+    pub access_jti: Option<String>,
+    /// When that access token expires.
+    pub access_expires_at: Option<DateTime<Utc>>,
 }
 
 /// A refresh token row (only its hash is kept).
@@ -175,10 +243,70 @@ pub trait AccountsStore: Send + Sync {
     /// Whether any admin exists.
     async fn any_admin(&self) -> Result<bool, StoreError>;
 
+    /// Disables or enables a user; disabling ends their sessions and revokes their refresh
+    /// tokens in the same transaction. `false` when there is no such user.
+    async fn set_user_disabled(
+        &self,
+        id: &str,
+        disabled: bool,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
     /// Inserts a client.
     async fn insert_client(&self, client: &ClientRecord) -> Result<(), StoreError>;
     /// The client with this id.
     async fn client_by_id(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError>;
+    /// Replaces a client's metadata (everything but its id, secret and creation time);
+    /// `false` when there is no such client.
+    async fn update_client(&self, client: &ClientRecord) -> Result<bool, StoreError>;
+    /// Deletes a client with its refresh tokens, codes and consents; `false` when there was
+    /// none.
+    async fn delete_client(&self, client_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// Stores a new browser session.
+    async fn insert_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
+    /// The live session behind a cookie (by its hash): not ended, not past its absolute end,
+    /// used within `idle`, and of an enabled user; its last use is moved to `now`.
+    async fn live_session(
+        &self,
+        id_hash: &str,
+        now: DateTime<Utc>,
+        idle: chrono::Duration,
+    ) -> Result<Option<SessionRecord>, StoreError>;
+    /// Ends a session by its public id (logout); `false` when it was not live.
+    async fn end_session(&self, sid: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// Stores an authorization code.
+    async fn insert_authorization_code(
+        &self,
+        code: &AuthorizationCodeRecord,
+    ) -> Result<(), StoreError>;
+    /// Spends a code: its record, with `used_at` as it was before this call. Only the caller
+    /// that finds `used_at` empty spent it; any other finds it set (a reuse).
+    async fn spend_authorization_code(
+        &self,
+        code_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<AuthorizationCodeRecord>, StoreError>;
+    /// Records what a code's redemption issued (so that a reuse can revoke it).
+    async fn record_code_tokens(
+        &self,
+        code_hash: &str,
+        refresh_family: Option<&str>,
+        access_jti: &str,
+        access_expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// The scopes a user consented to for a client.
+    async fn consent(&self, user_id: &str, client_id: &str) -> Result<Option<String>, StoreError>;
+    /// Records (or widens) a user's consent for a client.
+    async fn grant_consent(
+        &self,
+        user_id: &str,
+        client_id: &str,
+        scope: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 
     /// Stores a refresh token.
     async fn insert_refresh_token(&self, token: &RefreshTokenRecord) -> Result<(), StoreError>;

@@ -7,8 +7,8 @@ use common::db::{Backend, Pool, StoreError};
 use sqlx::{Decode, Encode, Executor, FromRow, Type};
 
 use super::{
-    AccountsStore, ClientRecord, LoginGate, RefreshTokenRecord, SigningKeyRecord, Throttle,
-    UserRecord,
+    AccountsStore, AuthorizationCodeRecord, ClientRecord, LoginGate, RefreshTokenRecord,
+    SessionRecord, SigningKeyRecord, Throttle, UserRecord,
 };
 
 /// Inserts a signing key on `executor` (the pool, or a transaction).
@@ -71,6 +71,8 @@ where
     for<'r> RefreshTokenRecord: FromRow<'r, DB::Row>,
     for<'r> SigningKeyRecord: FromRow<'r, DB::Row>,
     for<'r> Throttle: FromRow<'r, DB::Row>,
+    for<'r> SessionRecord: FromRow<'r, DB::Row>,
+    for<'r> AuthorizationCodeRecord: FromRow<'r, DB::Row>,
     for<'r> (String,): FromRow<'r, DB::Row>,
 {
     fn database(&self) -> Pool {
@@ -235,8 +237,10 @@ where
     #[tracing::instrument(name = "db insert_client", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "insert_client"))]
     async fn insert_client(&self, client: &ClientRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO clients (client_id, name, secret_hash, scopes, disabled, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO clients (client_id, name, secret_hash, scopes, disabled, created_at, \
+             redirect_uris, post_logout_redirect_uris, grant_types, token_endpoint_auth_method, \
+             first_party, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&client.client_id)
         .bind(&client.name)
@@ -244,6 +248,254 @@ where
         .bind(&client.scopes)
         .bind(client.disabled)
         .bind(client.created_at)
+        .bind(&client.redirect_uris)
+        .bind(&client.post_logout_redirect_uris)
+        .bind(&client.grant_types)
+        .bind(&client.token_endpoint_auth_method)
+        .bind(client.first_party)
+        .bind(client.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "db update_client", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "update_client"))]
+    async fn update_client(&self, client: &ClientRecord) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE clients SET name = $1, scopes = $2, disabled = $3, redirect_uris = $4, \
+             post_logout_redirect_uris = $5, grant_types = $6, token_endpoint_auth_method = $7, \
+             first_party = $8, updated_at = $9 WHERE client_id = $10",
+        )
+        .bind(&client.name)
+        .bind(&client.scopes)
+        .bind(client.disabled)
+        .bind(&client.redirect_uris)
+        .bind(&client.post_logout_redirect_uris)
+        .bind(&client.grant_types)
+        .bind(&client.token_endpoint_auth_method)
+        .bind(client.first_party)
+        .bind(client.updated_at)
+        .bind(&client.client_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(DB::rows_affected(&result) == 1)
+    }
+
+    #[tracing::instrument(name = "db delete_client", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "delete_client"))]
+    async fn delete_client(&self, client_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM clients WHERE client_id = $1")
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?;
+        if DB::rows_affected(&deleted) != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $1 WHERE client_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(client_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM authorization_codes WHERE client_id = $1")
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM consents WHERE client_id = $1")
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    #[tracing::instrument(name = "db set_user_disabled", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "set_user_disabled"))]
+    async fn set_user_disabled(
+        &self,
+        id: &str,
+        disabled: bool,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query("UPDATE users SET disabled = $1, updated_at = $2 WHERE id = $3")
+            .bind(disabled)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if DB::rows_affected(&updated) != 1 {
+            return Ok(false);
+        }
+        if disabled {
+            sqlx::query(
+                "UPDATE sessions SET ended_at = $1 WHERE user_id = $2 AND ended_at IS NULL",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE refresh_tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    #[tracing::instrument(name = "db insert_session", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "insert_session"))]
+    async fn insert_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sessions (id_hash, sid, user_id, auth_time, created_at, last_seen_at, \
+             expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&session.id_hash)
+        .bind(&session.sid)
+        .bind(&session.user_id)
+        .bind(session.auth_time)
+        .bind(session.created_at)
+        .bind(session.last_seen_at)
+        .bind(session.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "db live_session", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "live_session"))]
+    async fn live_session(
+        &self,
+        id_hash: &str,
+        now: DateTime<Utc>,
+        idle: chrono::Duration,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        Ok(sqlx::query_as(
+            "UPDATE sessions SET last_seen_at = $1 \
+             WHERE id_hash = $2 AND ended_at IS NULL AND expires_at > $1 AND last_seen_at > $3 \
+             AND user_id IN (SELECT id FROM users WHERE NOT disabled) \
+             RETURNING id_hash, sid, user_id, auth_time, created_at, last_seen_at, expires_at, ended_at",
+        )
+        .bind(now)
+        .bind(id_hash)
+        .bind(now - idle)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    #[tracing::instrument(name = "db end_session", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "end_session"))]
+    async fn end_session(&self, sid: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let result =
+            sqlx::query("UPDATE sessions SET ended_at = $1 WHERE sid = $2 AND ended_at IS NULL")
+                .bind(now)
+                .bind(sid)
+                .execute(&self.pool)
+                .await?;
+        Ok(DB::rows_affected(&result) == 1)
+    }
+
+    #[tracing::instrument(name = "db insert_authorization_code", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "insert_authorization_code"))]
+    async fn insert_authorization_code(
+        &self,
+        code: &AuthorizationCodeRecord,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO authorization_codes (code_hash, client_id, user_id, sid, redirect_uri, \
+             scope, nonce, code_challenge, auth_time, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&code.code_hash)
+        .bind(&code.client_id)
+        .bind(&code.user_id)
+        .bind(&code.sid)
+        .bind(&code.redirect_uri)
+        .bind(&code.scope)
+        .bind(&code.nonce)
+        .bind(&code.code_challenge)
+        .bind(code.auth_time)
+        .bind(code.created_at)
+        .bind(code.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "db spend_authorization_code", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "spend_authorization_code"))]
+    async fn spend_authorization_code(
+        &self,
+        code_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<AuthorizationCodeRecord>, StoreError> {
+        let spent: Option<AuthorizationCodeRecord> = sqlx::query_as(
+            "UPDATE authorization_codes SET used_at = $1 WHERE code_hash = $2 AND used_at IS NULL \
+             RETURNING *",
+        )
+        .bind(now)
+        .bind(code_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(mut code) = spent {
+            code.used_at = None;
+            return Ok(Some(code));
+        }
+        Ok(
+            sqlx::query_as("SELECT * FROM authorization_codes WHERE code_hash = $1")
+                .bind(code_hash)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    #[tracing::instrument(name = "db record_code_tokens", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "record_code_tokens"))]
+    async fn record_code_tokens(
+        &self,
+        code_hash: &str,
+        refresh_family: Option<&str>,
+        access_jti: &str,
+        access_expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE authorization_codes SET refresh_family = $1, access_jti = $2, \
+             access_expires_at = $3 WHERE code_hash = $4",
+        )
+        .bind(refresh_family.map(str::to_owned))
+        .bind(access_jti)
+        .bind(access_expires_at)
+        .bind(code_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "db consent", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "consent"))]
+    async fn consent(&self, user_id: &str, client_id: &str) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT scope FROM consents WHERE user_id = $1 AND client_id = $2")
+                .bind(user_id)
+                .bind(client_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(scope,)| scope))
+    }
+
+    #[tracing::instrument(name = "db grant_consent", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "grant_consent"))]
+    async fn grant_consent(
+        &self,
+        user_id: &str,
+        client_id: &str,
+        scope: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO consents (user_id, client_id, scope, granted_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (user_id, client_id) DO UPDATE SET scope = $3, granted_at = $4",
+        )
+        .bind(user_id)
+        .bind(client_id)
+        .bind(scope)
+        .bind(now)
         .execute(&self.pool)
         .await?;
         Ok(())

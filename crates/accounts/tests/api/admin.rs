@@ -434,8 +434,34 @@ async fn discovery_lists_the_endpoints(db: TestDatabase) {
     );
     assert_eq!(
         doc["grant_types_supported"],
-        json!(["password", "refresh_token", "client_credentials"])
+        json!([
+            "authorization_code",
+            "refresh_token",
+            "client_credentials",
+            "password"
+        ])
     );
+    assert_eq!(doc["authorization_endpoint"], format!("{issuer}/authorize"));
+    assert_eq!(doc["userinfo_endpoint"], format!("{issuer}/userinfo"));
+    assert_eq!(doc["end_session_endpoint"], format!("{issuer}/logout"));
+    assert_eq!(doc["response_types_supported"], json!(["code"]));
+    assert_eq!(doc["code_challenge_methods_supported"], json!(["S256"]));
+    assert_eq!(doc["subject_types_supported"], json!(["public"]));
+    assert!(
+        doc["id_token_signing_alg_values_supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("RS256"))
+    );
+    for claim in ["sub", "email", "email_verified", "name", "nonce", "sid"] {
+        assert!(
+            doc["claims_supported"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(claim)),
+            "{claim}"
+        );
+    }
     assert!(
         doc["scopes_supported"]
             .as_array()

@@ -11,6 +11,7 @@ mod forged;
 mod helpers;
 mod jwks;
 mod migrations;
+mod oidc;
 mod openapi;
 mod probes;
 mod tokens;

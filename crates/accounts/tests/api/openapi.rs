@@ -25,14 +25,28 @@ async fn the_document_lists_every_route_with_its_answers() {
     assert_eq!(
         operations,
         [
+            "DELETE /v1/admin/clients/{client_id}",
             "GET /.well-known/jwks.json",
             "GET /.well-known/oauth-authorization-server",
             "GET /.well-known/openid-configuration",
+            "GET /assets/accounts.css",
+            "GET /authorize",
             "GET /healthz",
+            "GET /logout",
             "GET /metrics",
             "GET /readyz",
+            "GET /signup",
+            "GET /userinfo",
             "GET /users/me",
+            "GET /v1/admin/clients/{client_id}",
             "GET /v1/users/me",
+            "PATCH /v1/admin/clients/{client_id}",
+            "PATCH /v1/admin/users/{id}",
+            "POST /authorize",
+            "POST /authorize/consent",
+            "POST /logout",
+            "POST /signup",
+            "POST /userinfo",
             "POST /v1/admin/clients",
             "POST /v1/admin/keys/rotate",
             "POST /v1/admin/users/import",
@@ -50,7 +64,12 @@ async fn the_document_lists_every_route_with_its_answers() {
     let grant_types = &doc["components"]["schemas"]["GrantType"]["enum"];
     assert_eq!(
         grant_types,
-        &serde_json::json!(["password", "refresh_token", "client_credentials"])
+        &serde_json::json!([
+            "authorization_code",
+            "password",
+            "refresh_token",
+            "client_credentials"
+        ])
     );
     let invalid_grant = &token["responses"]["400"]["content"];
     assert_eq!(
@@ -85,5 +104,18 @@ async fn the_document_lists_every_route_with_its_answers() {
         schemes["oauth2"]["flows"]["clientCredentials"]["tokenUrl"],
         "http://localhost:8080/accounts/v1/token"
     );
+    assert_eq!(
+        schemes["oauth2"]["flows"]["authorizationCode"]["authorizationUrl"],
+        "http://localhost:8080/accounts/authorize"
+    );
     assert_eq!(schemes["client_basic"]["scheme"], "basic");
+    // The pages answer HTML, also when they fail.
+    let login = &doc["paths"]["/authorize"]["post"]["responses"];
+    for status in ["400", "403", "429", "503"] {
+        assert!(
+            login[status]["content"]["text/html"].is_object(),
+            "{status}: {}",
+            login[status]
+        );
+    }
 }

@@ -356,11 +356,15 @@ async fn client_credentials_work_with_basic_and_form_authentication(db: TestData
 
 async fn malformed_token_requests_get_rfc_6749_errors(db: TestDatabase) {
     let app = spawn_app(db).await;
-    let cases: [(&[(&str, &str)], &str); 4] = [
+    let cases: [(&[(&str, &str)], &str); 5] = [
         (&[("username", "a@b.c")], "invalid_request"),
         (
-            &[("grant_type", "authorization_code"), ("code", "x")],
+            &[("grant_type", "implicit"), ("code", "x")],
             "unsupported_grant_type",
+        ),
+        (
+            &[("grant_type", "authorization_code"), ("code", "x")],
+            "invalid_request",
         ),
         (
             &[("grant_type", "password"), ("username", "a@b.c")],

@@ -6,11 +6,12 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 use crate::problem::{PROBLEM_JSON, Problem};
 
-/// Error responses that are not already JSON (framework defaults) become problem+json,
-/// keeping headers such as `Allow` and `Retry-After`.
+/// Error responses that are neither JSON nor an HTML page of ours (framework defaults are
+/// plain text or empty) become problem+json, keeping headers such as `Allow` and
+/// `Retry-After`.
 pub(super) fn problem_for_bare_error(response: Response) -> Response {
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) || is_json(response.headers()) {
+    if !(status.is_client_error() || status.is_server_error()) || is_ours(response.headers()) {
         return response;
     }
     let kept: Vec<(HeaderName, HeaderValue)> = response
@@ -26,9 +27,11 @@ pub(super) fn problem_for_bare_error(response: Response) -> Response {
     problem
 }
 
-fn is_json(headers: &HeaderMap) -> bool {
+fn is_ours(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with(PROBLEM_JSON) || ct.contains("json"))
+        .is_some_and(|ct| {
+            ct.starts_with(PROBLEM_JSON) || ct.contains("json") || ct.starts_with("text/html")
+        })
 }

@@ -96,10 +96,10 @@ pub fn router(state: AppState) -> Router {
         readiness = readiness.with(Arc::new(crate::relay::BrokerCheck(broker.clone())));
     }
     let (http, metrics) = (state.config.http.clone(), state.metrics.clone());
-    let token_url = format!("{}/v1/token", state.config.token_issuer);
+    let issuer = state.config.token_issuer.clone();
     let (api, document) = routes(state, readiness);
     let security = common::openapi::Security {
-        token_url: &token_url,
+        issuer: &issuer,
         scopes: SCOPES,
     };
     let api = common::openapi::serve_document(api, document, &security, crate::SERVICE, &http);
