@@ -176,3 +176,153 @@ async def delete_stream(stream):
 @pytest.fixture(scope="session")
 def repo_root():
     return pathlib.Path(__file__).resolve().parents[2]
+
+
+# --- OpenID Connect (test_oidc.py, test_login_page.py) ----------------------------------------
+
+# Debian's chromium; CHROMIUM=playwright uses the browser `playwright install` downloaded.
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+OIDC_SCOPE = "openid profile email"
+
+
+def launch_chromium(playwright):
+    """Headless Chromium for a module's `browser` fixture (each module opens its own
+    sync_playwright: two at once cannot run in one thread)."""
+    executable = None if CHROMIUM == "playwright" else CHROMIUM
+    return playwright.chromium.launch(executable_path=executable, headless=True,
+                                      args=["--no-sandbox"])
+
+
+def watch_page(page):
+    """Console errors, uncaught page errors and Content-Security-Policy violations of a page,
+    as a list that fills while the page lives."""
+    problems = []
+
+    def console(message):
+        # Chromium asks every origin for /favicon.ico: not the page's doing.
+        if message.type == "error" and not message.location.get("url", "").endswith("/favicon.ico"):
+            problems.append(f"console: {message.text} ({message.location.get('url')})")
+
+    page.on("console", console)
+    page.on("pageerror", lambda error: problems.append(f"pageerror: {error}"))
+    page.add_init_script(
+        "document.addEventListener('securitypolicyviolation', e => console.error("
+        "'CSP violation: ' + e.violatedDirective + ' ' + e.blockedURI));"
+    )
+    return problems
+
+
+@pytest.fixture(scope="session")
+def issuer(stack):
+    return f"{stack.gateway}/accounts"
+
+
+@pytest.fixture(scope="session")
+def discovery(issuer):
+    response = httpx.get(f"{issuer}/.well-known/openid-configuration", timeout=10)
+    assert response.status_code == 200, (response.status_code, response.text)
+    return response.json()
+
+
+def new_user(stack):
+    """A user of the test's own: {"email", "password", "name"}."""
+    suffix = uuid.uuid4().hex[:12]
+    user = {"email": f"oidc-{suffix}@example.com", "password": f"pw-{suffix}",
+            "name": f"Ada {suffix}"}
+    response = httpx.post(f"{stack.gateway}/accounts/v1/users", json=user, timeout=10)
+    assert response.status_code == 201, (response.status_code, response.text)
+    return user
+
+
+def register_client(stack, redirect_uris, post_logout_redirect_uris=(),
+                    auth_method="client_secret_basic", first_party=True, scope=OIDC_SCOPE,
+                    grant_types=("authorization_code", "refresh_token"), client_name=None):
+    """An OAuth client registered by the admin (RFC 7591 metadata); the 201 answer's JSON."""
+    metadata = {
+        "client_name": client_name or f"test client {uuid.uuid4().hex[:8]}",
+        "redirect_uris": list(redirect_uris),
+        "post_logout_redirect_uris": list(post_logout_redirect_uris),
+        "grant_types": list(grant_types),
+        "token_endpoint_auth_method": auth_method,
+        "scope": scope,
+        "first_party": first_party,
+    }
+    response = httpx.post(
+        f"{stack.gateway}/accounts/v1/admin/clients",
+        json=metadata,
+        headers={"Authorization": f"Bearer {stack.admin_token()}"},
+        timeout=10,
+    )
+    assert response.status_code == 201, (response.status_code, response.text)
+    registered = response.json()
+    assert registered["client_id"], registered
+    assert registered["redirect_uris"] == metadata["redirect_uris"], registered
+    assert registered["token_endpoint_auth_method"] == auth_method, registered
+    if auth_method == "none":
+        assert not registered.get("client_secret"), registered
+    else:
+        assert registered["client_secret"], registered
+    return registered
+
+
+def authorization_request(discovery, client_id, redirect_uri, scope=OIDC_SCOPE, **extra):
+    """An authorization code request with PKCE (S256), state and nonce, built by hand the way
+    any client would: (url, state, nonce, code_verifier)."""
+    import base64
+    import hashlib
+    import secrets
+
+    state = secrets.token_urlsafe(16)
+    nonce = secrets.token_urlsafe(16)
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    query = {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": redirect_uri,
+        "scope": scope,
+        "state": state,
+        "nonce": nonce,
+        "code_challenge": challenge.rstrip(b"=").decode(),
+        "code_challenge_method": "S256",
+        **extra,
+    }
+    url = f"{discovery['authorization_endpoint']}?{urllib.parse.urlencode(query)}"
+    return url, state, nonce, verifier
+
+
+class RedirectTarget:
+    """A client's redirect URI on a port of its own: answers every GET with a small page and
+    remembers the paths it was asked for."""
+
+    def __init__(self):
+        self.requests = []
+        target = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                target.requests.append(self.path)
+                body = b'<!doctype html><html lang="en"><title>client</title><p>client</p></html>'
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def redirect_target():
+    target = RedirectTarget()
+    yield target
+    target.close()

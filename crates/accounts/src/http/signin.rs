@@ -605,6 +605,7 @@ fn signup_form(
         (status = 400, description = "A page saying the form or query is malformed", content_type = "text/html"),
         (status = 303, description = "Signed in, back to the client"),
         (status = 200, description = "Signed in: the consent page, or a page saying the account exists", content_type = "text/html"),
+        (status = 403, description = "The sign-up page again: the form's CSRF token is missing or stale", content_type = "text/html"),
         (status = 409, description = "The sign-up page again: the email is taken", content_type = "text/html"),
         (status = 422, description = "The sign-up page again, with what to fix", content_type = "text/html"),
         (status = 503, description = "A page saying to try again", content_type = "text/html"),
