@@ -467,3 +467,57 @@ pub fn with_query(uri: &str, pairs: &[(&str, &str)]) -> String {
     let separator = if uri.contains('?') { '&' } else { '?' };
     format!("{uri}{separator}{encoded}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_secure_and_host_prefixed_behind_https() {
+        let mut config = AccountsConfig::from_env(&common::config::Env::default()).unwrap();
+        let plain = CookieNames::of(&config);
+        assert_eq!(plain.session, "accounts_session");
+        let cookie = plain.session_cookie("v".into()).to_string();
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+            "{cookie}"
+        );
+        assert!(!cookie.contains("Secure"), "{cookie}");
+
+        config.issuer = "https://id.example.com/accounts".into();
+        let secure = CookieNames::of(&config);
+        let cookie = secure.session_cookie("v".into()).to_string();
+        assert!(cookie.starts_with("__Host-accounts_session=v"), "{cookie}");
+        assert!(
+            cookie.contains("Secure") && cookie.contains("Path=/"),
+            "{cookie}"
+        );
+        assert!(!cookie.contains("Domain"), "{cookie}");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; __Host-accounts_csrf=abc"),
+        );
+        assert_eq!(read_cookie(&headers, secure.csrf).as_deref(), Some("abc"));
+        assert!(
+            !Csrf::matches(&headers, secure, Some("abc")),
+            "a malformed token never matches"
+        );
+    }
+
+    #[test]
+    fn csp_sources_are_origins() {
+        assert_eq!(
+            csp_source("https://app.example.com:8443/cb?x=1").as_deref(),
+            Some("https://app.example.com:8443")
+        );
+        assert_eq!(
+            csp_source("com.example.app:/cb").as_deref(),
+            Some("com.example.app:")
+        );
+        assert_eq!(
+            with_query("https://a.example/cb?x=1", &[("code", "c d")]),
+            "https://a.example/cb?x=1&code=c+d"
+        );
+    }
+}
