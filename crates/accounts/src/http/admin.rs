@@ -145,12 +145,13 @@ pub struct UserChange {
     tag = "admin",
     operation_id = "update_user",
     summary = "Disable or enable a user",
-    description = "Disabling ends the user's browser sessions and revokes their refresh tokens in the same transaction; they can no longer log in.",
+    description = "Disabling ends the user's browser sessions and revokes their refresh tokens in the same transaction; they can no longer log in. An administrator cannot disable their own account (422), so the last one cannot lock everyone out.",
     params(("id" = String, Path, description = "The user's id (`usr_...`)")),
     request_body = UserChange,
     responses(
         (status = 200, description = "The user", body = UserView),
         (status = 404, description = "`not_found`: no such user"),
+        (status = 422, description = "`validation_failed`: an administrator cannot disable their own account"),
     ),
     security(("bearer" = ["accounts:admin"]), ("oauth2" = ["accounts:admin"]))
 )]
@@ -161,6 +162,15 @@ pub async fn update_user(
     Json(change): Json<UserChange>,
 ) -> Result<Json<UserView>, ApiError> {
     require_admin(&caller)?;
+    if change.disabled && caller.0.sub == id {
+        // An administrator who disables themselves may be the last one: nobody could undo it.
+        return Err(ApiError::Validation(vec![
+            common::problem::FieldError::new(
+                "disabled",
+                "you cannot disable your own account; ask another administrator",
+            ),
+        ]));
+    }
     if !state
         .store
         .set_user_disabled(&id, change.disabled, Utc::now())

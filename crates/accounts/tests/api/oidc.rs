@@ -755,6 +755,24 @@ async fn a_session_signs_in_again_until_it_ends(db: TestDatabase) {
         .await
         .unwrap();
     assert_eq!(missing.status(), 404);
+    // An administrator cannot disable themselves (nobody might be left to undo it).
+    let admin_id = app
+        .store
+        .user_by_email(crate::helpers::ADMIN_EMAIL)
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let own = app
+        .client
+        .patch(app.url(&format!("/v1/admin/users/{admin_id}")))
+        .bearer_auth(&admin)
+        .json(&json!({"disabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 422);
+    assert_eq!(app.get_with_token("/users/me", &admin).await.status(), 200);
 }
 
 async fn backdate_logins(app: &TestApp) {
