@@ -10,10 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{Email, Role};
 use crate::passwords;
-use crate::store::{AccountsStore, UserRecord};
+use crate::store::{AccountsStore, LegacyIdentity, UserRecord};
 
 #[derive(Debug, Deserialize)]
 struct DumpEntry {
+    /// Django's primary key: kept as `legacy_user_id` when it is an integer.
+    pk: Option<serde_json::Value>,
     fields: DjangoUser,
 }
 
@@ -31,6 +33,12 @@ struct DjangoUser {
     last_name: String,
     #[serde(default)]
     is_superuser: bool,
+    #[serde(default)]
+    is_staff: bool,
+    #[serde(default)]
+    groups: Option<serde_json::Value>,
+    #[serde(default)]
+    last_login: Option<String>,
     #[serde(default = "active_by_default")]
     is_active: bool,
     #[serde(default)]
@@ -41,16 +49,34 @@ fn active_by_default() -> bool {
     true
 }
 
-/// What an import did.
+/// What an import did. An import is an upsert keyed by the Django primary key (then the
+/// email), so it can be re-run on a schedule.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ImportReport {
-    /// Users created.
+    /// Users added.
     pub imported: usize,
-    /// Entries left out without a problem: not `auth.user`, or an email that already exists
-    /// (so an import can be re-run).
+    /// Users already imported whose email, names, flags, groups or password (while they had
+    /// not logged in at accounts) changed in the monolith.
+    pub updated: usize,
+    /// Users already imported with nothing new.
+    pub unchanged: usize,
+    /// Entries left out without a problem: not `auth.user`, or (without a primary key) an
+    /// email that already exists.
     pub skipped: usize,
     /// Entries that could not be imported, each with its reason.
     pub refused: Vec<RefusedEntry>,
+    /// Entries that contradict what accounts holds (an email that is another user's), each
+    /// with its reason; nothing was changed for them.
+    pub conflicts: Vec<RefusedEntry>,
+}
+
+/// What became of one user.
+enum Outcome {
+    Added,
+    Updated,
+    Unchanged,
+    Skipped,
+    Conflict(String),
 }
 
 /// An entry the import refused.
@@ -94,19 +120,106 @@ pub async fn import_users(
                 continue;
             }
         };
-        match store.insert_user(&user).await {
-            Ok(()) => report.imported += 1,
-            Err(StoreError::Conflict(_)) => report.skipped += 1,
-            Err(error) => return Err(error),
+        match upsert(store, user).await? {
+            Outcome::Added => report.imported += 1,
+            Outcome::Updated => report.updated += 1,
+            Outcome::Unchanged => report.unchanged += 1,
+            Outcome::Skipped => report.skipped += 1,
+            Outcome::Conflict(reason) => report.conflicts.push(RefusedEntry {
+                index,
+                pk: entry.get("pk").cloned(),
+                username: entry
+                    .pointer("/fields/username")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned),
+                reason,
+            }),
         }
     }
     tracing::info!(
         imported = report.imported,
+        updated = report.updated,
+        unchanged = report.unchanged,
         skipped = report.skipped,
         refused = report.refused.len(),
+        conflicts = report.conflicts.len(),
         "users imported"
     );
     Ok(report)
+}
+
+/// Adds `incoming`, or brings the user imported from the same monolith user up to date:
+/// email, names, flags and groups follow the monolith; the password hash too, unless the user
+/// has logged in at accounts (accounts then holds the password). A user found by email who
+/// came from another monolith user, or who was created in accounts, is a conflict: emails are
+/// not verified, so an account made here with someone's address must not inherit their
+/// identity in the monolith.
+async fn upsert(store: &dyn AccountsStore, incoming: UserRecord) -> Result<Outcome, StoreError> {
+    let Some(legacy_id) = incoming.legacy.legacy_user_id else {
+        return Ok(match store.insert_user(&incoming).await {
+            Ok(()) => Outcome::Added,
+            Err(StoreError::Conflict(_)) => Outcome::Skipped,
+            Err(error) => return Err(error),
+        });
+    };
+    let existing = match store.user_by_legacy_id(legacy_id).await? {
+        Some(user) => user,
+        None => match store.user_by_email(&incoming.email_normalized).await? {
+            None => {
+                return Ok(match store.insert_user(&incoming).await {
+                    Ok(()) => Outcome::Added,
+                    Err(StoreError::Conflict(_)) => Outcome::Conflict(
+                        "another user took this email or primary key meanwhile".into(),
+                    ),
+                    Err(error) => return Err(error),
+                });
+            }
+            Some(other) => {
+                return Ok(Outcome::Conflict(match other.legacy.legacy_user_id {
+                    Some(theirs) => format!(
+                        "the email belongs to the user imported from the monolith's user {theirs}"
+                    ),
+                    None => "an account with this email was created in accounts; it is not linked to the monolith's user (emails are not verified)".into(),
+                }));
+            }
+        },
+    };
+    let mut merged = existing.clone();
+    merged.email = incoming.email;
+    merged.email_normalized = incoming.email_normalized;
+    merged.name = incoming.name;
+    merged.role = incoming.role;
+    merged.disabled = incoming.disabled;
+    merged.legacy = incoming.legacy;
+    if existing.last_login_at.is_none() {
+        merged.password_hash = incoming.password_hash;
+    }
+    let same = (
+        &merged.email,
+        &merged.name,
+        &merged.role,
+        merged.disabled,
+        &merged.legacy,
+        &merged.password_hash,
+    ) == (
+        &existing.email,
+        &existing.name,
+        &existing.role,
+        existing.disabled,
+        &existing.legacy,
+        &existing.password_hash,
+    );
+    if same {
+        return Ok(Outcome::Unchanged);
+    }
+    merged.updated_at = Utc::now();
+    match store.update_imported_user(&merged).await {
+        Ok(()) => Ok(Outcome::Updated),
+        Err(StoreError::Conflict(_)) => {
+            Ok(Outcome::Conflict("the new email is another user's".into()))
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// The user an entry describes; `None` for entries of other models; the reason for entries
@@ -136,11 +249,24 @@ fn to_user(entry: &serde_json::Value) -> Result<Option<UserRecord>, String> {
         passwords::classify(&fields.password).map_err(|refusal| refusal.to_string())?;
     }
     let name = format!("{} {}", fields.first_name.trim(), fields.last_name.trim());
-    let joined = fields
-        .date_joined
-        .as_deref()
-        .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
-        .map_or_else(Utc::now, |d| d.with_timezone(&Utc));
+    let time = |raw: Option<&str>| {
+        raw.and_then(|d| DateTime::parse_from_rfc3339(d).ok())
+            .map(|d| d.with_timezone(&Utc))
+    };
+    let joined = time(fields.date_joined.as_deref()).unwrap_or_else(Utc::now);
+    let present = |text: &str| Some(text.trim().to_owned()).filter(|t| !t.is_empty());
+    let legacy = LegacyIdentity {
+        legacy_user_id: entry.pk.as_ref().and_then(serde_json::Value::as_i64),
+        username: present(&fields.username),
+        first_name: present(&fields.first_name),
+        last_name: present(&fields.last_name),
+        is_staff: fields.is_staff,
+        groups: fields
+            .groups
+            .filter(serde_json::Value::is_array)
+            .map_or_else(|| "[]".to_owned(), |groups| groups.to_string()),
+        legacy_last_login: time(fields.last_login.as_deref()),
+    };
     let password_hash = if fields.password.is_empty() {
         "!".to_owned()
     } else {
@@ -162,6 +288,8 @@ fn to_user(entry: &serde_json::Value) -> Result<Option<UserRecord>, String> {
         disabled: !fields.is_active,
         created_at: joined,
         updated_at: Utc::now(),
+        legacy,
+        last_login_at: None,
     }))
 }
 
@@ -183,6 +311,10 @@ mod tests {
         assert_eq!(user.role, "admin");
         assert!(user.password_hash.starts_with("pbkdf2_sha256$"));
         assert_eq!(user.created_at.to_rfc3339(), "2019-03-01T10:00:00+00:00");
+        assert_eq!(user.legacy.legacy_user_id, Some(7));
+        assert_eq!(user.legacy.username.as_deref(), Some("ada"));
+        assert!(user.legacy.is_staff);
+        assert_eq!(user.legacy.groups, "[]");
     }
 
     #[test]

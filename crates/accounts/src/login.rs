@@ -107,6 +107,7 @@ pub async fn password_login(
         _ => return Err(LoginError::InvalidCredentials),
     };
     store.clear_throttle(&key).await?;
+    store.record_login(&user.id, now).await?;
     if verdict == Verdict::MatchNeedsRehash {
         let hash = hasher.hash(password.to_owned()).await?;
         store.set_password_hash(&user.id, &hash, now).await?;

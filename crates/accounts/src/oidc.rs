@@ -521,6 +521,9 @@ pub struct IdTokenClaims {
     /// `profile` scope.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// For users imported from the monolith: their id there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_user_id: Option<i64>,
 }
 
 /// The identity claims `scopes` allow about `user` (ID token and userinfo alike).

@@ -74,10 +74,12 @@ impl Issuer {
         }
     }
 
-    /// A signed access token for `subject`, and its claims.
+    /// A signed access token for `subject` (with the monolith's id of an imported user), and
+    /// its claims.
     pub async fn access_token(
         &self,
         subject: &str,
+        legacy_user_id: Option<i64>,
         client_id: &str,
         scopes: &Scopes,
         audiences: Vec<String>,
@@ -94,6 +96,7 @@ impl Issuer {
             jti: uuid::Uuid::new_v4().to_string(),
             client_id: client_id.to_owned(),
             scope: scopes.to_claim(),
+            legacy_user_id,
         };
         let key = self.keys.active().await?;
         Ok((key.sign(&claims)?, claims))
@@ -102,13 +105,13 @@ impl Issuer {
     /// Access and refresh token for a user; `family` continues a rotated family.
     pub async fn for_user(
         &self,
-        user_id: &str,
+        user: &UserRecord,
         client_id: &str,
         scopes: &Scopes,
         family: Option<&str>,
     ) -> Result<IssuedTokens, KeyError> {
         Ok(self
-            .user_tokens(user_id, client_id, scopes, Some(family))
+            .user_tokens(user, client_id, scopes, Some(family))
             .await?
             .tokens)
     }
@@ -117,7 +120,7 @@ impl Issuer {
     /// a new family; `Some(Some(family))`: continuing one).
     async fn user_tokens(
         &self,
-        user_id: &str,
+        user: &UserRecord,
         client_id: &str,
         scopes: &Scopes,
         refresh: Option<Option<&str>>,
@@ -127,8 +130,15 @@ impl Issuer {
         if !audiences.iter().any(|a| a == "accounts") {
             audiences.insert(0, "accounts".to_owned());
         }
+        let user_id = user.id.as_str();
         let (access_token, access) = self
-            .access_token(user_id, client_id, scopes, audiences)
+            .access_token(
+                user_id,
+                user.legacy.legacy_user_id,
+                client_id,
+                scopes,
+                audiences,
+            )
             .await?;
         let mut refresh_family = None;
         let mut refresh_token = None;
@@ -177,7 +187,7 @@ impl Issuer {
     ) -> Result<CodeTokens, KeyError> {
         let scopes = Scopes::parse(&code.scope).unwrap_or_default();
         let mut issued = self
-            .user_tokens(&user.id, &code.client_id, &scopes, refresh.then_some(None))
+            .user_tokens(user, &code.client_id, &scopes, refresh.then_some(None))
             .await?;
         if scopes.contains(scope::OPENID) {
             let key = self.keys.active().await?;
@@ -195,6 +205,7 @@ impl Issuer {
                 email,
                 email_verified,
                 name,
+                legacy_user_id: user.legacy.legacy_user_id,
             };
             issued.tokens.id_token = Some(key.sign_as(&claims, "JWT")?);
         }
@@ -212,7 +223,7 @@ impl Issuer {
             audiences.push("accounts".to_owned());
         }
         let (access_token, _) = self
-            .access_token(client_id, client_id, scopes, audiences)
+            .access_token(client_id, None, client_id, scopes, audiences)
             .await?;
         Ok(IssuedTokens {
             access_token,

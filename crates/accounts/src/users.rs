@@ -75,6 +75,8 @@ pub async fn create_user(
         disabled: false,
         created_at: now,
         updated_at: now,
+        legacy: Default::default(),
+        last_login_at: None,
     };
     match store.insert_user(&user).await {
         Ok(()) => Ok(user),

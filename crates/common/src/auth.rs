@@ -66,6 +66,10 @@ pub struct AccessClaims {
     /// Space-separated scopes.
     #[serde(default)]
     pub scope: String,
+    /// For users imported from the monolith: their primary key there (what a Django project
+    /// maps the token to, with simplejwt's `USER_ID_CLAIM`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_user_id: Option<i64>,
 }
 
 impl AccessClaims {

@@ -159,7 +159,7 @@ async fn password_grant(
     .map_err(OAuthError::invalid_scope)?;
     Ok(state
         .issuer
-        .for_user(&user.id, &client_id, &scopes, None)
+        .for_user(&user, &client_id, &scopes, None)
         .await?)
 }
 
@@ -181,12 +181,7 @@ async fn refresh_grant(
         Scopes::grant(request.scope.as_deref(), &granted).map_err(OAuthError::invalid_scope)?;
     Ok(state
         .issuer
-        .for_user(
-            &user.id,
-            &record.client_id,
-            &scopes,
-            Some(&record.family_id),
-        )
+        .for_user(&user, &record.client_id, &scopes, Some(&record.family_id))
         .await?)
 }
 

@@ -29,6 +29,10 @@ pub struct UserInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = "Ada Lovelace")]
     name: Option<String>,
+    /// For users imported from the monolith: their id there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = 42)]
+    legacy_user_id: Option<i64>,
 }
 
 /// `GET /userinfo`.
@@ -56,6 +60,7 @@ pub async fn userinfo(
         Scopes::from_iter_checked(claims.scope.split_ascii_whitespace()).unwrap_or_default();
     let (email, email_verified, name) = identity_claims(&user, &scopes);
     Ok(Json(UserInfo {
+        legacy_user_id: user.legacy.legacy_user_id,
         sub: user.id,
         email,
         email_verified,

@@ -27,9 +27,19 @@ pub struct UserView {
     /// The display name.
     #[schema(example = "Ada Lovelace")]
     name: Option<String>,
-    /// `user`, and `admin` for administrators.
+    /// `user`; `admin` for administrators; `staff` for users imported with Django's
+    /// `is_staff`.
     #[schema(example = json!(["user"]))]
     roles: Vec<&'static str>,
+    /// For users imported from the monolith: their primary key there (also the
+    /// `legacy_user_id` claim of their tokens).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = 42)]
+    legacy_user_id: Option<i64>,
+    /// For users imported from the monolith: their username there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "ada")]
+    username: Option<String>,
     /// When the account was created (RFC 3339).
     #[schema(value_type = String, format = DateTime, example = "2026-12-02T09:15:03.214Z")]
     created_at: DateTime<Utc>,
@@ -37,8 +47,14 @@ pub struct UserView {
 
 impl From<UserRecord> for UserView {
     fn from(user: UserRecord) -> Self {
+        let mut roles = Role::from_db(&user.role).names();
+        if user.legacy.is_staff {
+            roles.push("staff");
+        }
         Self {
-            roles: Role::from_db(&user.role).names(),
+            roles,
+            legacy_user_id: user.legacy.legacy_user_id,
+            username: user.legacy.username,
             id: user.id,
             email: user.email,
             name: user.name,

@@ -31,6 +31,44 @@ pub struct UserRecord {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// Who the user is in the monolith, for users imported from it.
+    #[sqlx(flatten)]
+    pub legacy: LegacyIdentity,
+    /// The last successful login at accounts (from then on accounts holds the password).
+    pub last_login_at: Option<DateTime<Utc>>,
+}
+
+/// The monolith's identity of an imported user (empty for users created here).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LegacyIdentity {
+    /// The Django primary key: the `legacy_user_id` claim.
+    pub legacy_user_id: Option<i64>,
+    /// The Django username.
+    pub username: Option<String>,
+    /// Django's `first_name`.
+    pub first_name: Option<String>,
+    /// Django's `last_name`.
+    pub last_name: Option<String>,
+    /// Django's `is_staff` (the role `staff`).
+    pub is_staff: bool,
+    /// Django's groups as dumped (a JSON array of ids or natural keys).
+    pub groups: String,
+    /// Django's `last_login`.
+    pub legacy_last_login: Option<DateTime<Utc>>,
+}
+
+impl Default for LegacyIdentity {
+    fn default() -> Self {
+        Self {
+            legacy_user_id: None,
+            username: None,
+            first_name: None,
+            last_name: None,
+            is_staff: false,
+            groups: "[]".to_owned(),
+            legacy_last_login: None,
+        }
+    }
 }
 
 /// A service client row.
@@ -233,6 +271,14 @@ pub trait AccountsStore: Send + Sync {
     -> Result<Option<UserRecord>, StoreError>;
     /// The user with this id.
     async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// The user imported from the monolith's user `legacy_user_id`.
+    async fn user_by_legacy_id(
+        &self,
+        legacy_user_id: i64,
+    ) -> Result<Option<UserRecord>, StoreError>;
+    /// Replaces what an import brings of a user (email, name, password hash, role, disabled
+    /// flag, the monolith's identity); `Conflict` when the email is another user's.
+    async fn update_imported_user(&self, user: &UserRecord) -> Result<(), StoreError>;
     /// Replaces a user's password hash (re-hashing at login).
     async fn set_password_hash(
         &self,
@@ -240,6 +286,8 @@ pub trait AccountsStore: Send + Sync {
         hash: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
+    /// Records a successful login at accounts (from then on accounts holds the password).
+    async fn record_login(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
     /// Whether any admin exists.
     async fn any_admin(&self) -> Result<bool, StoreError>;
 

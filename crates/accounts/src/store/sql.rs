@@ -64,6 +64,7 @@ where
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<DateTime<Utc>>: Encode<'q, DB>,
     for<'q> Option<String>: Encode<'q, DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
     for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
     for<'q> sqlx::types::Json<&'q serde_json::Value>: Encode<'q, DB> + Type<DB>,
     for<'r> UserRecord: FromRow<'r, DB::Row>,
@@ -172,7 +173,9 @@ where
     async fn insert_user(&self, user: &UserRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO users (id, email, email_normalized, name, password_hash, role, \
-             disabled, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             disabled, created_at, updated_at, legacy_user_id, username, first_name, last_name, \
+             is_staff, groups, legacy_last_login, last_login_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .bind(&user.id)
         .bind(&user.email)
@@ -183,6 +186,14 @@ where
         .bind(user.disabled)
         .bind(user.created_at)
         .bind(user.updated_at)
+        .bind(user.legacy.legacy_user_id)
+        .bind(&user.legacy.username)
+        .bind(&user.legacy.first_name)
+        .bind(&user.legacy.last_name)
+        .bind(user.legacy.is_staff)
+        .bind(&user.legacy.groups)
+        .bind(user.legacy.legacy_last_login)
+        .bind(user.last_login_at)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -209,6 +220,47 @@ where
             .await?)
     }
 
+    #[tracing::instrument(name = "db user_by_legacy_id", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "user_by_legacy_id"))]
+    async fn user_by_legacy_id(
+        &self,
+        legacy_user_id: i64,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT * FROM users WHERE legacy_user_id = $1")
+                .bind(legacy_user_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    #[tracing::instrument(name = "db update_imported_user", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "update_imported_user"))]
+    async fn update_imported_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE users SET email = $1, email_normalized = $2, name = $3, password_hash = $4, \
+             role = $5, disabled = $6, updated_at = $7, legacy_user_id = $8, username = $9, \
+             first_name = $10, last_name = $11, is_staff = $12, groups = $13, \
+             legacy_last_login = $14 WHERE id = $15",
+        )
+        .bind(&user.email)
+        .bind(&user.email_normalized)
+        .bind(&user.name)
+        .bind(&user.password_hash)
+        .bind(&user.role)
+        .bind(user.disabled)
+        .bind(user.updated_at)
+        .bind(user.legacy.legacy_user_id)
+        .bind(&user.legacy.username)
+        .bind(&user.legacy.first_name)
+        .bind(&user.legacy.last_name)
+        .bind(user.legacy.is_staff)
+        .bind(&user.legacy.groups)
+        .bind(user.legacy.legacy_last_login)
+        .bind(&user.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     #[tracing::instrument(name = "db set_password_hash", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "set_password_hash"))]
     async fn set_password_hash(
         &self,
@@ -218,6 +270,16 @@ where
     ) -> Result<(), StoreError> {
         sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
             .bind(hash)
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "db record_login", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "record_login"))]
+    async fn record_login(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE users SET last_login_at = $1 WHERE id = $2")
             .bind(now)
             .bind(id)
             .execute(&self.pool)

@@ -53,6 +53,8 @@ async fn insert_user_with_hash(app: &TestApp, email: &str, password_hash: &str) 
             disabled: false,
             created_at: now,
             updated_at: now,
+            legacy: Default::default(),
+            last_login_at: None,
         })
         .await
         .unwrap();

@@ -10,6 +10,7 @@ mod django;
 mod forged;
 mod helpers;
 mod jwks;
+mod legacy;
 mod migrations;
 mod oidc;
 mod openapi;
