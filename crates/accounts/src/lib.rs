@@ -4,6 +4,7 @@ pub mod bootstrap;
 pub mod clients;
 pub mod config;
 pub mod domain;
+pub mod export;
 pub mod http;
 pub mod import;
 pub mod keys;
@@ -47,6 +48,27 @@ pub async fn import_file(
     let report = import::import_users(store.as_ref(), &entries).await;
     store.database().close().await;
     Ok(report?)
+}
+
+/// `accounts export-users [FILE]`: every user in `manage.py loaddata` form, to `FILE` or
+/// standard output; returns how many.
+pub async fn export_file(
+    config: AccountsConfig,
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<usize> {
+    use std::io::Write;
+    let store = store::open(&config.database_url, config.database_max_connections).await?;
+    let mut out: Box<dyn Write> = match path {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let written = export::export_users(store.as_ref(), |bytes| out.write_all(bytes)).await;
+    out.flush()?;
+    store.database().close().await;
+    Ok(written?)
 }
 
 /// The service's name in logs and spans.

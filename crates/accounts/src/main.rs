@@ -26,6 +26,12 @@ enum Command {
         /// The dumpdata file.
         file: PathBuf,
     },
+    /// Write every user as `manage.py loaddata` JSON (`auth.user`, password hashes Django
+    /// verifies), so the monolith can take its users back.
+    ExportUsers {
+        /// Where to write (default: standard output).
+        file: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,6 +48,13 @@ fn main() -> ExitCode {
             common::server::run_task(accounts::SERVICE, load, |config| async move {
                 common::db::migrate(&config.database_url, &accounts::store::migrations()).await?;
                 println!("accounts: {} migrated", config.database_url.redacted());
+                Ok(())
+            })
+        }
+        Command::ExportUsers { file } => {
+            common::server::run_task(accounts::SERVICE, load, |config| async move {
+                let written = accounts::export_file(config, file.as_deref()).await?;
+                eprintln!("accounts: {written} users exported");
                 Ok(())
             })
         }

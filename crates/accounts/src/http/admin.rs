@@ -186,3 +186,33 @@ pub async fn update_user(
         .ok_or(ApiError::NotFound("user"))?;
     Ok(Json(UserView::from(user)))
 }
+
+/// `GET /v1/admin/users/export`: every user in `manage.py loaddata` form.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/users/export",
+    tag = "admin",
+    operation_id = "export_users",
+    summary = "Export the users for the monolith (the way back)",
+    description = "A `manage.py loaddata` JSON array of `auth.user` entries: imported users with their Django primary key, username and groups; users created here with `pk: null` and their email as username. Password hashes are in a form Django verifies: imported hashes as they came, ours as Django's `argon2$argon2id$...`. Also `accounts export-users FILE`.",
+    responses((status = 200, description = "The users", content_type = "application/json", body = Vec<DumpedUser>)),
+    security(("bearer" = ["accounts:admin"]), ("oauth2" = ["accounts:admin"]))
+)]
+pub async fn export(
+    State(state): State<AppState>,
+    caller: Authenticated,
+) -> Result<axum::response::Response, ApiError> {
+    require_admin(&caller)?;
+    let mut body = Vec::new();
+    let written = crate::export::export_users(state.store.as_ref(), |bytes| {
+        body.extend_from_slice(bytes);
+        Ok(())
+    })
+    .await
+    .map_err(|error| match error {
+        crate::export::ExportError::Store(error) => ApiError::Store(error),
+        crate::export::ExportError::Write(error) => ApiError::Internal(error.into()),
+    })?;
+    tracing::info!(users = written, by = %caller.0.sub, "users exported");
+    Ok(([(http::header::CONTENT_TYPE, "application/json")], body).into_response())
+}

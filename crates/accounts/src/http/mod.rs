@@ -249,6 +249,7 @@ fn routes(state: AppState, readiness: Readiness) -> (Router, utoipa::openapi::Op
             clients::delete_client
         ))
         .routes(routes!(admin::update_user))
+        .routes(routes!(admin::export))
         .routes(routes!(signin::authorize, signin::login))
         .routes(routes!(signin::consent))
         .routes(routes!(signin::signup_page, signin::signup))

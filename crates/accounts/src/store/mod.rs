@@ -271,6 +271,12 @@ pub trait AccountsStore: Send + Sync {
     -> Result<Option<UserRecord>, StoreError>;
     /// The user with this id.
     async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Up to `limit` users with ids after `after`, in id order (an export's pages).
+    async fn users_page(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<UserRecord>, StoreError>;
     /// The user imported from the monolith's user `legacy_user_id`.
     async fn user_by_legacy_id(
         &self,

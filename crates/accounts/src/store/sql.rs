@@ -220,6 +220,21 @@ where
             .await?)
     }
 
+    #[tracing::instrument(name = "db users_page", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "users_page"))]
+    async fn users_page(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<UserRecord>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT * FROM users WHERE id > $1 ORDER BY id LIMIT $2")
+                .bind(after.unwrap_or(""))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     #[tracing::instrument(name = "db user_by_legacy_id", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "user_by_legacy_id"))]
     async fn user_by_legacy_id(
         &self,

@@ -10,6 +10,7 @@ use common::testkit::TestDatabase;
 common::both_databases!(
     imported_users_carry_their_legacy_identity,
     reimports_follow_the_monolith_until_accounts_holds_the_password,
+    the_export_gives_django_its_users_back,
 );
 
 /// Hashes made by Django itself, and their password.
@@ -233,4 +234,98 @@ async fn reimports_follow_the_monolith_until_accounts_holds_the_password(db: Tes
         .unwrap();
     assert_eq!(signed_up.legacy.legacy_user_id, None);
     assert!(app.store.user_by_legacy_id(9).await.unwrap().is_none());
+}
+
+async fn the_export_gives_django_its_users_back(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let admin = app.admin_token().await;
+    let fixture: Value = serde_json::from_str(FIXTURE).unwrap();
+    let password = fixture["password"].as_str().unwrap().to_owned();
+    let hashes = &fixture["hashes"];
+    let dump = json!([
+        entry(
+            11,
+            "kept@example.com",
+            &hashes["bcrypt_sha256"],
+            "Kay",
+            true
+        ),
+        entry(
+            12,
+            "moved@example.com",
+            &hashes["pbkdf2_sha256"],
+            "Mo",
+            false
+        ),
+    ]);
+    app.post_json("/v1/admin/users/import", &admin, &dump).await;
+    // One logs in here (rehashed); one user is created here.
+    let moved = app
+        .store
+        .user_by_email("moved@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    app.store
+        .set_user_disabled(&moved.id, false, chrono::Utc::now())
+        .await
+        .unwrap();
+    app.login("moved@example.com", &password).await;
+    app.user_token("native@example.com").await;
+
+    let response = app.get_with_token("/v1/admin/users/export", &admin).await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let exported: Vec<Value> = response.json().await.unwrap();
+    let by_email = |email: &str| {
+        exported
+            .iter()
+            .find(|e| e["fields"]["email"] == email)
+            .unwrap_or_else(|| panic!("{email} exported"))
+            .clone()
+    };
+    let kept = by_email("kept@example.com");
+    assert_eq!(kept["model"], "auth.user");
+    assert_eq!(kept["pk"], 11);
+    assert_eq!(kept["fields"]["username"], "user11");
+    assert_eq!(
+        kept["fields"]["password"], hashes["bcrypt_sha256"],
+        "as it came"
+    );
+    let moved = by_email("moved@example.com");
+    assert_eq!(moved["pk"], 12);
+    let hash = moved["fields"]["password"].as_str().unwrap();
+    assert!(hash.starts_with("argon2$argon2id$v=19$"), "{hash}");
+    assert!(moved["fields"]["last_login"].is_string());
+    let native = by_email("native@example.com");
+    assert_eq!(native["pk"], Value::Null);
+    assert_eq!(native["fields"]["username"], "native@example.com");
+    let root = by_email(crate::helpers::ADMIN_EMAIL);
+    assert_eq!(root["fields"]["is_superuser"], true);
+    assert_eq!(exported.len(), 4);
+    let user = app.user_token("nosy@example.com").await;
+    assert_eq!(
+        app.get_with_token("/v1/admin/users/export", &user)
+            .await
+            .status(),
+        403
+    );
+
+    // The command line writes the same.
+    let file = app.data_dir.path().join("export.json");
+    let env = common::config::Env::from_pairs([
+        ("ACCOUNTS_DATABASE_URL", app.db.url_string()),
+        ("DATA_DIR", app.data_dir.path().display().to_string()),
+    ]);
+    let config = accounts::AccountsConfig::from_env(&env).unwrap();
+    let written = accounts::export_file(config, Some(&file)).await.unwrap();
+    assert_eq!(written, 5);
+    let from_file: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(from_file.len(), 5);
 }

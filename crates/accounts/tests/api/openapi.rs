@@ -39,6 +39,7 @@ async fn the_document_lists_every_route_with_its_answers() {
             "GET /userinfo",
             "GET /users/me",
             "GET /v1/admin/clients/{client_id}",
+            "GET /v1/admin/users/export",
             "GET /v1/users/me",
             "PATCH /v1/admin/clients/{client_id}",
             "PATCH /v1/admin/users/{id}",
