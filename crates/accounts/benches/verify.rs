@@ -63,7 +63,7 @@ fn main() -> anyhow::Result<()> {
                 Scopes::parse("payments:read payments:write").map_err(anyhow::Error::msg)?;
             let audiences = vec!["accounts".to_owned(), "payments".to_owned()];
             let (token, _) = issuer
-                .access_token("usr_bench", "public", &scopes, audiences)
+                .access_token("usr_bench", None, "public", &scopes, audiences)
                 .await?;
             let jwks: JwkSet = serde_json::from_value(serde_json::json!({
                 "keys": store.published_keys(chrono::Utc::now()).await?

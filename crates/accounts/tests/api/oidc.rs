@@ -720,14 +720,9 @@ async fn a_session_signs_in_again_until_it_ends(db: TestDatabase) {
     );
 
     // Disabling the user ends the session.
+    let tokens = app.login("sso@example.com", PASSWORD).await;
     let me: Value = app
-        .get_with_token(
-            "/users/me",
-            &app.login("sso@example.com", PASSWORD).await["access_token"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        )
+        .get_with_token("/users/me", tokens["access_token"].as_str().unwrap())
         .await
         .json()
         .await
