@@ -27,6 +27,12 @@ enum Command {
         /// The dumpdata file.
         file: PathBuf,
     },
+    /// Write accounts' users as `manage.py loaddata` JSON, with password hashes Django
+    /// verifies (the way back to the monolith).
+    ExportUsers {
+        /// Where to write (default: standard output).
+        file: Option<PathBuf>,
+    },
     /// Serve one service alone, as its own binary does (`stack service payments`): one
     /// executable for every container image or test.
     Service {
@@ -87,9 +93,21 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::ExportUsers { file } => {
+            common::server::run_task("stack", load, |config| async move {
+                let written = accounts::export_file(config.accounts, file.as_deref()).await?;
+                eprintln!("stack: {written} users exported");
+                Ok(())
+            })
+        }
         Command::ImportUsers { file } => {
             common::server::run_task("stack", load, |config| async move {
-                let report = accounts::import_file(config.accounts, &file).await?;
+                let report = accounts::import_file(
+                    config.accounts,
+                    &file,
+                    accounts::import::progress_line(),
+                )
+                .await?;
                 println!("{}", serde_json::to_string(&report)?);
                 Ok(())
             })

@@ -99,25 +99,58 @@ pub async fn import_users(
     store: &dyn AccountsStore,
     entries: &[serde_json::Value],
 ) -> Result<ImportReport, StoreError> {
-    let mut report = ImportReport::default();
-    for (index, entry) in entries.iter().enumerate() {
+    let mut importer = Importer::default();
+    for entry in entries {
+        importer.add(store, entry).await?;
+    }
+    Ok(importer.finish())
+}
+
+/// An import in progress, one entry at a time (so a file can be streamed through it).
+#[derive(Debug, Default)]
+pub struct Importer {
+    report: ImportReport,
+    seen: usize,
+}
+
+impl Importer {
+    /// Entries handled so far.
+    pub fn seen(&self) -> usize {
+        self.seen
+    }
+
+    /// The report so far.
+    pub fn report(&self) -> &ImportReport {
+        &self.report
+    }
+
+    /// Imports (or updates, skips, refuses) the next entry of the array.
+    pub async fn add(
+        &mut self,
+        store: &dyn AccountsStore,
+        entry: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let index = self.seen;
+        self.seen += 1;
+        let report = &mut self.report;
+        let described = |reason: String| RefusedEntry {
+            index,
+            pk: entry.get("pk").cloned(),
+            username: entry
+                .pointer("/fields/username")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned),
+            reason,
+        };
         let user = match to_user(entry) {
             Ok(Some(user)) => user,
             Ok(None) => {
                 report.skipped += 1;
-                continue;
+                return Ok(());
             }
             Err(reason) => {
-                report.refused.push(RefusedEntry {
-                    index,
-                    pk: entry.get("pk").cloned(),
-                    username: entry
-                        .pointer("/fields/username")
-                        .and_then(serde_json::Value::as_str)
-                        .map(str::to_owned),
-                    reason,
-                });
-                continue;
+                report.refused.push(described(reason));
+                return Ok(());
             }
         };
         match upsert(store, user).await? {
@@ -125,27 +158,52 @@ pub async fn import_users(
             Outcome::Updated => report.updated += 1,
             Outcome::Unchanged => report.unchanged += 1,
             Outcome::Skipped => report.skipped += 1,
-            Outcome::Conflict(reason) => report.conflicts.push(RefusedEntry {
-                index,
-                pk: entry.get("pk").cloned(),
-                username: entry
-                    .pointer("/fields/username")
-                    .and_then(serde_json::Value::as_str)
-                    .map(str::to_owned),
-                reason,
-            }),
+            Outcome::Conflict(reason) => report.conflicts.push(described(reason)),
         }
+        Ok(())
     }
-    tracing::info!(
-        imported = report.imported,
-        updated = report.updated,
-        unchanged = report.unchanged,
-        skipped = report.skipped,
-        refused = report.refused.len(),
-        conflicts = report.conflicts.len(),
-        "users imported"
-    );
-    Ok(report)
+
+    /// The report, logged.
+    pub fn finish(self) -> ImportReport {
+        let report = self.report;
+        tracing::info!(
+            imported = report.imported,
+            updated = report.updated,
+            unchanged = report.unchanged,
+            skipped = report.skipped,
+            refused = report.refused.len(),
+            conflicts = report.conflicts.len(),
+            "users imported"
+        );
+        report
+    }
+}
+
+/// On a terminal, a line on standard error that counts the import's entries as it goes (at
+/// most a few times a second, and once more at the end); elsewhere nothing.
+pub fn progress_line() -> impl FnMut(&Importer) {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let started = std::time::Instant::now();
+    let mut shown = std::time::Instant::now() - std::time::Duration::from_secs(1);
+    move |importer| {
+        if !terminal || shown.elapsed() < std::time::Duration::from_millis(250) {
+            return;
+        }
+        shown = std::time::Instant::now();
+        let report = importer.report();
+        let rate = importer.seen() as f64 / started.elapsed().as_secs_f64().max(0.001);
+        eprint!(
+            "\r{} entries ({:.0}/s): {} added, {} updated, {} unchanged, {} skipped, {} refused, {} conflicts ",
+            importer.seen(),
+            rate,
+            report.imported,
+            report.updated,
+            report.unchanged,
+            report.skipped,
+            report.refused.len(),
+            report.conflicts.len()
+        );
+    }
 }
 
 /// Adds `incoming`, or brings the user imported from the same monolith user up to date:

@@ -31,23 +31,75 @@ pub use config::AccountsConfig;
 use store::AccountsStore;
 
 /// `accounts import-users FILE`: imports a `manage.py dumpdata auth.user` file into the
-/// configured database (migrating it first if needed).
+/// configured database (migrating it first if needed). The file is streamed: entries are
+/// parsed one at a time on a blocking thread and handed over through a bounded channel, so a
+/// dump of a million users needs the memory of a few hundred. `progress` is called after each
+/// entry.
 pub async fn import_file(
     config: AccountsConfig,
     path: &std::path::Path,
+    mut progress: impl FnMut(&import::Importer),
 ) -> anyhow::Result<import::ImportReport> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let entries: Vec<serde_json::Value> = serde_json::from_str(&text).with_context(|| {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (entries, mut incoming) = tokio::sync::mpsc::channel::<serde_json::Value>(256);
+    let reader = tokio::task::spawn_blocking(move || {
+        use serde::Deserializer as _;
+        let mut parser = serde_json::Deserializer::from_reader(std::io::BufReader::new(file));
+        parser.deserialize_seq(EachEntry(entries))?;
+        parser.end()
+    });
+    let store = store::open(&config.database_url, config.database_max_connections).await?;
+    let mut importer = import::Importer::default();
+    let mut failed = None;
+    while let Some(entry) = incoming.recv().await {
+        if let Err(error) = importer.add(store.as_ref(), &entry).await {
+            failed = Some(error);
+            break;
+        }
+        progress(&importer);
+    }
+    drop(incoming);
+    let parsed = reader.await.context("the file reader stopped")?;
+    store.database().close().await;
+    if let Some(error) = failed {
+        return Err(error).context(format!(
+            "the import stopped after {} entries",
+            importer.seen()
+        ));
+    }
+    parsed.with_context(|| {
         format!(
-            "{} is not a JSON array (manage.py dumpdata auth.user)",
-            path.display()
+            "{} is not a JSON array of manage.py dumpdata auth.user entries (stopped after {} entries, which were imported)",
+            path.display(),
+            importer.seen()
         )
     })?;
-    let store = store::open(&config.database_url, config.database_max_connections).await?;
-    let report = import::import_users(store.as_ref(), &entries).await;
-    store.database().close().await;
-    Ok(report?)
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!();
+    }
+    Ok(importer.finish())
+}
+
+/// Sends each element of a JSON array down a channel as it is parsed.
+struct EachEntry(tokio::sync::mpsc::Sender<serde_json::Value>);
+
+impl<'de> serde::de::Visitor<'de> for EachEntry {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("a JSON array (manage.py dumpdata auth.user)")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(entry) = seq.next_element::<serde_json::Value>()? {
+            if self.0.blocking_send(entry).is_err() {
+                // The importer stopped (it says why).
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `accounts export-users [FILE]`: every user in `manage.py loaddata` form, to `FILE` or

@@ -60,7 +60,8 @@ fn main() -> ExitCode {
         }
         Command::ImportUsers { file } => {
             common::server::run_task(accounts::SERVICE, load, |config| async move {
-                let report = accounts::import_file(config, &file).await?;
+                let report =
+                    accounts::import_file(config, &file, accounts::import::progress_line()).await?;
                 println!("{}", serde_json::to_string(&report)?);
                 Ok(())
             })

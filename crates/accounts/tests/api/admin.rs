@@ -405,7 +405,7 @@ async fn the_cli_imports_a_dumpdata_file(db: TestDatabase) {
         ("DATA_DIR", app.data_dir.path().display().to_string()),
     ]);
     let config = accounts::AccountsConfig::from_env(&env).unwrap();
-    let report = accounts::import_file(config, &file).await.unwrap();
+    let report = accounts::import_file(config, &file, |_| {}).await.unwrap();
     assert_eq!((report.imported, report.skipped), (3, 1));
     assert_refused_with_reasons(&serde_json::to_value(&report).unwrap());
     app.login("legacy@example.com", "eicieY7ahchaoCh0eeTa")

@@ -19,7 +19,13 @@ async fn help_and_version_print_and_exit_without_serving() {
         );
     }
     let help = run_command(BIN, &["--help"], &[]).await.stdout;
-    for command in ["serve", "healthcheck", "migrate", "import-users"] {
+    for command in [
+        "serve",
+        "healthcheck",
+        "migrate",
+        "import-users",
+        "export-users",
+    ] {
         assert!(help.contains(command), "{command} in {help}");
     }
     let version = run_command(BIN, &["--version"], &[]).await;
@@ -88,4 +94,47 @@ async fn migrate_only_migrates_and_import_users_reports(db: TestDatabase) {
     assert_eq!(ran.code, Some(0), "{ran:?}");
     let report: serde_json::Value = serde_json::from_str(ran.stdout.trim()).unwrap();
     assert_eq!(report["imported"], 1);
+
+    // A large file streams through (entries are parsed one at a time) and a second run
+    // changes nothing.
+    let entries: Vec<String> = (2..2002)
+        .map(|pk| {
+            format!(
+                r#"{{"model": "auth.user", "pk": {pk}, "fields": {{"email": "bulk{pk}@example.com", "username": "bulk{pk}", "password": ""}}}}"#
+            )
+        })
+        .collect();
+    std::fs::write(&file, format!("[{}]", entries.join(",\n"))).unwrap();
+    for (imported, unchanged) in [(2000, 0), (0, 2000)] {
+        let ran = run_command(BIN, &["import-users", file.to_str().unwrap()], &env).await;
+        assert_eq!(ran.code, Some(0), "{ran:?}");
+        let report: serde_json::Value = serde_json::from_str(ran.stdout.trim()).unwrap();
+        assert_eq!(
+            (&report["imported"], &report["unchanged"]),
+            (&serde_json::json!(imported), &serde_json::json!(unchanged)),
+            "{report}"
+        );
+    }
+    // A file cut short: what came before the cut is imported, and the error says where.
+    std::fs::write(
+        &file,
+        r#"[{"model": "auth.user", "pk": 5000, "fields": {"email": "cut@example.com", "username": "cut"}}, {"model": "#,
+    )
+    .unwrap();
+    let ran = run_command(BIN, &["import-users", file.to_str().unwrap()], &env).await;
+    assert_ne!(ran.code, Some(0), "{ran:?}");
+    assert!(
+        ran.stderr.contains("stopped after 1 entries"),
+        "{}",
+        ran.stderr
+    );
+
+    // The way back, to a file.
+    let out = data.path().join("export.json");
+    let ran = run_command(BIN, &["export-users", out.to_str().unwrap()], &env).await;
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let exported: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(exported.len(), 2002);
+    assert!(exported.iter().any(|e| e["pk"] == 5000));
 }
