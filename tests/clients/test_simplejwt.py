@@ -325,3 +325,333 @@ def test_tampered_tokens_are_refused_by_django(stack, monolith, imported):
     response = monolith.whoami(token)
     assert response.status_code == 200, (response.status_code, response.text)
     assert response.json()["id"] == attacker["pk"], response.json()
+
+
+# --- the way back: the export loads into Django -------------------------------------------------
+
+# Every hasher whose hashes accounts imports, by Django's algorithm name.
+DJANGO_HASHERS = ["pbkdf2_sha256", "pbkdf2_sha1", "argon2", "bcrypt_sha256", "bcrypt"]
+# Our Argon2id, as the export writes it for a password accounts rehashed.
+OUR_ARGON2ID = "argon2$argon2id$v=19$m=19456,t=2,p=1$"
+
+
+def django_script(env, code, payload):
+    """Runs `code` in the monolith's `manage.py shell` with `payload` as the JSON variable
+    `payload`; the code prints one JSON line last, which is returned, parsed."""
+    out = manage(
+        {**env, "MONOLITH_PAYLOAD": json.dumps(payload)},
+        "shell", "--verbosity", "0", "-c",
+        "import json, os\npayload = json.loads(os.environ['MONOLITH_PAYLOAD'])\n" + code,
+    )
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def monolith_env(work, name):
+    """The monolith's environment on a SQLite file of its own (`name` in `work`), migrated."""
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="monolith.settings",
+               MONOLITH_DATABASE=str(work / f"{name}.sqlite3"))
+    manage(env, "migrate", "--verbosity", "0")
+    return env
+
+
+def random_pk_base():
+    """A random primary key range of the test's own (legacy_user_id is unique in the stack)."""
+    return 100_000 + secrets.randbelow(2_000_000_000 - 200_000)
+
+
+def import_dump(stack, dump):
+    response = httpx.post(
+        f"{stack.gateway}/accounts/v1/admin/users/import",
+        content=dump,
+        headers={**bearer(stack.admin_token()), "Content-Type": "application/json"},
+        timeout=120,
+    )
+    assert response.status_code == 200, (response.status_code, response.text)
+    return response.json()
+
+
+def export(stack, emails):
+    """GET /accounts/v1/admin/users/export: the entries of the users with these emails, by
+    email (the stack is shared: everyone else's users are in it too)."""
+    response = httpx.get(f"{stack.gateway}/accounts/v1/admin/users/export",
+                         headers=bearer(stack.admin_token()), timeout=120)
+    assert response.status_code == 200, (response.status_code, response.text[:2000])
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    entries = response.json()
+    assert isinstance(entries, list), entries
+    assert all(entry["model"] == "auth.user" for entry in entries), entries
+    ours = {}
+    for entry in entries:
+        email = entry["fields"]["email"]
+        if email in emails:
+            assert email not in ours, (email, ours[email], entry)
+            ours[email] = entry
+    return ours
+
+
+MAKE_USERS = """
+from django.contrib.auth.hashers import make_password
+from django.contrib.auth.models import Group, User
+from django.utils.dateparse import parse_datetime
+
+for group in payload["groups"]:
+    Group.objects.create(pk=group["pk"], name=group["name"])
+for user in payload["users"]:
+    created = User(pk=user["pk"], username=user["username"], email=user["email"],
+                   first_name=user["first_name"], last_name=user["last_name"],
+                   is_staff=user["is_staff"], is_active=user["is_active"],
+                   date_joined=parse_datetime(user["date_joined"]),
+                   password=make_password(user["password"], hasher=user["hasher"]))
+    created.save()
+    created.groups.set(user["groups"])
+print(json.dumps(len(payload["users"])))
+"""
+
+CHECK_USERS = """
+from django.contrib.auth import authenticate
+from django.contrib.auth.models import User
+
+seen = {}
+for user in payload:
+    found = User.objects.get(username=user["username"])
+    seen[user["username"]] = {
+        "pk": found.pk,
+        "email": found.email,
+        "first_name": found.first_name,
+        "last_name": found.last_name,
+        "is_active": found.is_active,
+        "is_staff": found.is_staff,
+        "is_superuser": found.is_superuser,
+        "groups": sorted(found.groups.values_list("pk", flat=True)),
+        "date_joined": found.date_joined.isoformat(),
+        "last_login": found.last_login and found.last_login.isoformat(),
+        "algorithm": found.password.split("$", 1)[0],
+        "wrong_password": found.check_password(user["password"] + "-wrong"),
+        "password": found.check_password(user["password"]),
+        # The ModelBackend, as a login form would call it (it refuses inactive users).
+        "authenticated": getattr(authenticate(username=user["username"],
+                                              password=user["password"]), "pk", None),
+    }
+print(json.dumps(seen))
+"""
+
+
+def test_the_export_loads_into_django_and_every_password_verifies(stack, tmp_path):
+    source = monolith_env(tmp_path, "source")
+    run = uuid.uuid4().hex[:10]
+    base = random_pk_base()
+    group = {"pk": base + 1000, "name": f"export-{run}"}
+    users = []
+    for number, hasher in enumerate(DJANGO_HASHERS):
+        for logs_in in (True, False):
+            username = f"{hasher}_{'in' if logs_in else 'out'}_{run}"
+            users.append({
+                "pk": base + 10 * number + logs_in,
+                "username": username,
+                "email": f"export-{username.replace('_', '-')}@monolith.example.com",
+                "first_name": hasher.capitalize(),
+                "last_name": f"Logged {'in' if logs_in else 'out'}",
+                "is_staff": number % 2 == 0,
+                # One who never logs in is inactive in the monolith (and stays so).
+                "is_active": not (hasher == "pbkdf2_sha1" and not logs_in),
+                "date_joined": f"2020-0{number + 1}-0{2 + logs_in}T03:04:05+00:00",
+                "groups": [group["pk"]] if hasher in ("pbkdf2_sha256", "bcrypt") else [],
+                "password": f"pw-{hasher}-{secrets.token_urlsafe(12)}",
+                "hasher": hasher,
+                "logs_in": logs_in,
+            })
+    assert django_script(source, MAKE_USERS, {"groups": [group], "users": users}) == len(users)
+    dump_file = tmp_path / "dumpdata.json"
+    manage(source, "dumpdata", "auth.user", "--indent", "2", "--output", str(dump_file),
+           "--verbosity", "0")
+    dump = dump_file.read_bytes()
+    dumped = {entry["fields"]["username"]: entry for entry in json.loads(dump)}
+    assert sorted(dumped) == sorted(user["username"] for user in users), dumped
+    for user in users:
+        assert dumped[user["username"]]["fields"]["password"].startswith(f"{user['hasher']}$"), (
+            user["hasher"], dumped[user["username"]])
+
+    report = import_dump(stack, dump)
+    assert report == {"imported": len(users), "updated": 0, "unchanged": 0, "skipped": 0,
+                      "refused": [], "conflicts": []}, report
+
+    # Half of them log in at accounts (their Django hash is replaced by our Argon2id).
+    for user in users:
+        if user["logs_in"]:
+            stack.token(user["email"], user["password"])
+
+    # One who never was Django's: signed up at accounts.
+    own = {"email": f"export-own-{run}@example.com",
+           "password": f"pw-own-{secrets.token_urlsafe(12)}"}
+    response = httpx.post(f"{stack.gateway}/accounts/v1/users", json=own, timeout=10)
+    assert response.status_code == 201, (response.status_code, response.text)
+    stack.token(own["email"], own["password"])
+
+    exported = export(stack, {user["email"] for user in users} | {own["email"]})
+    assert sorted(exported) == sorted([user["email"] for user in users] + [own["email"]]), (
+        exported)
+    for user in users:
+        entry = exported[user["email"]]
+        assert entry["pk"] == user["pk"], (user, entry)
+        fields = entry["fields"]
+        assert fields["username"] == user["username"], (user, entry)
+        assert (fields["first_name"], fields["last_name"]) == (user["first_name"],
+                                                               user["last_name"]), entry
+        assert fields["is_staff"] == user["is_staff"], (user, entry)
+        assert fields["is_active"] == user["is_active"], (user, entry)
+        assert fields["is_superuser"] is False, entry
+        assert fields["groups"] == user["groups"], (user, entry)
+        if user["logs_in"]:
+            assert fields["password"].startswith(OUR_ARGON2ID), (user, entry)
+        else:
+            # Exactly as Django wrote it.
+            assert fields["password"] == dumped[user["username"]]["fields"]["password"], (
+                user, entry)
+    own_entry = exported[own["email"]]
+    assert own_entry["pk"] is None, own_entry
+    assert own_entry["fields"]["username"] == own["email"], own_entry
+    assert own_entry["fields"]["password"].startswith(OUR_ARGON2ID), own_entry
+    assert own_entry["fields"]["is_active"] is True, own_entry
+    assert own_entry["fields"]["is_staff"] is False, own_entry
+    assert own_entry["fields"]["is_superuser"] is False, own_entry
+
+    # Into a fresh Django database, with `loaddata` (the group the users are in first: the
+    # export names groups by primary key, as dumpdata does).
+    fresh = monolith_env(tmp_path, "fresh")
+    manage(fresh, "shell", "--verbosity", "0", "-c",
+           "from django.contrib.auth.models import Group\n"
+           f"Group.objects.create(pk={group['pk']}, name={group['name']!r})")
+    fixture = tmp_path / "export.json"
+    fixture.write_text(json.dumps(list(exported.values()), indent=2))
+    manage(fresh, "loaddata", str(fixture), "--verbosity", "0")
+
+    everyone = [*users, {"username": own["email"], "email": own["email"],
+                         "password": own["password"]}]
+    seen = django_script(fresh, CHECK_USERS,
+                         [{"username": u["username"], "password": u["password"]}
+                          for u in everyone])
+    for user in users:
+        found = seen[user["username"]]
+        assert found["password"] is True, (user, found)
+        assert found["wrong_password"] is False, (user, found)
+        assert found["authenticated"] == (user["pk"] if user["is_active"] else None), (
+            user, found)
+        assert found["pk"] == user["pk"], (user, found)
+        assert found["email"] == user["email"], (user, found)
+        assert (found["first_name"], found["last_name"]) == (user["first_name"],
+                                                             user["last_name"]), found
+        assert found["is_active"] == user["is_active"], (user, found)
+        assert found["is_staff"] == user["is_staff"], (user, found)
+        assert found["is_superuser"] is False, (user, found)
+        assert found["groups"] == user["groups"], (user, found)
+        assert found["date_joined"] == user["date_joined"], (user, found)
+        if user["logs_in"]:
+            assert found["last_login"] is not None, (user, found)
+        else:
+            assert found["last_login"] is None, (user, found)
+            assert found["algorithm"] == user["hasher"], (user, found)
+    found = seen[own["email"]]
+    assert found["password"] is True and found["wrong_password"] is False, found
+    assert found["authenticated"] == found["pk"] and found["pk"] is not None, found
+    assert found["email"] == own["email"], found
+    assert (found["is_active"], found["is_staff"], found["is_superuser"]) == (True, False,
+                                                                               False), found
+    assert found["groups"] == [], found
+
+
+# Django's default PBKDF2 iterations, by release.
+DJANGO_PBKDF2_ITERATIONS = {"4.2": 600_000, "5.0": 720_000, "5.1": 870_000, "5.2": 1_000_000,
+                            "6.0": 1_200_000}
+
+PBKDF2_HASHES = """
+from django.contrib.auth.hashers import MD5PasswordHasher, PBKDF2PasswordHasher
+
+hasher = PBKDF2PasswordHasher()
+pbkdf2 = [hasher.encode(payload["password"], hasher.salt(), iterations=n)
+          for n in payload["iterations"]]
+md5 = MD5PasswordHasher()
+print(json.dumps({"pbkdf2": pbkdf2, "md5": md5.encode(payload["password"], md5.salt())}))
+"""
+
+
+def test_pbkdf2_hashes_at_each_djangos_default_iterations_verify_and_are_rehashed(
+        stack, tmp_path):
+    import hashlib
+
+    env = monolith_env(tmp_path, "hashes")
+    run = uuid.uuid4().hex[:10]
+    base = random_pk_base()
+    password = f"pw-{secrets.token_urlsafe(12)}"
+    made = django_script(env, PBKDF2_HASHES, {
+        "password": password, "iterations": list(DJANGO_PBKDF2_ITERATIONS.values())})
+    pbkdf2 = dict(zip(DJANGO_PBKDF2_ITERATIONS, made["pbkdf2"], strict=True))
+    for release, iterations in DJANGO_PBKDF2_ITERATIONS.items():
+        assert pbkdf2[release].startswith(f"pbkdf2_sha256${iterations}$"), pbkdf2
+
+    # Hashers Django had and removed (5.1: sha1, unsalted_md5, unsalted_sha1; 5.0: crypt), in
+    # the form they stored: literal strings, the way those hashers wrote them.
+    salt = secrets.token_hex(6)
+    weak = [
+        ("md5", made["md5"], "md5"),
+        ("sha1", f"sha1${salt}${hashlib.sha1((salt + password).encode()).hexdigest()}", "sha1"),
+        # Unsalted MD5 was stored either bare (32 hex digits, no algorithm at all) or as md5$$;
+        # the reason names the hasher that made it all the same.
+        ("unsalted_md5", hashlib.md5(password.encode()).hexdigest(), "unsalted_md5"),
+        ("unsalted_md5_prefixed", f"md5$${hashlib.md5(password.encode()).hexdigest()}",
+         "unsalted_md5"),
+        ("unsalted_sha1", f"sha1$${hashlib.sha1(password.encode()).hexdigest()}",
+         "unsalted_sha1"),
+        ("crypt", "crypt$$abJnggxhB/yWI", "crypt"),
+    ]
+    assert weak[0][1].startswith("md5$") and len(weak[0][1].split("$")) == 3, weak[0]
+
+    def entry(pk, username, password_hash):
+        return {"model": "auth.user", "pk": pk, "fields": {
+            "password": password_hash, "last_login": None, "is_superuser": False,
+            "username": username, "first_name": "", "last_name": "",
+            "email": f"{username.replace('_', '-')}@monolith.example.com", "is_staff": False,
+            "is_active": True, "date_joined": "2024-01-02T03:04:05Z", "groups": [],
+            "user_permissions": []}}
+
+    entries = [entry(base + number, f"django{release.replace('.', '')}_{run}", pbkdf2[release])
+               for number, release in enumerate(DJANGO_PBKDF2_ITERATIONS)]
+    for number, (name, password_hash, _) in enumerate(weak):
+        entries.append(entry(base + 100 + number, f"{name}_{run}", password_hash))
+    emails = {e["fields"]["email"] for e in entries}
+
+    report = import_dump(stack, json.dumps(entries).encode())
+    first_weak = len(DJANGO_PBKDF2_ITERATIONS)
+    assert report["imported"] == len(DJANGO_PBKDF2_ITERATIONS), report
+    assert (report["updated"], report["unchanged"], report["skipped"], report["conflicts"]) == (
+        0, 0, 0, []), report
+    assert [r["index"] for r in report["refused"]] == list(
+        range(first_weak, first_weak + len(weak))), report
+    for refused, (name, password_hash, algorithm), sent in zip(report["refused"], weak,
+                                                               entries[first_weak:], strict=True):
+        assert refused["pk"] == sent["pk"], (name, refused)
+        assert refused["username"] == sent["fields"]["username"], (name, refused)
+        assert "unsupported password hasher" in refused["reason"], (name, refused)
+        assert f'"{algorithm}"' in refused["reason"], (name, refused)
+        assert password_hash not in refused["reason"], (name, refused)  # never the hash
+
+    before = export(stack, emails)
+    assert sorted(before) == sorted(e["fields"]["email"] for e in entries[:first_weak]), before
+    for sent in entries[:first_weak]:
+        assert before[sent["fields"]["email"]]["fields"]["password"] == (
+            sent["fields"]["password"]), before[sent["fields"]["email"]]
+
+    for sent in entries[:first_weak]:
+        email = sent["fields"]["email"]
+        stack.token(email, password)  # Django's hash, verified and replaced
+        stack.token(email, password)  # ours from now on
+        wrong = httpx.post(f"{stack.gateway}/accounts/v1/token",
+                           data={"grant_type": "password", "username": email,
+                                 "password": password + "-wrong"}, timeout=10)
+        assert wrong.status_code in (400, 401), (wrong.status_code, wrong.text)
+
+    after = export(stack, emails)
+    assert sorted(after) == sorted(before), after
+    for sent in entries[:first_weak]:
+        exported = after[sent["fields"]["email"]]
+        assert exported["pk"] == sent["pk"], exported
+        assert exported["fields"]["password"].startswith(OUR_ARGON2ID), exported

@@ -172,14 +172,28 @@ pub fn classify(stored: &str) -> Result<Scheme, Refusal> {
     if let Some(hash) = stored.strip_prefix("bcrypt$") {
         return bcrypt_scheme(hash, false);
     }
+    Err(Refusal::Unsupported(legacy_hasher_name(stored)))
+}
+
+/// The name of the Django hasher that made a hash we do not verify. Django's unsalted hashers
+/// stored no name of their own: `UnsaltedMD5PasswordHasher` 32 bare hex digits or `md5$$...`,
+/// `UnsaltedSHA1PasswordHasher` `sha1$$...`.
+fn legacy_hasher_name(stored: &str) -> String {
+    if stored.len() == 32 && stored.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return "unsalted_md5".to_owned();
+    }
+    if stored.starts_with("md5$$") {
+        return "unsalted_md5".to_owned();
+    }
+    if stored.starts_with("sha1$$") {
+        return "unsalted_sha1".to_owned();
+    }
     let hasher = stored.split('$').next().unwrap_or_default();
-    Err(Refusal::Unsupported(
-        if hasher.is_empty() || hasher == stored {
-            "(none)".to_owned()
-        } else {
-            hasher.chars().take(40).collect()
-        },
-    ))
+    if hasher.is_empty() || hasher == stored {
+        "(none)".to_owned()
+    } else {
+        hasher.chars().take(40).collect()
+    }
 }
 
 fn over(what: &str, value: impl std::fmt::Display, limit: impl std::fmt::Display) -> Refusal {
@@ -726,6 +740,22 @@ mod tests {
         for stored in ["", "md5$abc$def", "sha1$a$b", "unsalted_md5$x", "crypt$$ab"] {
             assert!(
                 matches!(classify(stored), Err(Refusal::Unsupported(_))),
+                "{stored}"
+            );
+        }
+        for (stored, hasher) in [
+            ("5f4dcc3b5aa765d61d8327deb882cf99", "unsalted_md5"),
+            ("md5$$5f4dcc3b5aa765d61d8327deb882cf99", "unsalted_md5"),
+            (
+                "sha1$$5baa61e4c9b93f3f0682250b6cf8331b7ee68fd8",
+                "unsalted_sha1",
+            ),
+            ("md5$salt$abc", "md5"),
+            ("crypt$$ab", "crypt"),
+        ] {
+            assert_eq!(
+                classify(stored),
+                Err(Refusal::Unsupported(hasher.to_owned())),
                 "{stored}"
             );
         }

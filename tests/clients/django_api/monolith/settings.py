@@ -30,6 +30,17 @@ DATABASES = {
     }
 }
 USE_TZ = True
+
+# Every hasher whose hashes accounts imports, so that check_password verifies them all (Django
+# only uses hashers listed here); PBKDF2 first, so make_password's default stays Django's.
+# Argon2 needs argon2-cffi and the bcrypt ones bcrypt (tests/clients/requirements.txt).
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
+    "django.contrib.auth.hashers.BCryptPasswordHasher",
+]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REST_FRAMEWORK = {
