@@ -98,9 +98,10 @@ pub struct DumpedUser {
     /// `auth.user`.
     #[schema(example = "auth.user")]
     model: String,
-    /// The monolith's user id.
+    /// The monolith's user id (kept as `legacy_user_id`). In an export, `null` for users
+    /// created in accounts: `loaddata` gives them a new one.
     #[schema(example = 42)]
-    pk: i64,
+    pk: Option<i64>,
     /// The user's fields as Django dumps them (`username`, `email`, `password` — a Django hash —,
     /// `first_name`, `last_name`, `is_active`, `is_staff`, `is_superuser`, `date_joined`).
     #[schema(value_type = Object)]
