@@ -4,6 +4,7 @@ an air-gapped deployment would serve them (DOCS_ASSETS_URL). One stack for the s
 test makes its own users and payments."""
 
 import asyncio
+import contextlib
 import functools
 import http.server
 import os
@@ -11,6 +12,7 @@ import pathlib
 import signal
 import socket
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -326,3 +328,33 @@ def redirect_target():
     target = RedirectTarget()
     yield target
     target.close()
+
+
+@contextlib.contextmanager
+def django_server(project, port, env, work):
+    """A Django project (its folder) served by `manage.py runserver` on `port` until the block
+    ends; its log is printed (pytest shows it when a test fails)."""
+    log = work / "django.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
+            cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Django did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        print(f"--- Django's log ---\n{log.read_text()[-6000:]}")

@@ -26,6 +26,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from conftest import (
     authorization_request,
+    django_server,
     free_port,
     launch_chromium,
     new_user,
@@ -365,33 +366,11 @@ def test_prompt_none_and_prompt_login(stack, discovery):
 
 @contextlib.contextmanager
 def django_rp(port, env, work):
-    """The Django project served by `manage.py runserver` on `port`; its log is printed (pytest
-    shows it when the test fails)."""
+    """The relying party, migrated and served on `port`."""
     manage = [sys.executable, "manage.py"]
     subprocess.run(manage + ["migrate", "--verbosity", "0"], cwd=DJANGO_RP, env=env, check=True)
-    log = work / "django.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(manage + ["runserver", "--noreload", f"127.0.0.1:{port}"],
-                                   cwd=DJANGO_RP, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Django did not start:\n{log.read_text()}")
-            time.sleep(0.2)
+    with django_server(DJANGO_RP, port, env, work):
         yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        print(f"--- Django's log ---\n{log.read_text()[-6000:]}")
 
 
 def django_users(env):

@@ -8,14 +8,12 @@ what is imported is exactly what `manage.py dumpdata auth.user` writes. Primary 
 per run: the stack is the whole suite's, and legacy_user_id is unique there."""
 
 import base64
-import contextlib
 import json
 import os
 import pathlib
 import secrets
 import subprocess
 import sys
-import time
 import uuid
 
 import httpx
@@ -23,7 +21,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from conftest import free_port
+from conftest import django_server, free_port
 
 DJANGO_API = pathlib.Path(__file__).parent / "django_api"
 
@@ -54,36 +52,6 @@ def django_hashes(env, passwords):
     assert len(hashes) == len(passwords)
     assert all(h.startswith("pbkdf2_sha256$") for h in hashes), hashes
     return hashes
-
-
-@contextlib.contextmanager
-def django_server(port, env, work):
-    """The monolith served by `manage.py runserver` on `port`; its log is printed (pytest shows
-    it when a test fails)."""
-    log = work / "django.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
-            cwd=DJANGO_API, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Django did not start:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        print(f"--- Django's log ---\n{log.read_text()[-6000:]}")
 
 
 def b64url(data):
@@ -181,7 +149,7 @@ def monolith(issuer, tmp_path_factory):
         assert entry["fields"]["date_joined"] == "2024-01-02T03:04:05Z", entry
 
     port = free_port()
-    with django_server(port, env, work):
+    with django_server(DJANGO_API, port, env, work):
         yield Monolith(f"http://127.0.0.1:{port}", users, dump)
 
 

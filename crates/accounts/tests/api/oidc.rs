@@ -29,6 +29,8 @@ common::both_databases!(
     logout_ends_the_session_and_returns_to_a_registered_uri,
     clients_are_managed_with_rfc_7591_metadata,
     the_login_page_answers_alike_and_is_throttled,
+    the_signup_page_creates_a_user_and_signs_them_in,
+    an_idle_session_ends,
 );
 
 /// A browser: no redirects followed, cookies kept by name.
@@ -1133,4 +1135,100 @@ async fn admin_client(app: &TestApp) -> Value {
     );
     app.store.insert_client(&record).await.unwrap();
     json!({"client_id": "cli_throttle", "client_secret": "secret"})
+}
+
+async fn the_signup_page_creates_a_user_and_signs_them_in(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let admin = app.admin_token().await;
+    let client = register(&app, &admin, json!({})).await;
+    let client_id = client["client_id"].as_str().unwrap();
+    let mut browser = Browser::new(&app);
+    let login = browser.get(&authorize_url(client_id, &[])).await;
+    assert!(
+        login.body.contains("href=\"signup?"),
+        "a link to the sign-up page"
+    );
+    let query = authorize_url(client_id, &[]).replace("/authorize?", "");
+    let page = browser.get(&format!("/signup?{query}")).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<label for=\"email\">"));
+
+    let submit = |email: &str, password: &str| {
+        let mut form = page.hidden_fields();
+        form.push(("email".into(), email.into()));
+        form.push(("password".into(), password.into()));
+        form.push(("name".into(), "New Person".into()));
+        form
+    };
+    let short = browser
+        .post("/signup", &submit("new@example.com", "short"))
+        .await;
+    assert_eq!(short.status, 422);
+    assert!(short.body.contains("role=\"alert\""));
+    let taken = browser
+        .post("/signup", &submit(crate::helpers::ADMIN_EMAIL, PASSWORD))
+        .await;
+    assert_eq!(taken.status, 409);
+    let created = browser
+        .post("/signup", &submit("new@example.com", PASSWORD))
+        .await;
+    let answer = created.answer();
+    assert_eq!(answer["state"], "st-123");
+    assert!(browser.cookies.contains_key("accounts_session"));
+    let tokens: Value = exchange(&app, &client, &answer["code"], Some(VERIFIER))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (_, claims) = decode_jwt(tokens["id_token"].as_str().unwrap());
+    assert_eq!(claims["email"], "new@example.com");
+    assert_eq!(claims["name"], "New Person");
+
+    // Switched off: no page, no link.
+    let closed = spawn_app_with(
+        TestDatabase::sqlite().await,
+        &[("ACCOUNTS_SIGNUP_ENABLED", "false")],
+    )
+    .await;
+    let mut elsewhere = Browser::new(&closed);
+    assert_eq!(elsewhere.get("/signup").await.status, 404);
+}
+
+async fn an_idle_session_ends(db: TestDatabase) {
+    let app = spawn_app_with(db, &[("ACCOUNTS_SESSION_IDLE_SECONDS", "60")]).await;
+    let admin = app.admin_token().await;
+    let client = register(&app, &admin, json!({})).await;
+    let client_id = client["client_id"].as_str().unwrap();
+    user(&app, "idle@example.com").await;
+    let mut browser = Browser::new(&app);
+    sign_in(&mut browser, client_id, "idle@example.com").await;
+    assert!(
+        browser
+            .get(&authorize_url(client_id, &[]))
+            .await
+            .answer()
+            .contains_key("code")
+    );
+    // Unused for longer than the idle lifetime; then past its absolute end.
+    let past = chrono::Utc::now() - chrono::Duration::minutes(5);
+    set_sessions(&app, "UPDATE sessions SET last_seen_at = $1", past).await;
+    let page = browser
+        .get(&authorize_url(client_id, &[("prompt", "none")]))
+        .await;
+    assert_eq!(page.answer()["error"], "login_required");
+    sign_in(&mut browser, client_id, "idle@example.com").await;
+    set_sessions(&app, "UPDATE sessions SET expires_at = $1", past).await;
+    let page = browser
+        .get(&authorize_url(client_id, &[("prompt", "none")]))
+        .await;
+    assert_eq!(page.answer()["error"], "login_required");
+}
+
+async fn set_sessions(app: &TestApp, sql: &'static str, when: chrono::DateTime<chrono::Utc>) {
+    use common::db::Pool;
+    match app.store.database() {
+        Pool::Sqlite(pool) => sqlx::query(sql).bind(when).execute(&pool).await.map(drop),
+        Pool::Postgres(pool) => sqlx::query(sql).bind(when).execute(&pool).await.map(drop),
+    }
+    .unwrap();
 }
