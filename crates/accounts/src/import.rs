@@ -182,7 +182,15 @@ impl Importer {
 /// On a terminal, a line on standard error that counts the import's entries as it goes (at
 /// most a few times a second, and once more at the end); elsewhere nothing.
 pub fn progress_line() -> impl FnMut(&Importer) {
-    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    progress_to(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::io::stderr(),
+    )
+}
+
+/// [`progress_line`] onto `out`, drawn only when `terminal`.
+fn progress_to(terminal: bool, mut out: impl std::io::Write) -> impl FnMut(&Importer) {
+    use std::io::Write as _;
     let started = std::time::Instant::now();
     let mut shown = std::time::Instant::now() - std::time::Duration::from_secs(1);
     move |importer| {
@@ -192,7 +200,9 @@ pub fn progress_line() -> impl FnMut(&Importer) {
         shown = std::time::Instant::now();
         let report = importer.report();
         let rate = importer.seen() as f64 / started.elapsed().as_secs_f64().max(0.001);
-        eprint!(
+        // A line that cannot be drawn is no reason to stop an import.
+        let _ = write!(
+            out,
             "\r{} entries ({:.0}/s): {} added, {} updated, {} unchanged, {} skipped, {} refused, {} conflicts ",
             importer.seen(),
             rate,
@@ -355,6 +365,25 @@ fn to_user(entry: &serde_json::Value) -> Result<Option<UserRecord>, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn progress_is_drawn_on_a_terminal_only() {
+        let mut importer = Importer::default();
+        importer.seen = 3;
+        importer.report.imported = 2;
+        importer.report.skipped = 1;
+        let mut drawn = Vec::new();
+        progress_to(true, &mut drawn)(&importer);
+        let line = String::from_utf8(drawn).unwrap();
+        assert!(line.starts_with("\r3 entries ("), "{line}");
+        assert!(
+            line.contains("2 added") && line.contains("1 skipped"),
+            "{line}"
+        );
+        let mut elsewhere = Vec::new();
+        progress_to(false, &mut elsewhere)(&importer);
+        assert!(elsewhere.is_empty());
+    }
 
     #[test]
     fn a_dumpdata_entry_becomes_a_user() {

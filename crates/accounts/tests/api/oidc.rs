@@ -31,6 +31,7 @@ common::both_databases!(
     the_login_page_answers_alike_and_is_throttled,
     the_signup_page_creates_a_user_and_signs_them_in,
     an_idle_session_ends,
+    login_hint_prefills_and_offline_access_is_granted,
 );
 
 /// A browser: no redirects followed, cookies kept by name.
@@ -1231,4 +1232,41 @@ async fn set_sessions(app: &TestApp, sql: &'static str, when: chrono::DateTime<c
         Pool::Postgres(pool) => sqlx::query(sql).bind(when).execute(&pool).await.map(drop),
     }
     .unwrap();
+}
+
+async fn login_hint_prefills_and_offline_access_is_granted(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let admin = app.admin_token().await;
+    let client = register(
+        &app,
+        &admin,
+        json!({"scope": "openid email offline_access payments:read"}),
+    )
+    .await;
+    let client_id = client["client_id"].as_str().unwrap();
+    user(&app, "hint@example.com").await;
+    let mut browser = Browser::new(&app);
+    let page = browser
+        .get(&authorize_url(
+            client_id,
+            &[
+                ("login_hint", "hint@example.com"),
+                ("scope", "openid offline_access"),
+            ],
+        ))
+        .await;
+    assert!(page.is_login_form());
+    assert!(
+        page.body.contains("value=\"hint@example.com\""),
+        "the email is prefilled"
+    );
+    let back = browser.log_in(&page, "hint@example.com", PASSWORD).await;
+    let tokens: Value = exchange(&app, &client, &back.answer()["code"], Some(VERIFIER))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tokens["scope"], "offline_access openid");
+    assert!(tokens["refresh_token"].is_string());
+    assert!(tokens["id_token"].is_string());
 }
