@@ -190,7 +190,6 @@ pub fn progress_line() -> impl FnMut(&Importer) {
 
 /// [`progress_line`] onto `out`, drawn only when `terminal`.
 fn progress_to(terminal: bool, mut out: impl std::io::Write) -> impl FnMut(&Importer) {
-    use std::io::Write as _;
     let started = std::time::Instant::now();
     let mut shown = std::time::Instant::now() - std::time::Duration::from_secs(1);
     move |importer| {
@@ -368,10 +367,14 @@ mod tests {
 
     #[test]
     fn progress_is_drawn_on_a_terminal_only() {
-        let mut importer = Importer::default();
-        importer.seen = 3;
-        importer.report.imported = 2;
-        importer.report.skipped = 1;
+        let importer = Importer {
+            seen: 3,
+            report: ImportReport {
+                imported: 2,
+                skipped: 1,
+                ..ImportReport::default()
+            },
+        };
         let mut drawn = Vec::new();
         progress_to(true, &mut drawn)(&importer);
         let line = String::from_utf8(drawn).unwrap();
