@@ -110,9 +110,12 @@ impl Processor {
 
     async fn work(&self, worker: usize, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
+            // `now` is taken after the shutdown check: the claim only takes payments accepted
+            // before it, so none accepted after the signal (the store's contract).
+            let now = Utc::now();
             match self
                 .store
-                .claim_next_payment(Utc::now(), self.settings.lease)
+                .claim_next_payment(now, self.settings.lease)
                 .await
             {
                 Ok(Some(payment)) => self.process(payment).await,

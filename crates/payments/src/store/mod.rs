@@ -137,7 +137,10 @@ pub trait PaymentsStore: Send + Sync {
     ) -> Result<Option<Payment>, StoreError>;
 
     /// Takes the next payment to work on, leased until `now + lease`, whichever is due first:
-    /// a pending one (due when it was accepted; it becomes processing, with its event), or a
+    /// a pending one accepted at or before `now` (due when it was accepted; it becomes
+    /// processing, with its event; a payment accepted after the claim began is left for the
+    /// next one, so a worker that checked for shutdown before claiming never takes a payment
+    /// accepted after the signal), or a
     /// processing one whose lease ran out (its processor died) or whose retry is due (due at
     /// its `lease_until`). So retries and abandoned payments never wait behind new work.
     async fn claim_next_payment(

@@ -317,7 +317,7 @@ where
     ) -> Result<Option<Payment>, StoreError> {
         let lease_until = now + lease;
         let pending = format!(
-            "SELECT id, created_at FROM payments WHERE status = 'pending' \
+            "SELECT id, created_at FROM payments WHERE status = 'pending' AND created_at <= $1 \
              ORDER BY created_at LIMIT 1 {}",
             DB::SKIP_LOCKED
         );
@@ -335,6 +335,7 @@ where
                 Option<(String, DateTime<Utc>)>,
             ) = if DB::ROW_LOCKS {
                 let pending = sqlx::query_as(AssertSqlSafe(pending.clone()))
+                    .bind(now)
                     .fetch_optional(&mut *tx)
                     .await?;
                 let lapsed = sqlx::query_as(AssertSqlSafe(lapsed.clone()))
@@ -344,6 +345,7 @@ where
                 (pending, lapsed)
             } else {
                 let pending = sqlx::query_as(AssertSqlSafe(pending.clone()))
+                    .bind(now)
                     .fetch_optional(&self.pool)
                     .await?;
                 let lapsed = sqlx::query_as(AssertSqlSafe(lapsed.clone()))

@@ -425,28 +425,39 @@ async fn due_retries_and_lapsed_leases_are_taken_before_newer_payments(db: TestD
         }
     };
     let lease = std::time::Duration::from_secs(30);
-    let start = chrono::Utc::now();
     let seconds = chrono::Duration::seconds;
-    // A payment whose provider call failed: its retry was due 20 s ago.
+    // A payment whose provider call failed: its retry was due 20 s ago. (A claim only takes
+    // payments accepted before it, so each claim below is made after its payment exists.)
     let retried = create("retried").await;
-    let claimed = store
-        .claim_next_payment(start, lease)
-        .await
-        .unwrap()
-        .unwrap();
+    let now = chrono::Utc::now();
+    assert!(
+        store
+            .claim_next_payment(now - seconds(1), lease)
+            .await
+            .unwrap()
+            .is_none(),
+        "a claim that began before the payment was accepted does not take it"
+    );
+    let claimed = store.claim_next_payment(now, lease).await.unwrap().unwrap();
     assert_eq!(claimed.id, retried);
     store
-        .retry_payment_later(&retried, 1, start - seconds(20), start)
+        .retry_payment_later(&retried, 1, now + seconds(3600), now)
         .await
         .unwrap();
-    // A payment whose worker died: its lease lapsed 30 s ago.
+    // A payment whose worker died: its lease (a millisecond) lapsed before the new ones came.
     let abandoned = create("abandoned").await;
     let claimed = store
-        .claim_next_payment(start - seconds(60), lease)
+        .claim_next_payment(chrono::Utc::now(), std::time::Duration::from_millis(1))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(claimed.id, abandoned);
+    // The retry comes due: 20 s ago.
+    store
+        .retry_payment_later(&retried, 1, now - seconds(20), now)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     // New payments keep coming, accepted after both were due.
     let mut newer = Vec::new();
     for key in ["n1", "n2", "n3"] {
@@ -460,11 +471,11 @@ async fn due_retries_and_lapsed_leases_are_taken_before_newer_payments(db: TestD
         }
         order
     };
-    let mut expected = vec![abandoned.clone(), retried.clone()];
+    let mut expected = vec![retried.clone(), abandoned.clone()];
     expected.extend(newer);
     assert_eq!(
         order, expected,
-        "due order: the lapsed lease, the retry, then the new ones"
+        "due order: the retry, the lapsed lease, then the new ones"
     );
     // A retried or resumed payment keeps its one `processing` event.
     let history = store.payment_events(&retried).await.unwrap();
