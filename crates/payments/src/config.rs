@@ -35,10 +35,13 @@ pub struct PaymentsConfig {
     /// `PAYMENTS_PROCESSOR_ENABLED`, default true: run processing workers in this process.
     pub processor_enabled: bool,
     /// `PAYMENTS_WORKERS`, `PAYMENTS_LEASE_SECONDS`, `PAYMENTS_POLL_INTERVAL_MS`,
-    /// `PAYMENTS_RETRY_BASE_MS`, `PAYMENTS_RETRY_MAX_MS`, `PAYMENTS_MAX_ATTEMPTS`.
+    /// `PAYMENTS_RETRY_BASE_MS`, `PAYMENTS_RETRY_MAX_MS`, `PAYMENTS_MAX_ATTEMPTS`,
+    /// `PAYMENTS_PROVIDER_TIMEOUT_MS` (10000), `PAYMENTS_AUTHORIZATION_WINDOW_SECONDS` (7 days),
+    /// `PAYMENTS_ATTENTION_AFTER_SECONDS` (3600).
     pub processor: ProcessorSettings,
     /// `NATS_URL` (unset: no broker; events stay in the feed) with `PAYMENTS_STREAM`,
-    /// `PAYMENTS_SUBJECT_PREFIX` and `PAYMENTS_OUTBOX_RETENTION_HOURS` (default 168).
+    /// `PAYMENTS_SUBJECT_PREFIX` (`payments`: subjects `payments.payment.<state>` and
+    /// `payments.refund.<state>`; an old-style `x.payment` is read as `x`) and `PAYMENTS_OUTBOX_RETENTION_HOURS` (default 168).
     pub relay: Option<RelaySettings>,
 }
 
@@ -65,6 +68,17 @@ impl PaymentsConfig {
             retry_base: Duration::from_millis(positive("PAYMENTS_RETRY_BASE_MS", 200)?),
             retry_max: Duration::from_millis(positive("PAYMENTS_RETRY_MAX_MS", 30_000)?),
             max_attempts: u32::try_from(positive("PAYMENTS_MAX_ATTEMPTS", 8)?).unwrap_or(8),
+            provider_timeout: Duration::from_millis(positive(
+                "PAYMENTS_PROVIDER_TIMEOUT_MS",
+                10_000,
+            )?),
+            authorization_window: Duration::from_secs(positive(
+                "PAYMENTS_AUTHORIZATION_WINDOW_SECONDS",
+                7 * 24 * 3600,
+            )?),
+            attention_after: Duration::from_secs(
+                env.parse_or("PAYMENTS_ATTENTION_AFTER_SECONDS", 3600)?,
+            ),
         };
         let relay = match env.get("NATS_URL") {
             None => None,
@@ -79,13 +93,22 @@ impl PaymentsConfig {
                         "a stream name has no dots, spaces or wildcards",
                     ));
                 }
-                let subject_prefix = env.string_or("PAYMENTS_SUBJECT_PREFIX", "payments.payment");
-                if subject_prefix.contains([' ', '*', '>']) || subject_prefix.ends_with('.') {
+                let subject_prefix = env.string_or("PAYMENTS_SUBJECT_PREFIX", "payments");
+                if subject_prefix.is_empty()
+                    || subject_prefix.contains([' ', '*', '>'])
+                    || subject_prefix.ends_with('.')
+                {
                     return Err(ConfigError::new(
                         "PAYMENTS_SUBJECT_PREFIX",
-                        "expected a subject like payments.payment",
+                        "expected a subject prefix like payments",
                     ));
                 }
+                // The earlier form named the payment subjects (`payments.payment`); refunds
+                // publish beside them, so the prefix is now their common root.
+                let subject_prefix = subject_prefix
+                    .strip_suffix(".payment")
+                    .unwrap_or(&subject_prefix)
+                    .to_owned();
                 Some(RelaySettings {
                     nats_url: url.to_owned(),
                     stream,

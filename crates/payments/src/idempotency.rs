@@ -181,6 +181,17 @@ impl Lock {
         }
     }
 
+    /// Frees the key of a request that wrote nothing (refused by the state of things), so
+    /// that a retry with it runs again.
+    pub async fn release(self, store: &dyn PaymentsStore) {
+        if let Err(error) = store
+            .release_idempotency_key(&self.principal, self.key.as_str(), self.claimed_at)
+            .await
+        {
+            tracing::warn!(%error, "cannot release the idempotency key; it will time out");
+        }
+    }
+
     /// After the write that carried [`Lock::response`] failed with `error`: a conflict means
     /// another request took the key over (its result is the key's, so this one reports the key
     /// in use); anything else wrote nothing, so the key is freed for a retry (if the database

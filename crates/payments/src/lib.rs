@@ -1,4 +1,5 @@
-//! The payments service: idempotent payment creation, a processing workflow, events through an outbox.
+//! The payments service: idempotent payment creation, a processing workflow, authorize then
+//! capture, refunds, events through an outbox.
 
 pub mod config;
 pub mod domain;
@@ -16,8 +17,8 @@ use anyhow::Context;
 
 use common::auth::{HttpJwks, TokenVerifier, VerifierSettings};
 use common::server::Service;
-use processor::Processor;
-use provider::Sandbox;
+use processor::{Processor, ProcessorMetrics};
+use provider::{PaymentProvider, Sandbox};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +49,8 @@ pub struct Application {
     wake: Arc<Notify>,
     broker: Option<async_nats::Client>,
     metrics: common::metrics::Metrics,
+    provider: Arc<dyn PaymentProvider>,
+    counters: ProcessorMetrics,
 }
 
 impl Application {
@@ -72,6 +75,12 @@ impl Application {
             Some(relay) => Some(relay::connect(&relay.nats_url).await?),
             None => None,
         };
+        let provider: Arc<dyn PaymentProvider> = Arc::new(Sandbox {
+            latency: config.sandbox_latency,
+            flaky_failures: provider::SANDBOX_FLAKY_FAILURES,
+            ledger: store.clone(),
+        });
+        let counters = ProcessorMetrics::new(&metrics);
         let router = http::router(http::AppState {
             store: store.clone(),
             config: config.clone(),
@@ -79,6 +88,8 @@ impl Application {
             wake: wake.clone(),
             broker: broker.clone(),
             metrics: metrics.clone(),
+            provider: provider.clone(),
+            counters: counters.clone(),
         });
         // The database is closed by `run`, after the processor's workers have stopped too.
         let service =
@@ -90,6 +101,8 @@ impl Application {
             wake,
             broker,
             metrics,
+            provider,
+            counters,
         })
     }
 
@@ -128,17 +141,12 @@ impl Application {
             });
         }
         let workers = if self.config.processor_enabled {
-            let provider = Arc::new(Sandbox {
-                latency: self.config.sandbox_latency,
-                flaky_failures: provider::SANDBOX_FLAKY_FAILURES,
-                ledger: self.store.clone(),
-            });
             Processor::new(
                 self.store.clone(),
-                provider,
+                self.provider.clone(),
                 self.config.processor.clone(),
                 self.wake.clone(),
-                processor::ProcessorMetrics::new(&self.metrics),
+                self.counters.clone(),
             )
             .spawn(stop_claiming)
         } else {

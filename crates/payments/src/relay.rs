@@ -1,6 +1,6 @@
 //! The outbox relay: publishes the CloudEvents that state changes wrote to `payment_events` to
-//! NATS JetStream (stream `PAYMENTS`, subject `payments.payment.<state>`, header `Nats-Msg-Id`
-//! = event id), marking a row sent only once its publish is acknowledged. Order per payment is
+//! NATS JetStream (stream `PAYMENTS`, subjects `payments.payment.<state>` and
+//! `payments.refund.<state>`, header `Nats-Msg-Id` = event id), marking a row sent only once its publish is acknowledged. Order per payment is
 //! kept (a batch never holds two events of one payment, and a payment's next event is taken
 //! only once the previous one is sent). While NATS is down, events accumulate and are sent in
 //! order when it is back.
@@ -107,7 +107,7 @@ impl EventPublisher for JetStreamPublisher {
         fields(
             otel.kind = "producer",
             messaging.system = "nats",
-            messaging.destination.name = %format!("{}.*", self.subject_prefix),
+            messaging.destination.name = %format!("{}.>", self.subject_prefix),
             messaging.batch.message_count = events.len(),
         )
     )]
@@ -115,8 +115,9 @@ impl EventPublisher for JetStreamPublisher {
         // Send the whole batch, then collect the acknowledgements (they come back in order).
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
-            let state = event.kind.rsplit('.').next().unwrap_or("unknown");
-            let subject = format!("{}.{state}", self.subject_prefix);
+            // `payments.payment.succeeded` → `<prefix>.payment.succeeded`.
+            let kind = event.kind.strip_prefix("payments.").unwrap_or(&event.kind);
+            let subject = format!("{}.{kind}", self.subject_prefix);
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", event.id.as_str());
             headers.insert("Content-Type", "application/cloudevents+json");
@@ -189,7 +190,7 @@ async fn ensure_stream(
 ) -> Result<(), String> {
     let config = stream::Config {
         name: settings.stream.clone(),
-        subjects: vec![format!("{}.*", settings.subject_prefix)],
+        subjects: vec![format!("{}.>", settings.subject_prefix)],
         max_age: STREAM_MAX_AGE,
         duplicate_window: DUPLICATE_WINDOW,
         storage: stream::StorageType::File,

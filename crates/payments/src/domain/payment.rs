@@ -4,13 +4,16 @@ use std::fmt;
 
 /// Where a payment is in its life. Terminal states never change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum PaymentStatus {
     /// Accepted, not yet picked up.
     Pending,
     /// A processor is talking to the provider.
     Processing,
-    /// Paid.
+    /// Authorized (`capture_method: manual`): waiting for a capture, or a cancel, or the end
+    /// of the authorization window.
+    RequiresCapture,
+    /// Paid (captured).
     Succeeded,
     /// Declined or failed for good.
     Failed,
@@ -34,6 +37,7 @@ impl PaymentStatus {
         match self {
             Self::Pending => "pending",
             Self::Processing => "processing",
+            Self::RequiresCapture => "requires_capture",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Canceled => "canceled",
@@ -45,6 +49,7 @@ impl PaymentStatus {
         Some(match raw {
             "pending" => Self::Pending,
             "processing" => Self::Processing,
+            "requires_capture" => Self::RequiresCapture,
             "succeeded" => Self::Succeeded,
             "failed" => Self::Failed,
             "canceled" => Self::Canceled,
@@ -52,13 +57,17 @@ impl PaymentStatus {
         })
     }
 
-    /// `pending → processing → succeeded | failed`, `pending → canceled`; nothing else.
+    /// `pending → processing → succeeded | failed | requires_capture`,
+    /// `requires_capture → succeeded | canceled`, `pending → canceled`; nothing else.
     pub fn transition(self, to: Self) -> Result<Self, InvalidTransition> {
         use PaymentStatus::*;
         match (self, to) {
             (Pending, Processing)
             | (Processing, Succeeded)
             | (Processing, Failed)
+            | (Processing, RequiresCapture)
+            | (RequiresCapture, Succeeded)
+            | (RequiresCapture, Canceled)
             | (Pending, Canceled) => Ok(to),
             _ => Err(InvalidTransition { from: self, to }),
         }
@@ -76,12 +85,36 @@ impl fmt::Display for PaymentStatus {
     }
 }
 
-/// The sandbox's payment methods (API.md).
-pub const PAYMENT_METHODS: [&str; 4] = [
+/// When the money of an approved payment is taken.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureMethod {
+    /// At once: an approved payment is `succeeded`.
+    Automatic,
+    /// Later: an approved payment waits in `requires_capture` for `POST .../capture`.
+    Manual,
+}
+
+impl CaptureMethod {
+    /// The stored and serialized form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Automatic => "automatic",
+            Self::Manual => "manual",
+        }
+    }
+}
+
+/// The sandbox's payment methods (API.md, README).
+pub const PAYMENT_METHODS: [&str; 6] = [
     "pm_card_visa",
     "pm_card_declined",
     "pm_card_insufficient_funds",
     "pm_card_flaky",
+    "pm_card_refund_declined",
+    "pm_card_refund_flaky",
 ];
 
 /// The method used when none is given.
@@ -94,11 +127,21 @@ mod tests {
 
     #[test]
     fn only_the_lifecycle_transitions_are_allowed() {
-        let all = [Pending, Processing, Succeeded, Failed, Canceled];
+        let all = [
+            Pending,
+            Processing,
+            RequiresCapture,
+            Succeeded,
+            Failed,
+            Canceled,
+        ];
         let allowed = [
             (Pending, Processing),
             (Processing, Succeeded),
             (Processing, Failed),
+            (Processing, RequiresCapture),
+            (RequiresCapture, Succeeded),
+            (RequiresCapture, Canceled),
             (Pending, Canceled),
         ];
         for from in all {
@@ -149,6 +192,20 @@ pub struct Payment {
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// Last change.
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// `automatic` or `manual`.
+    pub capture_method: String,
+    /// What the provider took (0 until succeeded).
+    pub amount_captured_minor: i64,
+    /// Pending and succeeded refunds together (a failed refund gives its amount back).
+    pub amount_refunded_minor: i64,
+    /// A manual capture asked for whose provider call is not confirmed yet.
+    pub capture_requested_minor: Option<i64>,
+    /// An authorization not captured by then is released.
+    pub capture_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Why it was canceled: `requested` or `authorization_expired`.
+    pub cancellation_reason: Option<String>,
+    /// When it was flagged for a person (its provider outcome unresolved for too long).
+    pub attention_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Payment {
@@ -157,10 +214,52 @@ impl Payment {
         PaymentStatus::parse(&self.status).unwrap_or(PaymentStatus::Pending)
     }
 
+    /// A new payment, `pending`, accepted at `now`.
+    pub fn new(
+        owner: &str,
+        money: super::money::Money,
+        description: String,
+        payment_method: String,
+        capture_method: CaptureMethod,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Self {
+        Self {
+            id: format!("pay_{}", uuid::Uuid::now_v7().simple()),
+            owner: owner.to_owned(),
+            status: PaymentStatus::Pending.as_str().to_owned(),
+            amount_minor: money.minor(),
+            currency: money.currency_code().to_owned(),
+            description,
+            payment_method,
+            failure_code: None,
+            failure_message: None,
+            attempts: 0,
+            lease_until: None,
+            created_at: now,
+            updated_at: now,
+            capture_method: capture_method.as_str().to_owned(),
+            amount_captured_minor: 0,
+            amount_refunded_minor: 0,
+            capture_requested_minor: None,
+            capture_before: None,
+            cancellation_reason: None,
+            attention_at: None,
+        }
+    }
+
+    /// Whether an approved payment waits for a capture.
+    pub fn is_manual_capture(&self) -> bool {
+        self.capture_method == CaptureMethod::Manual.as_str()
+    }
+
+    /// What can still be refunded, in minor units.
+    pub fn refundable_minor(&self) -> i64 {
+        self.amount_captured_minor - self.amount_refunded_minor
+    }
+
     /// The API representation (also the `data` of its events).
     pub fn view(&self) -> PaymentView {
-        let amount = super::money::Money::from_minor(self.amount_minor, &self.currency)
-            .map_or_else(|_| self.amount_minor.to_string(), |m| m.to_string());
+        let amount = decimal(self.amount_minor, &self.currency);
         PaymentView {
             id: self.id.clone(),
             object: PaymentObject::Payment,
@@ -172,6 +271,19 @@ impl Payment {
             payment_method: self.payment_method.clone(),
             failure_code: self.failure_code.clone(),
             failure_message: self.failure_message.clone(),
+            capture_method: if self.is_manual_capture() {
+                CaptureMethod::Manual
+            } else {
+                CaptureMethod::Automatic
+            },
+            amount_captured: decimal(self.amount_captured_minor, &self.currency),
+            amount_captured_minor: self.amount_captured_minor,
+            amount_refunded: decimal(self.amount_refunded_minor, &self.currency),
+            amount_refunded_minor: self.amount_refunded_minor,
+            refunded: self.amount_captured_minor > 0
+                && self.amount_refunded_minor == self.amount_captured_minor,
+            capture_before: self.capture_before.map(api_time),
+            cancellation_reason: self.cancellation_reason.clone(),
             created_at: api_time(self.created_at),
             updated_at: api_time(self.updated_at),
         }
@@ -181,6 +293,12 @@ impl Payment {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self.view()).unwrap_or_default()
     }
+}
+
+/// `minor` units of `currency` as the API writes amounts: a decimal string in major units.
+pub fn decimal(minor: i64, currency: &str) -> String {
+    super::money::Money::from_minor(minor, currency)
+        .map_or_else(|_| minor.to_string(), |m| m.to_string())
 }
 
 /// Times as the API writes them: RFC 3339 in UTC, milliseconds.
@@ -228,6 +346,30 @@ pub struct PaymentView {
     /// The failure, for people.
     #[schema(example = json!(null))]
     pub failure_message: Option<String>,
+    /// `automatic` (an approved payment succeeds at once) or `manual` (it waits in
+    /// `requires_capture` for a capture).
+    pub capture_method: CaptureMethod,
+    /// What was captured, in major units (`"0.00"` until the payment succeeds).
+    #[schema(example = "100.00")]
+    pub amount_captured: String,
+    /// What was captured, in minor units.
+    #[schema(example = 10000)]
+    pub amount_captured_minor: i64,
+    /// Refunded so far (pending and succeeded refunds), in major units.
+    #[schema(example = "0.00")]
+    pub amount_refunded: String,
+    /// Refunded so far, in minor units.
+    #[schema(example = 0)]
+    pub amount_refunded_minor: i64,
+    /// Whether all that was captured has been refunded.
+    pub refunded: bool,
+    /// For an authorization (`requires_capture`): it is released (canceled) if not captured
+    /// by then.
+    #[schema(format = DateTime, example = json!(null))]
+    pub capture_before: Option<String>,
+    /// Why a canceled payment was canceled: `requested` or `authorization_expired`.
+    #[schema(example = json!(null))]
+    pub cancellation_reason: Option<String>,
     /// When it was accepted (RFC 3339, UTC, milliseconds).
     #[schema(format = DateTime, example = "2026-12-02T09:15:03.214Z")]
     pub created_at: String,

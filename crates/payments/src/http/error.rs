@@ -24,6 +24,15 @@ pub enum ApiError {
     /// 404 `not_found`: unknown id, or another principal's payment.
     #[error("no such payment")]
     NotFound,
+    /// 404 `not_found`: unknown refund id, or another principal's refund.
+    #[error("no such refund")]
+    NoSuchRefund,
+    /// 409 `invalid_state` with its own explanation.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// 422 `amount_too_large`: a refund or capture over what is left.
+    #[error("amount too large: {0}")]
+    AmountTooLarge(String),
     /// 409 `invalid_state`: the transition is not allowed from this status.
     #[error("invalid state: {0}")]
     InvalidState(PaymentStatus),
@@ -79,6 +88,11 @@ impl IntoResponse for ApiError {
             )
             .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
             Self::NotFound => Problem::not_found("no such payment"),
+            Self::NoSuchRefund => Problem::not_found("no such refund"),
+            Self::Conflict(detail) => Problem::new(StatusCode::CONFLICT, "invalid_state", detail),
+            Self::AmountTooLarge(detail) => {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "amount_too_large", detail)
+            }
             Self::InvalidState(status) => Problem::new(
                 StatusCode::CONFLICT,
                 "invalid_state",

@@ -3,6 +3,7 @@
 mod error;
 mod events;
 mod payments;
+mod refunds;
 
 use std::sync::Arc;
 
@@ -39,6 +40,10 @@ pub struct AppState {
     pub broker: Option<async_nats::Client>,
     /// This service's metrics.
     pub metrics: Metrics,
+    /// The payment provider (captures and releases are called from requests).
+    pub provider: Arc<dyn crate::provider::PaymentProvider>,
+    /// The workflow's counters.
+    pub counters: crate::processor::ProcessorMetrics,
 }
 
 impl FromRef<AppState> for Arc<TokenVerifier> {
@@ -52,10 +57,11 @@ impl FromRef<AppState> for Arc<TokenVerifier> {
 #[openapi(
     info(
         title = "payments",
-        description = "Idempotent payments, their processing workflow, and their events. Every error is `application/problem+json` with a stable `code`.",
+        description = "Idempotent payments, their processing workflow, authorize then capture, refunds, and their events. Every error is `application/problem+json` with a stable `code`.",
     ),
     tags(
-        (name = "payments", description = "Payments: create (idempotent), read, list, cancel"),
+        (name = "payments", description = "Payments: create (idempotent), read, list, cancel, capture"),
+        (name = "refunds", description = "Refunds: money given back from a succeeded payment"),
         (name = "events", description = "The event feed (CloudEvents)"),
         (name = "operations", description = "Probes and metrics"),
     )
@@ -65,7 +71,10 @@ struct PaymentsApi;
 /// The scopes payments' operations ask for.
 const SCOPES: &[(&str, &str)] = &[
     (payments::READ, "read your payments and their events"),
-    (payments::WRITE, "create and cancel payments"),
+    (
+        payments::WRITE,
+        "create, cancel and capture payments, and refund them",
+    ),
     (payments::ADMIN, "see everyone's payments and events"),
 ];
 
@@ -75,6 +84,9 @@ fn routes(state: AppState, readiness: Readiness) -> (Router, utoipa::openapi::Op
         .routes(routes!(payments::create, payments::list))
         .routes(routes!(payments::get_one))
         .routes(routes!(payments::cancel))
+        .routes(routes!(payments::capture))
+        .routes(routes!(refunds::create, refunds::list))
+        .routes(routes!(refunds::get_one))
         .routes(routes!(events::feed));
     alias(
         router,

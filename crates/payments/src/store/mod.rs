@@ -12,6 +12,7 @@ use common::db::{DatabaseUrl, Migrations, Pool, StoreError};
 
 use crate::domain::events::Event;
 use crate::domain::payment::{Payment, PaymentStatus};
+use crate::domain::refund::{Refund, RefundStatus};
 
 pub use sql::SqlStore;
 
@@ -55,12 +56,69 @@ pub struct SavedResponse<'a> {
 /// How a provider call ended, for [`PaymentsStore::finish_payment`].
 #[derive(Debug, Clone, Copy)]
 pub struct Finish<'a> {
-    /// `Succeeded` or `Failed`.
+    /// `Succeeded`, `Failed`, or `RequiresCapture` (an authorization).
     pub status: PaymentStatus,
     /// `(code, message)` for failures.
     pub failure: Option<(&'a str, &'a str)>,
     /// Provider calls made.
     pub attempts: i32,
+    /// For an authorization: when it is released if not captured.
+    pub capture_before: Option<DateTime<Utc>>,
+}
+
+/// How a refund's provider call ended, for [`PaymentsStore::finish_refund`].
+#[derive(Debug, Clone, Copy)]
+pub struct RefundFinish<'a> {
+    /// `Succeeded` or `Failed`.
+    pub status: RefundStatus,
+    /// `(code, message)` for failures.
+    pub failure: Option<(&'a str, &'a str)>,
+}
+
+/// What [`PaymentsStore::create_refund`] did.
+#[derive(Debug, Clone)]
+pub enum RefundCreated {
+    /// The refund is stored (pending), its amount reserved on the payment (as it now is).
+    Created(Payment),
+    /// The payment is not `succeeded` (as it is).
+    NotRefundable(Payment),
+    /// More than what is left to refund (the payment, as it is).
+    TooLarge(Payment),
+    /// No such payment.
+    NoPayment,
+}
+
+/// What the workers hold: a payment or a refund (tables `payments` and `refunds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkItem {
+    /// A payment (its charge or its capture).
+    Payment,
+    /// A refund.
+    Refund,
+}
+
+impl WorkItem {
+    /// The table, and the label of metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Payment => "payment",
+            Self::Refund => "refund",
+        }
+    }
+}
+
+/// One call as the sandbox provider's ledger records it.
+#[derive(Debug, Clone, Copy)]
+pub struct SandboxCall<'a> {
+    /// `charge`, `capture`, `release` or `refund`.
+    pub operation: &'a str,
+    /// The payment (or refund) id the call was about.
+    pub reference: &'a str,
+    /// The caller's attempt number.
+    pub attempt: i32,
+    /// What the sandbox answered: `approved`, `declined:<code>`, `captured`, `released`,
+    /// `refunded`, `refund_declined`, or `error` (a transient failure: nothing was done).
+    pub outcome: &'a str,
 }
 
 /// An event waiting in the outbox.
@@ -129,14 +187,52 @@ pub trait PaymentsStore: Send + Sync {
         before: Option<(DateTime<Utc>, String)>,
         limit: i64,
     ) -> Result<Vec<Payment>, StoreError>;
-    /// Cancels a pending payment (with its event); `None` if it was not pending.
+    /// Cancels a pending payment, or releases an authorization (`requires_capture`, no
+    /// capture asked for), with its event and `cancellation_reason: requested`; `None` if it
+    /// was neither.
     async fn cancel_payment(
         &self,
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<Payment>, StoreError>;
+    /// Releases (cancels, `authorization_expired`) up to `limit` authorizations whose
+    /// `capture_before` has passed and that no capture was asked for, each with its event.
+    async fn release_expired_authorizations(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Payment>, StoreError>;
+    /// Asks for the capture of `amount_minor` of an authorization: only once (`None` if the
+    /// payment is not `requires_capture` or a capture was already asked for). The payment is
+    /// leased to the caller until `now + lease`; if its provider call is never confirmed, a
+    /// worker takes it over after that ([`PaymentsStore::claim_unconfirmed_capture`]).
+    async fn begin_capture(
+        &self,
+        id: &str,
+        amount_minor: i64,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<Payment>, StoreError>;
+    /// The provider confirmed the capture asked for: `requires_capture → succeeded` with the
+    /// captured amount, its event, and (fenced like [`PaymentsStore::create_payment`]) the
+    /// response of the request's key, in one transaction; `None` if there was nothing to
+    /// confirm.
+    async fn finish_capture(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+        response: Option<SavedResponse<'_>>,
+    ) -> Result<Option<Payment>, StoreError>;
+    /// A capture asked for whose caller never confirmed it (its lease ran out), leased to
+    /// the caller until `now + lease`.
+    async fn claim_unconfirmed_capture(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<Payment>, StoreError>;
 
-    /// Takes the next payment to work on, leased until `now + lease`, whichever is due first:
+    /// Takes the next payment to work on, leased until `now + lease` (counting the claim in its
+    /// `attempts`: a claim may call the provider), whichever is due first:
     /// a pending one accepted at or before `now` (due when it was accepted; it becomes
     /// processing, with its event; a payment accepted after the claim began is left for the
     /// next one, so a worker that checked for shutdown before claiming never takes a payment
@@ -155,11 +251,62 @@ pub trait PaymentsStore: Send + Sync {
         finish: Finish<'_>,
         now: DateTime<Utc>,
     ) -> Result<Option<Payment>, StoreError>;
-    /// Leaves a payment processing, to be retried from `retry_at`.
+    /// Leaves a payment processing (or its unconfirmed capture), to be retried from `retry_at`.
     async fn retry_payment_later(
         &self,
         id: &str,
         attempts: i32,
+        retry_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Flags a payment or refund for a person (its provider outcome unresolved for too long);
+    /// `true` the first time.
+    async fn flag_for_attention(
+        &self,
+        item: WorkItem,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// In one transaction: reserves the refund's amount on its payment (only a `succeeded`
+    /// payment, never beyond what was captured: the update is conditional and a CHECK holds
+    /// the line), stores the refund and its `created` event, and the response of its key.
+    /// Nothing is written unless it is [`RefundCreated::Created`].
+    async fn create_refund(
+        &self,
+        refund: &Refund,
+        response: Option<SavedResponse<'_>>,
+    ) -> Result<RefundCreated, StoreError>;
+    /// A refund by id.
+    async fn refund(&self, id: &str) -> Result<Option<Refund>, StoreError>;
+    /// A payment's refunds, newest first, strictly before the cursor `(created_at, id)`.
+    async fn list_refunds(
+        &self,
+        payment_id: &str,
+        before: Option<(DateTime<Utc>, String)>,
+        limit: i64,
+    ) -> Result<Vec<Refund>, StoreError>;
+    /// Takes the next pending refund that is due (new, a retry that is due, or one whose
+    /// worker died), accepted at or before `now`, leased until `now + lease`, counting the
+    /// claim in its `attempts`.
+    async fn claim_next_refund(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<Refund>, StoreError>;
+    /// Ends a pending refund (with its event); a failed one gives its amount back to the
+    /// payment. `None` if it was not pending.
+    async fn finish_refund(
+        &self,
+        id: &str,
+        finish: RefundFinish<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Refund>, StoreError>;
+    /// Leaves a refund pending, to be retried from `retry_at`.
+    async fn retry_refund_later(
+        &self,
+        id: &str,
         retry_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
@@ -193,15 +340,21 @@ pub trait PaymentsStore: Send + Sync {
     /// How many payments the store holds.
     async fn count_payments(&self) -> Result<i64, StoreError>;
 
-    /// The sandbox provider's ledger: records a charge call as it arrives.
+    /// The sandbox provider's ledger: records a call, and what it answered, as it arrives.
     async fn record_sandbox_call(
         &self,
-        payment_id: &str,
-        attempt: i32,
+        call: SandboxCall<'_>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
-    /// The sandbox provider's ledger: charge calls per payment.
-    async fn sandbox_calls(&self) -> Result<Vec<(String, i64)>, StoreError>;
+    /// The sandbox provider's ledger: the answer (not `error`) last given to `operation` on
+    /// `reference`, if the provider got such a call.
+    async fn sandbox_outcome(
+        &self,
+        operation: &str,
+        reference: &str,
+    ) -> Result<Option<String>, StoreError>;
+    /// The sandbox provider's ledger: `operation` calls per reference.
+    async fn sandbox_calls(&self, operation: &str) -> Result<Vec<(String, i64)>, StoreError>;
 }
 
 /// Opens the database named by `url` (PostgreSQL: with a pool of up to `max_connections`) and

@@ -10,9 +10,13 @@ use chrono::{DateTime, Utc};
 use common::db::{Backend, Pool, StoreError};
 use sqlx::{AssertSqlSafe, Decode, Encode, Executor, FromRow, Type};
 
-use super::{Finish, KeyClaim, OutboxEvent, PaymentsStore, SavedResponse};
+use super::{
+    Finish, KeyClaim, OutboxEvent, PaymentsStore, RefundCreated, RefundFinish, SandboxCall,
+    SavedResponse, WorkItem,
+};
 use crate::domain::events::{self, Event};
-use crate::domain::payment::Payment;
+use crate::domain::payment::{Payment, PaymentStatus};
+use crate::domain::refund::{Refund, RefundStatus};
 
 /// Payments in an sqlx database: `SqlStore<sqlx::Sqlite>` or `SqlStore<sqlx::Postgres>`.
 pub struct SqlStore<DB: Backend> {
@@ -26,12 +30,12 @@ impl<DB: Backend> SqlStore<DB> {
     }
 }
 
-/// Writes `event` about `payment` to `payment_events` (the history and the outbox), on
-/// `executor`: the transaction of the change it records.
+/// Writes `event` about a payment (or one of its refunds) to `payment_events` (the history
+/// and the outbox), on `executor`: the transaction of the change it records.
 async fn insert_event<'c, DB: Backend>(
     executor: impl Executor<'c, Database = DB>,
     event: &Event,
-    payment: &Payment,
+    (payment_id, owner): (&str, &str),
 ) -> Result<(), sqlx::Error>
 where
     for<'q> String: Encode<'q, DB> + Type<DB>,
@@ -43,14 +47,108 @@ where
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&event.id)
-    .bind(&payment.id)
-    .bind(&payment.owner)
+    .bind(payment_id.to_owned())
+    .bind(owner.to_owned())
     .bind(&event.kind)
     .bind(sqlx::types::Json(&event.body))
     .bind(event.time)
     .execute(executor)
     .await
     .map(drop)
+}
+
+/// Where a payment's events go.
+fn of_payment(payment: &Payment) -> (&str, &str) {
+    (&payment.id, &payment.owner)
+}
+
+/// Where a refund's events go: its payment's history.
+fn of_refund(refund: &Refund) -> (&str, &str) {
+    (&refund.payment_id, &refund.owner)
+}
+
+/// Saves `response` under its key, on `executor` (the transaction of what the request made),
+/// naming `resource_id`; fenced by the lock: `false` (save nothing) when the request ran past
+/// the lock timeout and another request has taken its key over since.
+async fn save_response<'c, DB: Backend>(
+    executor: impl Executor<'c, Database = DB>,
+    response: SavedResponse<'_>,
+    resource_id: &str,
+) -> Result<bool, sqlx::Error>
+where
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> i32: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+{
+    let saved = sqlx::query(
+        "UPDATE idempotency_keys SET response_status = $1, response_body = $2, payment_id = $3, \
+         locked_at = NULL WHERE principal = $4 AND key = $5 AND locked_at = $6 \
+         AND response_status IS NULL",
+    )
+    .bind(i32::from(response.status))
+    .bind(response.body.to_owned())
+    .bind(resource_id.to_owned())
+    .bind(response.principal.to_owned())
+    .bind(response.key.to_owned())
+    .bind(response.locked_at)
+    .execute(executor)
+    .await?;
+    Ok(DB::rows_affected(&saved) == 1)
+}
+
+/// The error that rolls a request's writes back when its key was taken over.
+fn taken_over() -> StoreError {
+    StoreError::Conflict("the idempotency key's lock was taken over by another request".into())
+}
+
+/// Claims one row: `select` (bound to `$1` = now) names the first candidate's id; `update`
+/// (bound to `$1` = now, `$2` = the lease's end, `$3` = the id) takes it only if it is still
+/// a candidate, returning the row. PostgreSQL locks the candidate (`SKIP LOCKED`, so other
+/// workers pass it by); SQLite has no row locks, so another worker may take it between our
+/// look and our claim, and we look again.
+async fn claim_one<DB, T>(
+    pool: &sqlx::Pool<DB>,
+    select: &str,
+    update: &'static str,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+) -> Result<Option<T>, StoreError>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'r> (String,): FromRow<'r, DB::Row>,
+    for<'r> T: FromRow<'r, DB::Row> + Send + Unpin,
+{
+    for _ in 0..3 {
+        let mut tx = pool.begin().await?;
+        let candidate: Option<(String,)> = if DB::ROW_LOCKS {
+            sqlx::query_as(AssertSqlSafe(select.to_owned()))
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?
+        } else {
+            sqlx::query_as(AssertSqlSafe(select.to_owned()))
+                .bind(now)
+                .fetch_optional(pool)
+                .await?
+        };
+        let Some((id,)) = candidate else {
+            return Ok(None);
+        };
+        let claimed: Option<T> = sqlx::query_as(update)
+            .bind(now)
+            .bind(lease_until)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        if claimed.is_some() {
+            return Ok(claimed);
+        }
+    }
+    Ok(None)
 }
 
 #[async_trait::async_trait]
@@ -70,7 +168,11 @@ where
     for<'q> Option<&'q str>: Encode<'q, DB>,
     for<'q> sqlx::types::Json<&'q serde_json::Value>: Encode<'q, DB> + Type<DB>,
     for<'q> sqlx::types::Json<serde_json::Value>: Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
     for<'r> Payment: FromRow<'r, DB::Row>,
+    for<'r> Refund: FromRow<'r, DB::Row>,
+    for<'r> (String,): FromRow<'r, DB::Row>,
+    for<'r> (Option<String>,): FromRow<'r, DB::Row>,
     for<'r> OutboxEvent: FromRow<'r, DB::Row>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'r> (String, DateTime<Utc>): FromRow<'r, DB::Row>,
@@ -214,7 +316,8 @@ where
         let mut tx = self.pool.begin().await?;
         sqlx::query(
                 "INSERT INTO payments (id, owner, status, amount_minor, currency, description, payment_method, \
-                 attempts, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8)",
+                 attempts, created_at, updated_at, capture_method) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8, $9)",
             )
             .bind(&payment.id)
             .bind(&payment.owner)
@@ -224,31 +327,17 @@ where
             .bind(&payment.description)
             .bind(&payment.payment_method)
             .bind(payment.created_at)
+            .bind(&payment.capture_method)
             .execute(&mut *tx)
             .await?;
-        insert_event::<DB>(&mut *tx, event, payment).await?;
-        if let Some(response) = response {
-            // Fenced by the lock: a request that ran past the lock timeout, whose key
-            // another request has taken over since, must not create a second payment.
-            let saved = sqlx::query(
-                    "UPDATE idempotency_keys SET response_status = $1, response_body = $2, payment_id = $3, \
-                     locked_at = NULL WHERE principal = $4 AND key = $5 AND locked_at = $6 \
-                     AND response_status IS NULL",
-                )
-                .bind(i32::from(response.status))
-                .bind(response.body)
-                .bind(&payment.id)
-                .bind(response.principal)
-                .bind(response.key)
-                .bind(response.locked_at)
-                .execute(&mut *tx)
-                .await?;
-            if DB::rows_affected(&saved) != 1 {
-                // Dropping the transaction rolls the payment and its event back.
-                return Err(StoreError::Conflict(
-                    "the idempotency key's lock was taken over by another request".into(),
-                ));
-            }
+        insert_event::<DB>(&mut *tx, event, of_payment(payment)).await?;
+        // Fenced by the lock: a request that ran past the lock timeout, whose key another
+        // request has taken over since, must not create a second payment (dropping the
+        // transaction rolls the payment and its event back).
+        if let Some(response) = response
+            && !save_response::<DB>(&mut *tx, response, &payment.id).await?
+        {
+            return Err(taken_over());
         }
         tx.commit().await?;
         Ok(())
@@ -294,8 +383,9 @@ where
     ) -> Result<Option<Payment>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let canceled: Option<Payment> = sqlx::query_as(
-            "UPDATE payments SET status = 'canceled', lease_until = NULL, updated_at = $1 \
-                 WHERE id = $2 AND status = 'pending' RETURNING *",
+            "UPDATE payments SET status = 'canceled', cancellation_reason = 'requested', \
+                 lease_until = NULL, updated_at = $1 WHERE id = $2 AND (status = 'pending' \
+                 OR (status = 'requires_capture' AND capture_requested_minor IS NULL)) RETURNING *",
         )
         .bind(now)
         .bind(id)
@@ -303,7 +393,7 @@ where
         .await?;
         if let Some(payment) = &canceled {
             let event = events::state_changed(payment, now);
-            insert_event::<DB>(&mut *tx, &event, payment).await?;
+            insert_event::<DB>(&mut *tx, &event, of_payment(payment)).await?;
         }
         tx.commit().await?;
         Ok(canceled)
@@ -370,8 +460,8 @@ where
             };
             let claimed: Option<Payment> = if was_pending {
                 sqlx::query_as(
-                    "UPDATE payments SET status = 'processing', lease_until = $2, updated_at = $1 \
-                     WHERE id = $3 AND status = 'pending' RETURNING *",
+                    "UPDATE payments SET status = 'processing', attempts = attempts + 1, \
+                     lease_until = $2, updated_at = $1 WHERE id = $3 AND status = 'pending' RETURNING *",
                 )
                 .bind(now)
                 .bind(lease_until)
@@ -380,7 +470,7 @@ where
                 .await?
             } else {
                 sqlx::query_as(
-                    "UPDATE payments SET lease_until = $2, updated_at = $1 \
+                    "UPDATE payments SET attempts = attempts + 1, lease_until = $2, updated_at = $1 \
                      WHERE id = $3 AND status = 'processing' AND lease_until < $1 RETURNING *",
                 )
                 .bind(now)
@@ -394,7 +484,7 @@ where
             };
             if was_pending {
                 let event = events::state_changed(&payment, now);
-                insert_event::<DB>(&mut *tx, &event, &payment).await?;
+                insert_event::<DB>(&mut *tx, &event, of_payment(&payment)).await?;
             }
             tx.commit().await?;
             return Ok(Some(payment));
@@ -413,7 +503,9 @@ where
         let mut tx = self.pool.begin().await?;
         let finished: Option<Payment> = sqlx::query_as(
                 "UPDATE payments SET status = $1, failure_code = $2, failure_message = $3, attempts = $4, \
-                 lease_until = NULL, updated_at = $5 WHERE id = $6 AND status = 'processing' RETURNING *",
+                 lease_until = NULL, updated_at = $5, capture_before = $7, \
+                 amount_captured_minor = CASE WHEN $1 = 'succeeded' THEN amount_minor ELSE 0 END \
+                 WHERE id = $6 AND status = 'processing' RETURNING *",
             )
             .bind(finish.status.as_str())
             .bind(code)
@@ -421,11 +513,12 @@ where
             .bind(finish.attempts)
             .bind(now)
             .bind(id)
+            .bind(finish.capture_before)
             .fetch_optional(&mut *tx)
             .await?;
         if let Some(payment) = &finished {
             let event = events::state_changed(payment, now);
-            insert_event::<DB>(&mut *tx, &event, payment).await?;
+            insert_event::<DB>(&mut *tx, &event, of_payment(payment)).await?;
         }
         tx.commit().await?;
         Ok(finished)
@@ -441,7 +534,8 @@ where
     ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE payments SET attempts = $1, lease_until = $2, updated_at = $3 \
-                 WHERE id = $4 AND status = 'processing'",
+                 WHERE id = $4 AND (status = 'processing' \
+                 OR (status = 'requires_capture' AND capture_requested_minor IS NOT NULL))",
         )
         .bind(attempts)
         .bind(retry_at)
@@ -581,27 +675,367 @@ where
     #[tracing::instrument(name = "db record_sandbox_call", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "record_sandbox_call"))]
     async fn record_sandbox_call(
         &self,
-        payment_id: &str,
-        attempt: i32,
+        call: SandboxCall<'_>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO sandbox_calls (payment_id, attempt, received_at) VALUES ($1, $2, $3)",
+            "INSERT INTO sandbox_calls (payment_id, attempt, received_at, operation, outcome) \
+             VALUES ($1, $2, $3, $4, $5)",
         )
-        .bind(payment_id)
-        .bind(attempt)
+        .bind(call.reference)
+        .bind(call.attempt)
         .bind(now)
+        .bind(call.operation)
+        .bind(call.outcome)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    #[tracing::instrument(name = "db sandbox_calls", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "sandbox_calls"))]
-    async fn sandbox_calls(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT payment_id, COUNT(*) FROM sandbox_calls GROUP BY payment_id ORDER BY payment_id",
+    #[tracing::instrument(name = "db sandbox_outcome", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "sandbox_outcome"))]
+    async fn sandbox_outcome(
+        &self,
+        operation: &str,
+        reference: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT outcome FROM sandbox_calls WHERE operation = $1 AND payment_id = $2 \
+             AND outcome IS NOT NULL AND outcome <> 'error' ORDER BY id DESC LIMIT 1",
         )
+        .bind(operation)
+        .bind(reference)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|(outcome,)| outcome))
+    }
+
+    #[tracing::instrument(name = "db sandbox_calls", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "sandbox_calls"))]
+    async fn sandbox_calls(&self, operation: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT payment_id, COUNT(*) FROM sandbox_calls WHERE operation = $1 \
+             GROUP BY payment_id ORDER BY payment_id",
+        )
+        .bind(operation)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    #[tracing::instrument(name = "db release_expired_authorizations", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "release_expired_authorizations"))]
+    async fn release_expired_authorizations(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Payment>, StoreError> {
+        let expired = format!(
+            "SELECT id FROM payments WHERE status = 'requires_capture' \
+             AND capture_requested_minor IS NULL AND capture_before < $1 \
+             ORDER BY capture_before LIMIT $2 {}",
+            DB::SKIP_LOCKED
+        );
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<(String,)> = if DB::ROW_LOCKS {
+            sqlx::query_as(AssertSqlSafe(expired))
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?
+        } else {
+            sqlx::query_as(AssertSqlSafe(expired))
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+        };
+        let mut released = Vec::with_capacity(ids.len());
+        for (id,) in ids {
+            let payment: Option<Payment> = sqlx::query_as(
+                "UPDATE payments SET status = 'canceled', cancellation_reason = 'authorization_expired', \
+                 lease_until = NULL, updated_at = $1 WHERE id = $2 AND status = 'requires_capture' \
+                 AND capture_requested_minor IS NULL AND capture_before < $1 RETURNING *",
+            )
+            .bind(now)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(payment) = payment {
+                let event = events::state_changed(&payment, now);
+                insert_event::<DB>(&mut *tx, &event, of_payment(&payment)).await?;
+                released.push(payment);
+            }
+        }
+        tx.commit().await?;
+        Ok(released)
+    }
+
+    #[tracing::instrument(name = "db begin_capture", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "begin_capture"))]
+    async fn begin_capture(
+        &self,
+        id: &str,
+        amount_minor: i64,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<Payment>, StoreError> {
+        Ok(sqlx::query_as(
+            "UPDATE payments SET capture_requested_minor = $1, attempts = attempts + 1, \
+             lease_until = $2, updated_at = $3 WHERE id = $4 AND status = 'requires_capture' \
+             AND capture_requested_minor IS NULL AND $1 <= amount_minor RETURNING *",
+        )
+        .bind(amount_minor)
+        .bind(now + lease)
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    #[tracing::instrument(name = "db finish_capture", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "finish_capture"))]
+    async fn finish_capture(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+        response: Option<SavedResponse<'_>>,
+    ) -> Result<Option<Payment>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let captured: Option<Payment> = sqlx::query_as(
+            "UPDATE payments SET status = 'succeeded', amount_captured_minor = capture_requested_minor, \
+             capture_requested_minor = NULL, lease_until = NULL, updated_at = $1 \
+             WHERE id = $2 AND status = 'requires_capture' AND capture_requested_minor IS NOT NULL \
+             RETURNING *",
+        )
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(payment) = captured else {
+            return Ok(None);
+        };
+        let event = events::state_changed(&payment, now);
+        insert_event::<DB>(&mut *tx, &event, of_payment(&payment)).await?;
+        if let Some(response) = response
+            && !save_response::<DB>(&mut *tx, response, &payment.id).await?
+        {
+            // The capture is the provider's fact: record it; the key belongs to the request
+            // that took it over, which finds the payment captured.
+            tracing::warn!("idempotency key taken over while the capture ran; response not saved");
+        }
+        tx.commit().await?;
+        Ok(Some(payment))
+    }
+
+    #[tracing::instrument(name = "db claim_unconfirmed_capture", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "claim_unconfirmed_capture"))]
+    async fn claim_unconfirmed_capture(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<Payment>, StoreError> {
+        let select = format!(
+            "SELECT id FROM payments WHERE status = 'requires_capture' \
+             AND capture_requested_minor IS NOT NULL AND lease_until < $1 \
+             ORDER BY lease_until LIMIT 1 {}",
+            DB::SKIP_LOCKED
+        );
+        claim_one::<DB, Payment>(
+            &self.pool,
+            &select,
+            "UPDATE payments SET attempts = attempts + 1, lease_until = $2 WHERE id = $3 \
+             AND status = 'requires_capture' AND capture_requested_minor IS NOT NULL \
+             AND lease_until < $1 RETURNING *",
+            now,
+            now + lease,
+        )
+        .await
+    }
+
+    #[tracing::instrument(name = "db flag_for_attention", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "flag_for_attention"))]
+    async fn flag_for_attention(
+        &self,
+        item: WorkItem,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let sql = match item {
+            WorkItem::Payment => {
+                "UPDATE payments SET attention_at = $1 WHERE id = $2 AND attention_at IS NULL"
+            }
+            WorkItem::Refund => {
+                "UPDATE refunds SET attention_at = $1 WHERE id = $2 AND attention_at IS NULL"
+            }
+        };
+        let flagged = sqlx::query(sql)
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(DB::rows_affected(&flagged) == 1)
+    }
+
+    #[tracing::instrument(name = "db create_refund", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "create_refund"))]
+    async fn create_refund(
+        &self,
+        refund: &Refund,
+        response: Option<SavedResponse<'_>>,
+    ) -> Result<RefundCreated, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The reservation: one conditional update of the payment's row. Concurrent refunds
+        // of one payment queue on its row lock (PostgreSQL re-checks the condition against
+        // the row as the one before left it; SQLite has one writer at a time).
+        let reserved: Option<Payment> = sqlx::query_as(
+            "UPDATE payments SET amount_refunded_minor = amount_refunded_minor + $1, updated_at = $2 \
+             WHERE id = $3 AND status = 'succeeded' \
+             AND amount_refunded_minor + $1 <= amount_captured_minor RETURNING *",
+        )
+        .bind(refund.amount_minor)
+        .bind(refund.created_at)
+        .bind(&refund.payment_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(payment) = reserved else {
+            drop(tx);
+            let current: Option<Payment> = sqlx::query_as("SELECT * FROM payments WHERE id = $1")
+                .bind(&refund.payment_id)
+                .fetch_optional(&self.pool)
+                .await?;
+            return Ok(match current {
+                None => RefundCreated::NoPayment,
+                Some(payment) if payment.status() != PaymentStatus::Succeeded => {
+                    RefundCreated::NotRefundable(payment)
+                }
+                Some(payment) => RefundCreated::TooLarge(payment),
+            });
+        };
+        sqlx::query(
+            "INSERT INTO refunds (id, payment_id, owner, status, amount_minor, currency, reason, \
+             attempts, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8)",
+        )
+        .bind(&refund.id)
+        .bind(&refund.payment_id)
+        .bind(&refund.owner)
+        .bind(&refund.status)
+        .bind(refund.amount_minor)
+        .bind(&refund.currency)
+        .bind(refund.reason.as_deref())
+        .bind(refund.created_at)
+        .execute(&mut *tx)
+        .await?;
+        let event = events::refund_changed(refund, refund.created_at);
+        insert_event::<DB>(&mut *tx, &event, of_refund(refund)).await?;
+        if let Some(response) = response
+            && !save_response::<DB>(&mut *tx, response, &refund.id).await?
+        {
+            return Err(taken_over());
+        }
+        tx.commit().await?;
+        Ok(RefundCreated::Created(payment))
+    }
+
+    #[tracing::instrument(name = "db refund", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "refund"))]
+    async fn refund(&self, id: &str) -> Result<Option<Refund>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM refunds WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    #[tracing::instrument(name = "db list_refunds", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "list_refunds"))]
+    async fn list_refunds(
+        &self,
+        payment_id: &str,
+        before: Option<(DateTime<Utc>, String)>,
+        limit: i64,
+    ) -> Result<Vec<Refund>, StoreError> {
+        let (before_time, before_id) = before.unzip();
+        Ok(sqlx::query_as(
+            "SELECT * FROM refunds WHERE payment_id = $1 \
+             AND ($2 IS NULL OR created_at < $2 OR (created_at = $2 AND id < $3)) \
+             ORDER BY created_at DESC, id DESC LIMIT $4",
+        )
+        .bind(payment_id)
+        .bind(before_time)
+        .bind(before_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    #[tracing::instrument(name = "db claim_next_refund", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "claim_next_refund"))]
+    async fn claim_next_refund(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<Refund>, StoreError> {
+        let select = format!(
+            "SELECT id FROM refunds WHERE status = 'pending' AND created_at <= $1 \
+             AND (lease_until IS NULL OR lease_until < $1) \
+             ORDER BY COALESCE(lease_until, created_at) LIMIT 1 {}",
+            DB::SKIP_LOCKED
+        );
+        claim_one::<DB, Refund>(
+            &self.pool,
+            &select,
+            "UPDATE refunds SET attempts = attempts + 1, lease_until = $2 WHERE id = $3 \
+             AND status = 'pending' AND (lease_until IS NULL OR lease_until < $1) RETURNING *",
+            now,
+            now + lease,
+        )
+        .await
+    }
+
+    #[tracing::instrument(name = "db finish_refund", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "finish_refund"))]
+    async fn finish_refund(
+        &self,
+        id: &str,
+        finish: RefundFinish<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Refund>, StoreError> {
+        let (code, message) = finish.failure.unzip();
+        let mut tx = self.pool.begin().await?;
+        let finished: Option<Refund> = sqlx::query_as(
+            "UPDATE refunds SET status = $1, failure_code = $2, failure_message = $3, \
+             lease_until = NULL, updated_at = $4 WHERE id = $5 AND status = 'pending' RETURNING *",
+        )
+        .bind(finish.status.as_str())
+        .bind(code)
+        .bind(message)
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(refund) = finished else {
+            return Ok(None);
+        };
+        if finish.status == RefundStatus::Failed {
+            // Its reservation is given back: the amount can be refunded again.
+            sqlx::query(
+                "UPDATE payments SET amount_refunded_minor = amount_refunded_minor - $1, \
+                 updated_at = $2 WHERE id = $3",
+            )
+            .bind(refund.amount_minor)
+            .bind(now)
+            .bind(&refund.payment_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let event = events::refund_changed(&refund, now);
+        insert_event::<DB>(&mut *tx, &event, of_refund(&refund)).await?;
+        tx.commit().await?;
+        Ok(Some(refund))
+    }
+
+    #[tracing::instrument(name = "db retry_refund_later", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "retry_refund_later"))]
+    async fn retry_refund_later(
+        &self,
+        id: &str,
+        retry_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE refunds SET lease_until = $1, updated_at = $2 WHERE id = $3 AND status = 'pending'",
+        )
+        .bind(retry_at)
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }

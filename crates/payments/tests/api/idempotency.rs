@@ -262,7 +262,8 @@ async fn expired_keys_are_purged_and_then_free(db: TestDatabase) {
 async fn a_request_that_outlived_its_lock_creates_nothing(db: TestDatabase) {
     use chrono::{SubsecRound, Utc};
     use payments::domain::events::state_changed;
-    use payments::domain::payment::Payment;
+    use payments::domain::money::Money;
+    use payments::domain::payment::{CaptureMethod, Payment};
     use payments::store::{KeyClaim, SavedResponse};
 
     let app = spawn_app_with(db, &[NO_PROCESSOR]).await;
@@ -282,18 +283,16 @@ async fn a_request_that_outlived_its_lock_creates_nothing(db: TestDatabase) {
     }
     let payment = |id: &str| Payment {
         id: id.to_owned(),
-        owner: "alice".to_owned(),
-        status: "pending".to_owned(),
-        amount_minor: 100,
-        currency: "USD".to_owned(),
-        description: String::new(),
-        payment_method: "pm_card_visa".to_owned(),
-        failure_code: None,
-        failure_message: None,
-        attempts: 0,
-        lease_until: None,
         created_at: first,
         updated_at: first,
+        ..Payment::new(
+            "alice",
+            Money::from_minor(100, "USD").unwrap(),
+            String::new(),
+            "pm_card_visa".to_owned(),
+            CaptureMethod::Automatic,
+            first,
+        )
     };
     let save = |payment: Payment, locked_at| async move {
         let event = state_changed(&payment, payment.created_at);

@@ -296,18 +296,14 @@ async fn a_full_or_read_only_database_is_a_503_and_readiness_says_so(db: TestDat
         let error = loop {
             let payment = payments::domain::payment::Payment {
                 id: format!("pay_{written}"),
-                owner: "usr_full".into(),
-                status: "pending".into(),
-                amount_minor: 100,
-                currency: "USD".into(),
-                description: "x".repeat(900),
-                payment_method: "pm_card_visa".into(),
-                failure_code: None,
-                failure_message: None,
-                attempts: 0,
-                lease_until: None,
-                created_at: chrono::Utc::now(),
-                updated_at: chrono::Utc::now(),
+                ..payments::domain::payment::Payment::new(
+                    "usr_full",
+                    payments::domain::money::Money::from_minor(100, "USD").unwrap(),
+                    "x".repeat(900),
+                    "pm_card_visa".into(),
+                    payments::domain::payment::CaptureMethod::Automatic,
+                    chrono::Utc::now(),
+                )
             };
             let event = payments::domain::events::state_changed(&payment, payment.created_at);
             match store.create_payment(&payment, &event, None).await {

@@ -54,9 +54,13 @@ async fn the_document_lists_every_route_with_its_problems() {
             "GET /v1/events",
             "GET /v1/payments",
             "GET /v1/payments/{id}",
+            "GET /v1/payments/{id}/refunds",
+            "GET /v1/refunds/{id}",
             "POST /payments",
             "POST /v1/payments",
             "POST /v1/payments/{id}/cancel",
+            "POST /v1/payments/{id}/capture",
+            "POST /v1/payments/{id}/refunds",
         ]
     );
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -116,6 +120,22 @@ async fn the_document_lists_every_route_with_its_problems() {
     assert_eq!(
         codes(&doc, "/v1/payments/{id}", "get", "404"),
         ["not_found"]
+    );
+    let refunds = "/v1/payments/{id}/refunds";
+    assert_eq!(
+        codes(&doc, refunds, "post", "422"),
+        ["amount_too_large", "validation_failed", "idempotency_key_reused"]
+    );
+    assert_eq!(
+        codes(&doc, refunds, "post", "409"),
+        ["invalid_state", "idempotency_key_in_use"]
+    );
+    assert_eq!(
+        codes(&doc, "/v1/payments/{id}/capture", "post", "422"),
+        ["amount_too_large", "validation_failed"]
+    );
+    assert!(
+        doc["paths"][refunds]["post"]["responses"]["202"]["headers"]["Location"].is_object()
     );
     let limit = doc["paths"]["/v1/payments"]["get"]["parameters"]
         .as_array()
