@@ -64,6 +64,76 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `POST` with an optional key and an optional JSON body.
+    pub async fn post(
+        &self,
+        token: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> reqwest::Response {
+        let mut request = self.client.post(self.url(path)).bearer_auth(token);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// `POST /v1/payments/{payment}/refunds` with a key and a body.
+    pub async fn refund(
+        &self,
+        token: &str,
+        payment: &str,
+        key: &str,
+        body: &Value,
+    ) -> reqwest::Response {
+        let path = format!("/v1/payments/{payment}/refunds");
+        self.post(token, &path, Some(key), Some(body)).await
+    }
+
+    /// Polls `path` until its `status` is one of `statuses` (or 15 s pass).
+    pub async fn wait_for(&self, token: &str, path: &str, statuses: &[&str]) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..300 {
+            last = self.get(token, path).await.json().await.unwrap();
+            if statuses.contains(&last["status"].as_str().unwrap_or_default()) {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{path} never reached {statuses:?}: {last}");
+    }
+
+    /// Creates a payment with `body` and waits until it is processed (succeeded, failed or
+    /// authorized); returns it.
+    pub async fn processed_payment(&self, token: &str, key: &str, body: &Value) -> Value {
+        let created = self.create(token, key, body).await;
+        assert_eq!(created.status(), 202);
+        let id = created.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        self.wait_for(
+            token,
+            &format!("/v1/payments/{id}"),
+            &["succeeded", "failed", "requires_capture"],
+        )
+        .await
+    }
+
+    /// This service's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Polls a payment until it reaches a terminal status (or 10 s pass).
     pub async fn settled(&self, token: &str, id: &str) -> Value {
         for _ in 0..200 {
@@ -86,6 +156,20 @@ impl TestApp {
 
 pub fn usd(amount: Value) -> Value {
     json!({"amount": amount, "currency": "USD", "description": "test"})
+}
+
+/// A USD payment body with `fields` added (`payment_method`, `capture_method`).
+pub fn usd_with(amount: Value, fields: Value) -> Value {
+    let mut body = usd(amount);
+    for (name, value) in fields.as_object().unwrap() {
+        body[name] = value.clone();
+    }
+    body
+}
+
+/// The `id` of a JSON object.
+pub fn id_of(value: &Value) -> String {
+    value["id"].as_str().unwrap().to_owned()
 }
 
 /// Starts accounts (SQLite, EdDSA) and payments on `db` with fast processor timings.

@@ -124,7 +124,11 @@ async fn the_document_lists_every_route_with_its_problems() {
     let refunds = "/v1/payments/{id}/refunds";
     assert_eq!(
         codes(&doc, refunds, "post", "422"),
-        ["amount_too_large", "validation_failed", "idempotency_key_reused"]
+        [
+            "amount_too_large",
+            "validation_failed",
+            "idempotency_key_reused"
+        ]
     );
     assert_eq!(
         codes(&doc, refunds, "post", "409"),
@@ -134,9 +138,7 @@ async fn the_document_lists_every_route_with_its_problems() {
         codes(&doc, "/v1/payments/{id}/capture", "post", "422"),
         ["amount_too_large", "validation_failed"]
     );
-    assert!(
-        doc["paths"][refunds]["post"]["responses"]["202"]["headers"]["Location"].is_object()
-    );
+    assert!(doc["paths"][refunds]["post"]["responses"]["202"]["headers"]["Location"].is_object());
     let limit = doc["paths"]["/v1/payments"]["get"]["parameters"]
         .as_array()
         .unwrap()
