@@ -312,7 +312,8 @@ impl Cluster {
         }
     }
 
-    /// Waits until `count` payments exist, all final, with every event published.
+    /// Waits until `count` payments exist, all final (and every refund), with every event
+    /// published.
     pub async fn wait_until_settled_and_published(&self, count: i64) {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
@@ -320,6 +321,10 @@ impl Cluster {
             let open = self
                 .count("SELECT count(*) FROM payments WHERE status IN ('pending', 'processing')")
                 .await;
+            let open = open
+                + self
+                    .count("SELECT count(*) FROM refunds WHERE status = 'pending'")
+                    .await;
             let unpublished = self
                 .count("SELECT count(*) FROM payment_events WHERE published_at IS NULL")
                 .await;
@@ -329,7 +334,7 @@ impl Cluster {
             if Instant::now() > deadline {
                 let logs: Vec<String> = self.payments.iter().map(Replica::log).collect();
                 panic!(
-                    "after 90 s: {payments} of {count} payments, {open} not final, {unpublished} events unpublished\n{}",
+                    "after 90 s: {payments} of {count} payments, {open} payments or refunds not final, {unpublished} events unpublished\n{}",
                     logs.join("\n")
                 );
             }
@@ -425,7 +430,7 @@ impl Cluster {
     /// the last lines of its log).
     pub async fn provider_calls(&self) -> BTreeMap<String, usize> {
         let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT payment_id, COUNT(*) FROM sandbox_calls GROUP BY payment_id")
+            sqlx::query_as("SELECT payment_id, COUNT(*) FROM sandbox_calls WHERE operation = 'charge' GROUP BY payment_id")
                 .fetch_all(&self.payments_db)
                 .await
                 .unwrap_or_else(|e| panic!("the sandbox's ledger: {e}"));

@@ -4,7 +4,8 @@
 //! Through both gateways at once: concurrent requests with one `Idempotency-Key` create one
 //! payment; the two processors never take the same payment; every outbox event reaches the
 //! stream exactly once; the rate limit is one limit across both gateways; a signing key rotated
-//! on one accounts replica verifies at the other (and at the payments replica behind it); the
+//! on one accounts replica verifies at the other (and at the payments replica behind it); fifty
+//! concurrent partial refunds through both never add up to more than the payment; the
 //! replicas start together on empty databases. Then one replica of each is killed (SIGKILL) in
 //! the middle of a load, and nothing that was accepted is lost or done twice.
 //!
@@ -51,18 +52,21 @@ async fn replicas_share_one_database_stream_and_limit_and_survive_a_kill() {
 
     // Users: signed up at one accounts replica, logged in at the other (one database).
     let mut tokens = Vec::new();
-    for n in 0..CLIENTS + 3 {
+    for n in 0..CLIENTS + 4 {
         tokens.push(cluster.user_token(&format!("user{n}@example.com"), n).await);
     }
     // Each check has a subject of its own, so one check's requests do not spend another's limit.
     let limited = tokens.pop().unwrap_or_else(|| panic!("three tokens"));
     let same_key_user = tokens.pop().unwrap_or_else(|| panic!("three tokens"));
     let shared_user = tokens.pop().unwrap_or_else(|| panic!("three tokens"));
+    let refunding_user = tokens.pop().unwrap_or_else(|| panic!("four tokens"));
 
     same_key_requests_through_both_gateways_create_one_payment(&cluster, &same_key_user).await;
     processors_share_the_work_and_never_take_a_payment_twice(&cluster, &shared_user).await;
     the_rate_limit_is_one_limit_across_gateways(&cluster, &limited).await;
     a_key_rotated_at_one_accounts_replica_verifies_at_the_other(&cluster).await;
+    concurrent_refunds_through_both_replicas_never_exceed_the_payment(&cluster, &refunding_user)
+        .await;
 
     // The load: every client creates its payments through both gateways, alternating; in the
     // middle, gateway B, payments B and accounts B are killed.
@@ -102,7 +106,8 @@ async fn replicas_share_one_database_stream_and_limit_and_survive_a_kill() {
     // Nothing accepted is lost: every key has its payment, once.
     let ids: BTreeSet<&str> = accepted.iter().map(|(_, id)| id.as_str()).collect();
     assert_eq!(ids.len(), accepted.len(), "one payment per key");
-    let expected_payments = 1 + 20 + accepted.len() as i64;
+    // The same-key payment, the twenty shared ones, the refunded one, and the load's.
+    let expected_payments = 1 + 20 + 1 + accepted.len() as i64;
     assert!(
         killed_at < expected_payments,
         "the kill came in the middle of the load"
@@ -142,6 +147,17 @@ async fn replicas_share_one_database_stream_and_limit_and_survive_a_kill() {
         );
     }
 
+    let refunds: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM refunds GROUP BY status")
+            .fetch_all(database)
+            .await
+            .unwrap_or_else(|e| panic!("query failed: {e}"));
+    assert_eq!(
+        refunds,
+        [("succeeded".to_owned(), 33)],
+        "every refund finished, once"
+    );
+
     // Nothing done twice: one event per state change, each published once.
     let events: Vec<(String, String, String)> =
         sqlx::query_as("SELECT id, payment_id, type FROM payment_events ORDER BY seq")
@@ -149,7 +165,11 @@ async fn replicas_share_one_database_stream_and_limit_and_survive_a_kill() {
             .await
             .unwrap_or_else(|e| panic!("query failed: {e}"));
     let mut per_payment: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (_, payment, kind) in &events {
+    // The refunds' events (checked by their own step) are in their payment's history too.
+    let payment_events = events
+        .iter()
+        .filter(|(_, _, kind)| kind.starts_with("payments.payment."));
+    for (_, payment, kind) in payment_events {
         per_payment
             .entry(payment)
             .or_default()
@@ -222,6 +242,84 @@ async fn replicas_share_one_database_stream_and_limit_and_survive_a_kill() {
     );
 
     cluster.stop_survivors().await;
+}
+
+/// Fifty partial refunds of one payment at once, each with its own key, alternating between
+/// the gateways (so between the two payments processes): never more than was paid.
+async fn concurrent_refunds_through_both_replicas_never_exceed_the_payment(
+    cluster: &Cluster,
+    token: &str,
+) {
+    let body = json!({"amount": "100.00", "currency": "EUR", "payment_method": "pm_card_visa"});
+    let payment = cluster.create_payment(token, "to-refund", &body, 0).await;
+    let id = payment["id"].as_str().unwrap_or_default().to_owned();
+    let database = cluster.payments_database();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status: String = sqlx::query_scalar("SELECT status FROM payments WHERE id = $1")
+            .bind(&id)
+            .fetch_one(database)
+            .await
+            .unwrap_or_else(|e| panic!("query failed: {e}"));
+        if status == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{id} did not succeed: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refunds = (0..50).map(|n| {
+        let (id, gateway) = (&id, if n % 2 == 0 { Gateway::A } else { Gateway::B });
+        async move {
+            let url = cluster.gateway_url(gateway, &format!("/payments/v1/payments/{id}/refunds"));
+            loop {
+                let response = cluster
+                    .client
+                    .post(&url)
+                    .bearer_auth(token)
+                    .header("idempotency-key", format!("refund-{n}"))
+                    .json(&json!({"amount": "3.00"}))
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("refund {n}: {e}"));
+                let status = response.status().as_u16();
+                if status == 429 || status == 409 {
+                    // Limited per subject, or the first try of this key still running.
+                    let wait = response
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                        .unwrap_or(1);
+                    tokio::time::sleep(Duration::from_secs(wait)).await;
+                    continue;
+                }
+                let body: Value = response.json().await.unwrap_or_default();
+                return (status, body);
+            }
+        }
+    });
+    let answers = join_all(refunds).await;
+    let accepted = answers.iter().filter(|(status, _)| *status == 202).count();
+    let refused: Vec<&Value> = answers
+        .iter()
+        .filter(|(status, _)| *status != 202)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(accepted, 33, "33 × 3.00 fit in 100.00: {refused:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|body| body["code"] == "amount_too_large"),
+        "{refused:?}"
+    );
+    let (refunded, sum): (i64, i64) = sqlx::query_as(
+        "SELECT p.amount_refunded_minor, (SELECT COALESCE(SUM(amount_minor), 0)::BIGINT FROM refunds r WHERE r.payment_id = p.id) \
+         FROM payments p WHERE p.id = $1",
+    )
+    .bind(&id)
+    .fetch_one(database)
+    .await
+    .unwrap_or_else(|e| panic!("query failed: {e}"));
+    assert_eq!((refunded, sum), (9900, 9900));
 }
 
 /// Twenty identical requests at once, half through each gateway: one payment.
