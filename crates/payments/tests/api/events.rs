@@ -13,6 +13,7 @@ use common::testkit::{
 
 common::both_databases!(
     needs(test_nats): every_state_change_is_published_once_in_order,
+    refund_events_are_published_beside_the_payments,
     a_nats_outage_loses_nothing,
     two_relays_publish_each_event_once,
 );
@@ -245,6 +246,59 @@ async fn assert_stream_matches(
         let state = event["type"].as_str().unwrap().rsplit('.').next().unwrap();
         assert_eq!(subject, &format!("{prefix}.{state}"));
     }
+}
+
+/// A refund's events go to `<root>.refund.<state>`, its payment's to `<root>.payment.<state>`
+/// (the configured prefix, in its old `<root>.payment` form here, names the root), all in the
+/// payment's order.
+async fn refund_events_are_published_beside_the_payments(db: TestDatabase) {
+    let nats = nats_url();
+    let settings = nats_settings(&nats);
+    let _cleanup = StreamCleanup::new(&nats, &settings[1].1);
+    let app = spawn_app_with(db, &as_refs(&settings)).await;
+    let token = app.user_token("refund-events@example.com").await;
+    let paid = app.processed_payment(&token, "p", &usd(json!(12))).await;
+    let payment = paid["id"].as_str().unwrap().to_owned();
+    let refund: Value = app
+        .refund(&token, &payment, "r", &json!({"amount": 2}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let refund = refund["id"].as_str().unwrap().to_owned();
+    app.wait_for(&token, &format!("/v1/refunds/{refund}"), &["succeeded"])
+        .await;
+    drained(&app).await;
+    let root = settings[2].1.trim_end_matches(".payment");
+    let messages = read_stream(&nats, &settings[1].1).await;
+    let published: Vec<(String, String)> = messages
+        .iter()
+        .map(|(subject, _, event)| {
+            (
+                subject.clone(),
+                event["subject"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("payment.created", &payment),
+        ("payment.processing", &payment),
+        ("payment.succeeded", &payment),
+        ("refund.created", &refund),
+        ("refund.succeeded", &refund),
+    ]
+    .into_iter()
+    .map(|(kind, subject)| (format!("{root}.{kind}"), subject.clone()))
+    .collect();
+    assert_eq!(published, expected);
+    let history = app.store.payment_events(&payment).await.unwrap();
+    let stored: Vec<&str> = history.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let sent: Vec<&str> = messages.iter().map(|(_, id, _)| id.as_str()).collect();
+    assert_eq!(
+        sent, stored,
+        "each event once, Nats-Msg-Id = its id, in order"
+    );
+    assert_eq!(messages[4].2["data"]["object"], "refund");
 }
 
 /// The events the relays of these services published, and the repeats JetStream dropped, from
