@@ -208,11 +208,15 @@ impl Processor {
     }
 
     async fn work(&self, worker: usize, shutdown: CancellationToken) {
+        let mut turn = worker;
         while !shutdown.is_cancelled() {
             // `now` is taken after the shutdown check: a claim only takes items accepted
             // before it, so none accepted after the signal (the store's contract).
             let now = Utc::now();
-            match self.claim(now).await {
+            // Payments and refunds take turns at being looked for first, so a steady stream
+            // of either never starves the other.
+            turn = turn.wrapping_add(1);
+            match self.claim(now, turn % 2 == 0).await {
                 Ok(Some(Work::Payment(payment))) => self.process(payment).await,
                 Ok(Some(Work::Refund(refund))) => self.process_refund(refund).await,
                 Ok(Some(Work::Capture(payment))) => self.confirm_capture(payment).await,
@@ -234,13 +238,21 @@ impl Processor {
         }
     }
 
-    /// The next item: a payment, else a refund, else a capture nobody confirmed.
-    async fn claim(&self, now: DateTime<Utc>) -> Result<Option<Work>, common::db::StoreError> {
+    /// The next item: a payment or a refund (`refunds_first` says which is looked for
+    /// first), else a capture nobody confirmed.
+    async fn claim(
+        &self,
+        now: DateTime<Utc>,
+        refunds_first: bool,
+    ) -> Result<Option<Work>, common::db::StoreError> {
         let lease = self.settings.lease;
+        if refunds_first && let Some(refund) = self.store.claim_next_refund(now, lease).await? {
+            return Ok(Some(Work::Refund(refund)));
+        }
         if let Some(payment) = self.store.claim_next_payment(now, lease).await? {
             return Ok(Some(Work::Payment(payment)));
         }
-        if let Some(refund) = self.store.claim_next_refund(now, lease).await? {
+        if !refunds_first && let Some(refund) = self.store.claim_next_refund(now, lease).await? {
             return Ok(Some(Work::Refund(refund)));
         }
         Ok(self
