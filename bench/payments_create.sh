@@ -19,7 +19,7 @@ cargo build --release --locked --quiet
 dir=$(mktemp -d)
 GATEWAY_ADDR=127.0.0.1:28080 ACCOUNTS_ADDR=127.0.0.1:28081 PAYMENTS_ADDR=127.0.0.1:28082 RUST_LOG=warn GATEWAY_RATE_LIMIT_RPS=0 \
   ACCOUNTS_DATABASE_URL="$pg/bench_accounts" PAYMENTS_DATABASE_URL="$pg/bench_payments" \
-  PAYMENTS_PROCESSOR_ENABLED=false DATA_DIR="$dir/data" ./target/release/stack >"$dir/log" 2>&1 &
+  PAYMENTS_PROCESSOR_ENABLED=false DATA_DIR="$dir/data" "${CARGO_TARGET_DIR:-target}/release/stack" >"$dir/log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 1 60); do curl -fs http://127.0.0.1:28080/readyz >/dev/null && break; sleep 0.5; done

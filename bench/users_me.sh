@@ -11,7 +11,7 @@ command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)"
 cargo build --release --locked --quiet
 dir=$(mktemp -d)
 GATEWAY_ADDR=127.0.0.1:28080 ACCOUNTS_ADDR=127.0.0.1:28081 PAYMENTS_ADDR=127.0.0.1:28082 \
-  RUST_LOG=warn GATEWAY_RATE_LIMIT_RPS=0 DATA_DIR="$dir/data" ./target/release/stack >"$dir/log" 2>&1 &
+  RUST_LOG=warn GATEWAY_RATE_LIMIT_RPS=0 DATA_DIR="$dir/data" "${CARGO_TARGET_DIR:-target}/release/stack" >"$dir/log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 1 60); do curl -fs http://127.0.0.1:28080/readyz >/dev/null && break; sleep 0.5; done
