@@ -564,9 +564,11 @@ pub struct CapturePayment {
     responses(
         (status = 200, description = "Captured: the payment, succeeded", body = PaymentView),
         (status = 202, description = "The provider has not confirmed yet: the capture finishes in the background", body = PaymentView),
+        (status = 400, description = "`invalid_idempotency_key`: an Idempotency-Key that is not 1-255 printable ASCII characters"),
         (status = 404, description = "`not_found`: no such payment, or another principal's"),
-        (status = 409, description = "`invalid_state`: the payment is not `requires_capture`, or a capture is already under way"),
-        (status = 422, description = "`amount_too_large`, `validation_failed`: more than was authorized, or not an amount"),
+        (status = 409, description = "`invalid_state`, `idempotency_key_in_use`: the payment is not `requires_capture`, or a capture is already under way; or a request with this key is still running",
+            headers(("Retry-After" = u32, description = "Seconds to wait (idempotency_key_in_use)"))),
+        (status = 422, description = "`amount_too_large`, `validation_failed`, `idempotency_key_reused`: more than was authorized, not an amount, or the key was used for a different request"),
     ),
     security(("bearer" = ["payments:write"]), ("oauth2" = ["payments:write"]))
 )]

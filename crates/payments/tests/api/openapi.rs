@@ -136,7 +136,11 @@ async fn the_document_lists_every_route_with_its_problems() {
     );
     assert_eq!(
         codes(&doc, "/v1/payments/{id}/capture", "post", "422"),
-        ["amount_too_large", "validation_failed"]
+        [
+            "amount_too_large",
+            "validation_failed",
+            "idempotency_key_reused"
+        ]
     );
     assert!(doc["paths"][refunds]["post"]["responses"]["202"]["headers"]["Location"].is_object());
     let limit = doc["paths"]["/v1/payments"]["get"]["parameters"]
