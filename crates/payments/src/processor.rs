@@ -216,7 +216,7 @@ impl Processor {
             // Payments and refunds take turns at being looked for first, so a steady stream
             // of either never starves the other.
             turn = turn.wrapping_add(1);
-            match self.claim(now, turn % 2 == 0).await {
+            match self.claim(now, turn.is_multiple_of(2)).await {
                 Ok(Some(Work::Payment(payment))) => self.process(payment).await,
                 Ok(Some(Work::Refund(refund))) => self.process_refund(refund).await,
                 Ok(Some(Work::Capture(payment))) => self.confirm_capture(payment).await,
