@@ -8,6 +8,7 @@ use common::db::DatabaseUrl;
 
 use crate::processor::ProcessorSettings;
 use crate::relay::RelaySettings;
+use crate::webhooks::WebhookSettings;
 
 /// Everything the payments service is configured with.
 #[derive(Debug, Clone)]
@@ -39,6 +40,13 @@ pub struct PaymentsConfig {
     /// `PAYMENTS_PROVIDER_TIMEOUT_MS` (10000), `PAYMENTS_AUTHORIZATION_WINDOW_SECONDS` (7 days),
     /// `PAYMENTS_ATTENTION_AFTER_SECONDS` (3600).
     pub processor: ProcessorSettings,
+    /// Webhook deliveries: `PAYMENTS_WEBHOOK_ALLOW_PRIVATE` (false), `PAYMENTS_WEBHOOK_ALLOW_HTTP`
+    /// (false), `PAYMENTS_WEBHOOK_TIMEOUT_MS` (10000), `PAYMENTS_WEBHOOK_RETRY_SCHEDULE`,
+    /// `PAYMENTS_WEBHOOK_DISABLE_AFTER_HOURS` (120), `PAYMENTS_WEBHOOK_SECRET_OVERLAP_HOURS`
+    /// (24), `PAYMENTS_WEBHOOK_CONCURRENCY` (16).
+    pub webhooks: WebhookSettings,
+    /// `PAYMENTS_WEBHOOKS_ENABLED`, default true: deliver webhooks from this process.
+    pub webhooks_enabled: bool,
     /// `NATS_URL` (unset: no broker; events stay in the feed) with `PAYMENTS_STREAM`,
     /// `PAYMENTS_SUBJECT_PREFIX` (`payments`: subjects `payments.payment.<state>` and
     /// `payments.refund.<state>`; an old-style `x.payment` is read as `x`) and `PAYMENTS_OUTBOX_RETENTION_HOURS` (default 168).
@@ -120,7 +128,29 @@ impl PaymentsConfig {
                 })
             }
         };
+        let schedule = env.string_or(
+            "PAYMENTS_WEBHOOK_RETRY_SCHEDULE",
+            crate::webhooks::DEFAULT_SCHEDULE,
+        );
+        let webhooks = WebhookSettings {
+            allow_private: env.flag_or("PAYMENTS_WEBHOOK_ALLOW_PRIVATE", false)?,
+            allow_http: env.flag_or("PAYMENTS_WEBHOOK_ALLOW_HTTP", false)?,
+            timeout: Duration::from_millis(positive("PAYMENTS_WEBHOOK_TIMEOUT_MS", 10_000)?),
+            schedule: crate::webhooks::parse_schedule(&schedule)
+                .map_err(|e| ConfigError::new("PAYMENTS_WEBHOOK_RETRY_SCHEDULE", e))?,
+            disable_after: Duration::from_secs(
+                positive("PAYMENTS_WEBHOOK_DISABLE_AFTER_HOURS", 120)? * 3600,
+            ),
+            secret_overlap: Duration::from_secs(
+                env.parse_or::<u64>("PAYMENTS_WEBHOOK_SECRET_OVERLAP_HOURS", 24)? * 3600,
+            ),
+            concurrency: usize::try_from(positive("PAYMENTS_WEBHOOK_CONCURRENCY", 16)?)
+                .unwrap_or(16),
+            poll_interval: processor.poll_interval,
+        };
         Ok(Self {
+            webhooks,
+            webhooks_enabled: env.flag_or("PAYMENTS_WEBHOOKS_ENABLED", true)?,
             relay,
             addr: env.parse_or("PAYMENTS_ADDR", SocketAddr::from(([127, 0, 0, 1], 8082)))?,
             database_url: DatabaseUrl::from_env(env, "PAYMENTS_DATABASE_URL", "payments.db")?,

@@ -9,6 +9,7 @@ pub mod processor;
 pub mod provider;
 pub mod relay;
 pub mod store;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +52,7 @@ pub struct Application {
     metrics: common::metrics::Metrics,
     provider: Arc<dyn PaymentProvider>,
     counters: ProcessorMetrics,
+    webhook_metrics: webhooks::WebhookMetrics,
 }
 
 impl Application {
@@ -81,6 +83,7 @@ impl Application {
             ledger: store.clone(),
         });
         let counters = ProcessorMetrics::new(&metrics);
+        let webhook_metrics = webhooks::WebhookMetrics::new(&metrics);
         let router = http::router(http::AppState {
             store: store.clone(),
             config: config.clone(),
@@ -103,6 +106,7 @@ impl Application {
             metrics,
             provider,
             counters,
+            webhook_metrics,
         })
     }
 
@@ -157,6 +161,17 @@ impl Application {
             idempotency::PURGE_INTERVAL,
             shutdown.clone(),
         );
+        let deliverer = if self.config.webhooks_enabled {
+            let deliverer = webhooks::Deliverer::new(
+                self.store.clone(),
+                self.config.webhooks.clone(),
+                self.webhook_metrics.clone(),
+                self.wake.clone(),
+            )?;
+            Some(deliverer.spawn(shutdown.clone()))
+        } else {
+            None
+        };
         let relay_task = match (&self.config.relay, self.broker.clone()) {
             (Some(settings), Some(client)) => Some(relay::spawn(
                 self.store.clone(),
@@ -178,6 +193,11 @@ impl Application {
             && let Err(error) = task.await
         {
             tracing::error!(%error, "the outbox relay panicked");
+        }
+        if let Some(task) = deliverer
+            && let Err(error) = task.await
+        {
+            tracing::error!(%error, "the webhook deliverer panicked");
         }
         self.store.database().close().await;
         served

@@ -5,3 +5,4 @@ pub mod events;
 pub mod money;
 pub mod payment;
 pub mod refund;
+pub mod webhook;

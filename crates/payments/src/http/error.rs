@@ -27,6 +27,12 @@ pub enum ApiError {
     /// 404 `not_found`: unknown refund id, or another principal's refund.
     #[error("no such refund")]
     NoSuchRefund,
+    /// 404 `not_found`: unknown webhook endpoint.
+    #[error("no such webhook endpoint")]
+    NoSuchEndpoint,
+    /// 404 `not_found`: no such event kept.
+    #[error("no such event")]
+    NoSuchEvent,
     /// 409 `invalid_state` with its own explanation.
     #[error("conflict: {0}")]
     Conflict(String),
@@ -89,6 +95,8 @@ impl IntoResponse for ApiError {
             .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
             Self::NotFound => Problem::not_found("no such payment"),
             Self::NoSuchRefund => Problem::not_found("no such refund"),
+            Self::NoSuchEndpoint => Problem::not_found("no such webhook endpoint"),
+            Self::NoSuchEvent => Problem::not_found("no such event is kept"),
             Self::Conflict(detail) => Problem::new(StatusCode::CONFLICT, "invalid_state", detail),
             Self::AmountTooLarge(detail) => {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "amount_too_large", detail)

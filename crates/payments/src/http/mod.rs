@@ -4,6 +4,7 @@ mod error;
 mod events;
 mod payments;
 mod refunds;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -62,6 +63,7 @@ impl FromRef<AppState> for Arc<TokenVerifier> {
     tags(
         (name = "payments", description = "Payments: create (idempotent), read, list, cancel, capture"),
         (name = "refunds", description = "Refunds: money given back from a succeeded payment"),
+        (name = "webhooks", description = "Webhook endpoints (Standard Webhooks), their delivery log, redelivery"),
         (name = "events", description = "The event feed (CloudEvents)"),
         (name = "operations", description = "Probes and metrics"),
     )
@@ -75,7 +77,10 @@ const SCOPES: &[(&str, &str)] = &[
         payments::WRITE,
         "create, cancel and capture payments, and refund them",
     ),
-    (payments::ADMIN, "see everyone's payments and events"),
+    (
+        payments::ADMIN,
+        "see everyone's payments and events; manage webhook endpoints",
+    ),
 ];
 
 /// The routes and their OpenAPI document, built from the same `#[utoipa::path]` attributes.
@@ -87,6 +92,15 @@ fn routes(state: AppState, readiness: Readiness) -> (Router, utoipa::openapi::Op
         .routes(routes!(payments::capture))
         .routes(routes!(refunds::create, refunds::list))
         .routes(routes!(refunds::get_one))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(
+            webhooks::get_one,
+            webhooks::update,
+            webhooks::delete
+        ))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::redeliver))
         .routes(routes!(events::feed));
     alias(
         router,

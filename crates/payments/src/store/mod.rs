@@ -13,6 +13,7 @@ use common::db::{DatabaseUrl, Migrations, Pool, StoreError};
 use crate::domain::events::Event;
 use crate::domain::payment::{Payment, PaymentStatus};
 use crate::domain::refund::{Refund, RefundStatus};
+use crate::domain::webhook::{Attempt, Delivery, WebhookEndpoint};
 
 pub use sql::SqlStore;
 
@@ -86,6 +87,72 @@ pub enum RefundCreated {
     TooLarge(Payment),
     /// No such payment.
     NoPayment,
+}
+
+/// How a webhook attempt ended, for [`PaymentsStore::record_attempt`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptOutcome {
+    /// When it was sent (or given up).
+    pub attempted_at: DateTime<Utc>,
+    /// The endpoint's HTTP status, if it answered.
+    pub status_code: Option<i32>,
+    /// How long it took.
+    pub latency_ms: i64,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+    /// Set when delivered.
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// Set when another attempt is planned; neither this nor `delivered_at`: failed for good.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Whether the endpoint was tried (and a failure counts towards disabling it).
+    pub reached_out: bool,
+}
+
+impl AttemptOutcome {
+    /// A 2xx.
+    pub fn delivered(at: DateTime<Utc>, status: Option<i32>, latency_ms: i64) -> Self {
+        Self {
+            attempted_at: at,
+            status_code: status,
+            latency_ms,
+            error: None,
+            delivered_at: Some(at),
+            next_attempt_at: None,
+            reached_out: true,
+        }
+    }
+
+    /// Anything else; retried at `next` if there is one.
+    pub fn failed(
+        at: DateTime<Utc>,
+        status: Option<i32>,
+        latency_ms: i64,
+        error: String,
+        next: Option<DateTime<Utc>>,
+    ) -> Self {
+        Self {
+            attempted_at: at,
+            status_code: status,
+            latency_ms,
+            error: Some(error),
+            delivered_at: None,
+            next_attempt_at: next,
+            reached_out: true,
+        }
+    }
+
+    /// Not attempted, and not to be: `reason`.
+    pub fn give_up(at: DateTime<Utc>, reason: &str) -> Self {
+        Self {
+            attempted_at: at,
+            status_code: None,
+            latency_ms: 0,
+            error: Some(reason.to_owned()),
+            delivered_at: None,
+            next_attempt_at: None,
+            reached_out: false,
+        }
+    }
 }
 
 /// What the workers hold: a payment or a refund (tables `payments` and `refunds`).
@@ -310,6 +377,63 @@ pub trait PaymentsStore: Send + Sync {
         retry_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
+
+    /// Registers a webhook endpoint.
+    async fn create_webhook_endpoint(&self, endpoint: &WebhookEndpoint) -> Result<(), StoreError>;
+    /// A webhook endpoint by id.
+    async fn webhook_endpoint(&self, id: &str) -> Result<Option<WebhookEndpoint>, StoreError>;
+    /// Webhook endpoints, newest first, strictly before the cursor `(created_at, id)`.
+    async fn list_webhook_endpoints(
+        &self,
+        before: Option<(DateTime<Utc>, String)>,
+        limit: i64,
+    ) -> Result<Vec<WebhookEndpoint>, StoreError>;
+    /// Saves an endpoint's changeable fields (url, description, events, status and its
+    /// reason, secrets, failing_since); `false` if it does not exist.
+    async fn update_webhook_endpoint(&self, endpoint: &WebhookEndpoint)
+    -> Result<bool, StoreError>;
+    /// Deletes an endpoint with its deliveries and their log; `false` if it did not exist.
+    async fn delete_webhook_endpoint(&self, id: &str) -> Result<bool, StoreError>;
+    /// Claims up to `limit` due deliveries (pending, due, not held) for `lease`, counting
+    /// the attempt; other deliverers skip them until the lease runs out.
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<Delivery>, StoreError>;
+    /// Hands a claimed delivery back, unattempted.
+    async fn release_delivery(&self, id: i64) -> Result<(), StoreError>;
+    /// In one transaction: logs the attempt, moves the delivery on (delivered, pending until
+    /// `next_attempt_at`, or failed), and keeps the endpoint's `failing_since`, disabling an
+    /// endpoint failing for longer than `disable_after`. Returns whether it was disabled now.
+    async fn record_attempt(
+        &self,
+        delivery_id: i64,
+        endpoint_id: &str,
+        outcome: &AttemptOutcome,
+        disable_after: chrono::Duration,
+    ) -> Result<bool, StoreError>;
+    /// An endpoint's deliveries, newest first, before the delivery row `before`, with every
+    /// attempt of each (oldest first).
+    async fn webhook_deliveries(
+        &self,
+        endpoint_id: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<(Vec<Delivery>, Vec<Attempt>), StoreError>;
+    /// Sends `event_id` to `endpoint_id` again: its delivery (made now if there was none) is
+    /// pending and due at once. `None` if no such event is kept.
+    async fn redeliver(
+        &self,
+        endpoint_id: &str,
+        event_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Delivery>, StoreError>;
+    /// An event's CloudEvent JSON, as delivered.
+    async fn event_body(&self, event_id: &str) -> Result<Option<String>, StoreError>;
+    /// Pending deliveries: how many, and when the oldest was made.
+    async fn webhook_backlog(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError>;
 
     /// The CloudEvents of one payment, oldest first (its history).
     async fn payment_events(&self, payment_id: &str) -> Result<Vec<serde_json::Value>, StoreError>;

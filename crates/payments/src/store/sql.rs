@@ -11,12 +11,13 @@ use common::db::{Backend, Pool, StoreError};
 use sqlx::{AssertSqlSafe, Decode, Encode, Executor, FromRow, Type};
 
 use super::{
-    Finish, KeyClaim, OutboxEvent, PaymentsStore, RefundCreated, RefundFinish, SandboxCall,
-    SavedResponse, WorkItem,
+    AttemptOutcome, Finish, KeyClaim, OutboxEvent, PaymentsStore, RefundCreated, RefundFinish,
+    SandboxCall, SavedResponse, WorkItem,
 };
 use crate::domain::events::{self, Event};
 use crate::domain::payment::{Payment, PaymentStatus};
 use crate::domain::refund::{Refund, RefundStatus};
+use crate::domain::webhook::{Attempt, Delivery, WebhookEndpoint};
 
 /// Payments in an sqlx database: `SqlStore<sqlx::Sqlite>` or `SqlStore<sqlx::Postgres>`.
 pub struct SqlStore<DB: Backend> {
@@ -31,13 +32,15 @@ impl<DB: Backend> SqlStore<DB> {
 }
 
 /// Writes `event` about a payment (or one of its refunds) to `payment_events` (the history
-/// and the outbox), on `executor`: the transaction of the change it records.
-async fn insert_event<'c, DB: Backend>(
-    executor: impl Executor<'c, Database = DB>,
+/// and the outbox), and a webhook delivery of it for every enabled endpoint that subscribes
+/// to its type, on `conn`: the transaction of the change it records.
+async fn insert_event<DB: Backend>(
+    conn: &mut DB::Connection,
     event: &Event,
     (payment_id, owner): (&str, &str),
 ) -> Result<(), sqlx::Error>
 where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> String: Encode<'q, DB> + Type<DB>,
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
     for<'q> sqlx::types::Json<&'q serde_json::Value>: Encode<'q, DB> + Type<DB>,
@@ -52,9 +55,25 @@ where
     .bind(&event.kind)
     .bind(sqlx::types::Json(&event.body))
     .bind(event.time)
-    .execute(executor)
-    .await
-    .map(drop)
+    .execute(&mut *conn)
+    .await?;
+    // `enabled_events` is a space-separated list: match the type as a whole word (its `_`
+    // escaped, LIKE's one-character wildcard).
+    let word = format!("% {} %", event.kind.replace('_', "\\_"));
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, status, attempts, \
+         next_attempt_at, created_at, updated_at) \
+         SELECT id, $1, $2, 'pending', 0, $3, $3, $3 FROM webhook_endpoints \
+         WHERE status = 'enabled' AND (enabled_events = '*' \
+         OR (' ' || enabled_events || ' ') LIKE $4 ESCAPE '\\')",
+    )
+    .bind(&event.id)
+    .bind(&event.kind)
+    .bind(event.time)
+    .bind(word)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Where a payment's events go.
@@ -171,6 +190,12 @@ where
     for<'q> Option<i64>: Encode<'q, DB>,
     for<'r> Payment: FromRow<'r, DB::Row>,
     for<'r> Refund: FromRow<'r, DB::Row>,
+    for<'r> WebhookEndpoint: FromRow<'r, DB::Row>,
+    for<'r> Delivery: FromRow<'r, DB::Row>,
+    for<'r> Attempt: FromRow<'r, DB::Row>,
+    for<'r> (i64, Option<DateTime<Utc>>): FromRow<'r, DB::Row>,
+    for<'r> (String, sqlx::types::Json<serde_json::Value>): FromRow<'r, DB::Row>,
+    for<'q> Option<i32>: Encode<'q, DB>,
     for<'r> (String,): FromRow<'r, DB::Row>,
     for<'r> (Option<String>,): FromRow<'r, DB::Row>,
     for<'r> OutboxEvent: FromRow<'r, DB::Row>,
@@ -1037,5 +1062,300 @@ where
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    #[tracing::instrument(name = "db create_webhook_endpoint", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "create_webhook_endpoint"))]
+    async fn create_webhook_endpoint(&self, endpoint: &WebhookEndpoint) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO webhook_endpoints (id, url, description, enabled_events, status, secret, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        )
+        .bind(&endpoint.id)
+        .bind(&endpoint.url)
+        .bind(&endpoint.description)
+        .bind(&endpoint.enabled_events)
+        .bind(&endpoint.status)
+        .bind(&endpoint.secret)
+        .bind(endpoint.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "db webhook_endpoint", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "webhook_endpoint"))]
+    async fn webhook_endpoint(&self, id: &str) -> Result<Option<WebhookEndpoint>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT * FROM webhook_endpoints WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    #[tracing::instrument(name = "db list_webhook_endpoints", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "list_webhook_endpoints"))]
+    async fn list_webhook_endpoints(
+        &self,
+        before: Option<(DateTime<Utc>, String)>,
+        limit: i64,
+    ) -> Result<Vec<WebhookEndpoint>, StoreError> {
+        let (before_time, before_id) = before.unzip();
+        Ok(sqlx::query_as(
+            "SELECT * FROM webhook_endpoints \
+             WHERE ($1 IS NULL OR created_at < $1 OR (created_at = $1 AND id < $2)) \
+             ORDER BY created_at DESC, id DESC LIMIT $3",
+        )
+        .bind(before_time)
+        .bind(before_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    #[tracing::instrument(name = "db update_webhook_endpoint", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "update_webhook_endpoint"))]
+    async fn update_webhook_endpoint(
+        &self,
+        endpoint: &WebhookEndpoint,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE webhook_endpoints SET url = $1, description = $2, enabled_events = $3, \
+             status = $4, disabled_reason = $5, secret = $6, previous_secret = $7, \
+             previous_secret_until = $8, failing_since = $9, updated_at = $10 WHERE id = $11",
+        )
+        .bind(&endpoint.url)
+        .bind(&endpoint.description)
+        .bind(&endpoint.enabled_events)
+        .bind(&endpoint.status)
+        .bind(endpoint.disabled_reason.as_deref())
+        .bind(&endpoint.secret)
+        .bind(endpoint.previous_secret.as_deref())
+        .bind(endpoint.previous_secret_until)
+        .bind(endpoint.failing_since)
+        .bind(endpoint.updated_at)
+        .bind(&endpoint.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(DB::rows_affected(&updated) == 1)
+    }
+
+    #[tracing::instrument(name = "db delete_webhook_endpoint", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "delete_webhook_endpoint"))]
+    async fn delete_webhook_endpoint(&self, id: &str) -> Result<bool, StoreError> {
+        // Deliveries and their attempts go with it (ON DELETE CASCADE).
+        let deleted = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(DB::rows_affected(&deleted) == 1)
+    }
+
+    #[tracing::instrument(name = "db claim_deliveries", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "claim_deliveries"))]
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let due = format!(
+            "SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= $1 \
+             AND (lease_until IS NULL OR lease_until < $1) ORDER BY next_attempt_at LIMIT $2 {}",
+            DB::SKIP_LOCKED
+        );
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<(i64,)> = if DB::ROW_LOCKS {
+            sqlx::query_as(AssertSqlSafe(due))
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?
+        } else {
+            sqlx::query_as(AssertSqlSafe(due))
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+        };
+        let mut claimed = Vec::with_capacity(ids.len());
+        for (id,) in ids {
+            let delivery: Option<Delivery> = sqlx::query_as(
+                "UPDATE webhook_deliveries SET attempts = attempts + 1, lease_until = $1 \
+                 WHERE id = $2 AND status = 'pending' AND (lease_until IS NULL OR lease_until < $3) \
+                 RETURNING *",
+            )
+            .bind(now + lease)
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            claimed.extend(delivery);
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    #[tracing::instrument(name = "db release_delivery", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "release_delivery"))]
+    async fn release_delivery(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE webhook_deliveries SET attempts = attempts - 1, lease_until = NULL \
+             WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "db record_attempt", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "record_attempt"))]
+    async fn record_attempt(
+        &self,
+        delivery_id: i64,
+        endpoint_id: &str,
+        outcome: &AttemptOutcome,
+        disable_after: chrono::Duration,
+    ) -> Result<bool, StoreError> {
+        let now = outcome.attempted_at;
+        let status = if outcome.delivered_at.is_some() {
+            "delivered"
+        } else if outcome.next_attempt_at.is_some() {
+            "pending"
+        } else {
+            "failed"
+        };
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO webhook_attempts (delivery_id, attempted_at, status_code, latency_ms, error) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(delivery_id)
+        .bind(now)
+        .bind(outcome.status_code)
+        .bind(outcome.latency_ms)
+        .bind(outcome.error.as_deref())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE webhook_deliveries SET status = $1, next_attempt_at = $2, lease_until = NULL, \
+             last_status_code = $3, last_error = $4, updated_at = $5 WHERE id = $6",
+        )
+        .bind(status)
+        .bind(outcome.next_attempt_at)
+        .bind(outcome.status_code)
+        .bind(outcome.error.as_deref())
+        .bind(Utc::now())
+        .bind(delivery_id)
+        .execute(&mut *tx)
+        .await?;
+        let mut disabled = false;
+        if outcome.delivered_at.is_some() {
+            sqlx::query(
+                "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL",
+            )
+            .bind(endpoint_id)
+            .execute(&mut *tx)
+            .await?;
+        } else if outcome.reached_out {
+            sqlx::query(
+                "UPDATE webhook_endpoints SET failing_since = $1 WHERE id = $2 AND failing_since IS NULL",
+            )
+            .bind(now)
+            .bind(endpoint_id)
+            .execute(&mut *tx)
+            .await?;
+            let reason = format!(
+                "failing since more than {} hours: {}",
+                disable_after.num_hours(),
+                outcome.error.as_deref().unwrap_or("")
+            );
+            let switched_off = sqlx::query(
+                "UPDATE webhook_endpoints SET status = 'disabled', disabled_reason = $1, updated_at = $2 \
+                 WHERE id = $3 AND status = 'enabled' AND failing_since < $4",
+            )
+            .bind(reason)
+            .bind(now)
+            .bind(endpoint_id)
+            .bind(now - disable_after)
+            .execute(&mut *tx)
+            .await?;
+            disabled = DB::rows_affected(&switched_off) == 1;
+        }
+        tx.commit().await?;
+        Ok(disabled)
+    }
+
+    #[tracing::instrument(name = "db webhook_deliveries", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "webhook_deliveries"))]
+    async fn webhook_deliveries(
+        &self,
+        endpoint_id: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<(Vec<Delivery>, Vec<Attempt>), StoreError> {
+        let deliveries: Vec<Delivery> = sqlx::query_as(
+            "SELECT * FROM webhook_deliveries WHERE endpoint_id = $1 AND ($2 IS NULL OR id < $2) \
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(endpoint_id)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let (Some(newest), Some(oldest)) = (deliveries.first(), deliveries.last()) else {
+            return Ok((deliveries, Vec::new()));
+        };
+        let attempts: Vec<Attempt> = sqlx::query_as(
+            "SELECT a.* FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id \
+             WHERE d.endpoint_id = $1 AND a.delivery_id BETWEEN $2 AND $3 ORDER BY a.id",
+        )
+        .bind(endpoint_id)
+        .bind(oldest.id)
+        .bind(newest.id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((deliveries, attempts))
+    }
+
+    #[tracing::instrument(name = "db redeliver", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "redeliver"))]
+    async fn redeliver(
+        &self,
+        endpoint_id: &str,
+        event_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Delivery>, StoreError> {
+        let kind: Option<(String,)> =
+            sqlx::query_as("SELECT type FROM payment_events WHERE id = $1")
+                .bind(event_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some((kind,)) = kind else {
+            return Ok(None);
+        };
+        Ok(sqlx::query_as(
+            "INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, status, attempts, \
+             next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4) \
+             ON CONFLICT (endpoint_id, event_id) DO UPDATE SET status = 'pending', \
+             next_attempt_at = $4, lease_until = NULL, updated_at = $4 RETURNING *",
+        )
+        .bind(endpoint_id)
+        .bind(event_id)
+        .bind(kind)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    #[tracing::instrument(name = "db event_body", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "event_body"))]
+    async fn event_body(&self, event_id: &str) -> Result<Option<String>, StoreError> {
+        let row: Option<(String, sqlx::types::Json<serde_json::Value>)> =
+            sqlx::query_as("SELECT id, event FROM payment_events WHERE id = $1")
+                .bind(event_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(_, event)| event.0.to_string()))
+    }
+
+    #[tracing::instrument(name = "db webhook_backlog", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "webhook_backlog"))]
+    async fn webhook_backlog(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT COUNT(*), MIN(created_at) FROM webhook_deliveries WHERE status = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await?)
     }
 }

@@ -48,6 +48,7 @@ async fn the_document_lists_every_route_with_its_problems() {
     assert_eq!(
         operations,
         [
+            "DELETE /v1/webhook_endpoints/{id}",
             "GET /healthz",
             "GET /metrics",
             "GET /readyz",
@@ -56,11 +57,18 @@ async fn the_document_lists_every_route_with_its_problems() {
             "GET /v1/payments/{id}",
             "GET /v1/payments/{id}/refunds",
             "GET /v1/refunds/{id}",
+            "GET /v1/webhook_endpoints",
+            "GET /v1/webhook_endpoints/{id}",
+            "GET /v1/webhook_endpoints/{id}/deliveries",
+            "PATCH /v1/webhook_endpoints/{id}",
             "POST /payments",
             "POST /v1/payments",
             "POST /v1/payments/{id}/cancel",
             "POST /v1/payments/{id}/capture",
             "POST /v1/payments/{id}/refunds",
+            "POST /v1/webhook_endpoints",
+            "POST /v1/webhook_endpoints/{id}/deliveries/{event_id}/redeliver",
+            "POST /v1/webhook_endpoints/{id}/rotate_secret",
         ]
     );
     for (path, item) in doc["paths"].as_object().unwrap() {
