@@ -42,7 +42,7 @@ pub struct PaymentsConfig {
     pub processor: ProcessorSettings,
     /// Webhook deliveries: `PAYMENTS_WEBHOOK_ALLOW_PRIVATE` (false), `PAYMENTS_WEBHOOK_ALLOW_HTTP`
     /// (false), `PAYMENTS_WEBHOOK_TIMEOUT_MS` (10000), `PAYMENTS_WEBHOOK_RETRY_SCHEDULE`,
-    /// `PAYMENTS_WEBHOOK_DISABLE_AFTER_HOURS` (120), `PAYMENTS_WEBHOOK_SECRET_OVERLAP_HOURS`
+    /// `PAYMENTS_WEBHOOK_DISABLE_AFTER_SECONDS` (5 days), `PAYMENTS_WEBHOOK_SECRET_OVERLAP_HOURS`
     /// (24), `PAYMENTS_WEBHOOK_CONCURRENCY` (16).
     pub webhooks: WebhookSettings,
     /// `PAYMENTS_WEBHOOKS_ENABLED`, default true: deliver webhooks from this process.
@@ -138,9 +138,10 @@ impl PaymentsConfig {
             timeout: Duration::from_millis(positive("PAYMENTS_WEBHOOK_TIMEOUT_MS", 10_000)?),
             schedule: crate::webhooks::parse_schedule(&schedule)
                 .map_err(|e| ConfigError::new("PAYMENTS_WEBHOOK_RETRY_SCHEDULE", e))?,
-            disable_after: Duration::from_secs(
-                positive("PAYMENTS_WEBHOOK_DISABLE_AFTER_HOURS", 120)? * 3600,
-            ),
+            disable_after: Duration::from_secs(positive(
+                "PAYMENTS_WEBHOOK_DISABLE_AFTER_SECONDS",
+                5 * 24 * 3600,
+            )?),
             secret_overlap: Duration::from_secs(
                 env.parse_or::<u64>("PAYMENTS_WEBHOOK_SECRET_OVERLAP_HOURS", 24)? * 3600,
             ),

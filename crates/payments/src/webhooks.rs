@@ -47,7 +47,7 @@ pub struct WebhookSettings {
     pub timeout: Duration,
     /// `PAYMENTS_WEBHOOK_RETRY_SCHEDULE`: the waits before the 2nd, 3rd, ... attempt.
     pub schedule: Vec<Duration>,
-    /// `PAYMENTS_WEBHOOK_DISABLE_AFTER_HOURS`: an endpoint failing this long is disabled.
+    /// `PAYMENTS_WEBHOOK_DISABLE_AFTER_SECONDS`: an endpoint failing this long is disabled.
     pub disable_after: Duration,
     /// `PAYMENTS_WEBHOOK_SECRET_OVERLAP_HOURS`: after a rotation, the old secret signs beside
     /// the new one this long (unless the rotation says otherwise).
@@ -260,7 +260,7 @@ impl WebhookMetrics {
         failed.with_label_values::<&str>(&[]);
         let disabled = metrics.counter(
             "payments_webhook_endpoints_disabled_total",
-            "Webhook endpoints disabled for failing longer than PAYMENTS_WEBHOOK_DISABLE_AFTER_HOURS.",
+            "Webhook endpoints disabled for failing longer than PAYMENTS_WEBHOOK_DISABLE_AFTER_SECONDS.",
             &[],
         );
         disabled.with_label_values::<&str>(&[]);
@@ -327,8 +327,9 @@ impl Deliverer {
     }
 
     fn lease(&self) -> Duration {
-        // Long enough for an attempt to end; a dead deliverer's claims lapse after it.
-        self.settings.timeout * 2 + Duration::from_secs(5)
+        // Long enough for an attempt to end (the timeout bounds it whole) and be recorded; a
+        // dead deliverer's claims lapse after it.
+        self.settings.timeout + Duration::from_secs(5)
     }
 
     async fn run(self: Arc<Self>, shutdown: CancellationToken) {

@@ -76,6 +76,16 @@ where
     Ok(())
 }
 
+/// A duration for people: `5 days`, `3 hours`, `90 seconds`.
+fn humane(duration: chrono::Duration) -> String {
+    let seconds = duration.num_seconds();
+    match seconds {
+        s if s >= 86_400 && s % 86_400 == 0 => format!("{} days", s / 86_400),
+        s if s >= 3_600 && s % 3_600 == 0 => format!("{} hours", s / 3_600),
+        s => format!("{s} seconds"),
+    }
+}
+
 /// Where a payment's events go.
 fn of_payment(payment: &Payment) -> (&str, &str) {
     (&payment.id, &payment.owner)
@@ -1260,8 +1270,8 @@ where
             .execute(&mut *tx)
             .await?;
             let reason = format!(
-                "failing since more than {} hours: {}",
-                disable_after.num_hours(),
+                "failing for more than {}: {}",
+                humane(disable_after),
                 outcome.error.as_deref().unwrap_or("")
             );
             let switched_off = sqlx::query(

@@ -197,10 +197,7 @@ pub async fn spawn_app_with(db: TestDatabase, extra: &[(&str, &str)]) -> TestApp
     let accounts_addr = accounts.local_addr().unwrap();
     let accounts = Running::spawn(accounts_addr, |shutdown| accounts.run(shutdown));
 
-    let extra: Vec<(String, String)> = extra
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
+    let extra = owned(extra);
     let (server, store) = start_payments(&db, accounts_addr, &extra).await;
     TestApp {
         server,
@@ -238,6 +235,40 @@ pub async fn start_payments(
     let addr = app.local_addr().unwrap();
     let store = app.store();
     (Running::spawn(addr, |shutdown| app.run(shutdown)), store)
+}
+
+/// A payments process of its own (the real binary, so it can be killed) on `db`, with `env`
+/// on top of a free port, a data directory and quiet logs.
+pub fn spawn_payments_process(
+    db: &TestDatabase,
+    data: &std::path::Path,
+    env: &[(&str, &str)],
+) -> tokio::process::Child {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_payments"));
+    command
+        .arg("serve")
+        .env_clear()
+        .env("PAYMENTS_ADDR", "127.0.0.1:0")
+        .env("PAYMENTS_DATABASE_URL", db.url_string())
+        .env("DATA_DIR", data)
+        .env("PAYMENTS_POLL_INTERVAL_MS", "50")
+        .env("RUST_LOG", "warn");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Settings as [`start_payments`] takes them.
+pub fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 pub async fn spawn_app(db: TestDatabase) -> TestApp {

@@ -13,3 +13,4 @@ mod lifecycle;
 mod openapi;
 mod probes;
 mod refunds;
+mod webhooks;

@@ -7,7 +7,10 @@ use std::time::Duration;
 use common::testkit::TestDatabase;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, id_of, spawn_app, spawn_app_with, start_payments, usd, usd_with};
+use crate::helpers::{
+    TestApp, id_of, spawn_app, spawn_app_with, spawn_payments_process, start_payments, usd,
+    usd_with,
+};
 
 common::both_databases!(
     full_and_partial_refunds,
@@ -596,20 +599,14 @@ async fn a_refund_in_flight_when_its_process_is_killed_is_resolved_after_restart
     let token = app.user_token("killed@example.com").await;
     let data = tempfile::tempdir().unwrap();
     // The processing replica: a real process, slow at the provider.
-    let mut replica = tokio::process::Command::new(env!("CARGO_BIN_EXE_payments"))
-        .arg("serve")
-        .env_clear()
-        .env("PAYMENTS_ADDR", "127.0.0.1:0")
-        .env("PAYMENTS_DATABASE_URL", app.db.url_string())
-        .env("DATA_DIR", data.path())
-        .env("PAYMENTS_SANDBOX_LATENCY_MS", "1500")
-        .env("PAYMENTS_LEASE_SECONDS", "2")
-        .env("PAYMENTS_POLL_INTERVAL_MS", "50")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut replica = spawn_payments_process(
+        &app.db,
+        data.path(),
+        &[
+            ("PAYMENTS_SANDBOX_LATENCY_MS", "1500"),
+            ("PAYMENTS_LEASE_SECONDS", "2"),
+        ],
+    );
     let pay = id_of(&paid(&app, &token, "p", json!(10), "pm_card_visa").await);
     let refund = id_of(
         &app.refund(&token, &pay, "r", &json!({}))
