@@ -127,6 +127,11 @@ def stack(tmp_path_factory, swagger_assets, request):
         # The fuzzers send thousands of requests from one address; limits are tested elsewhere.
         GATEWAY_RATE_LIMIT_RPS="0",
         DOCS_ASSETS_URL=swagger_assets,
+        # test_webhooks.py's receivers listen on 127.0.0.1 over http, and come back quickly.
+        PAYMENTS_WEBHOOK_ALLOW_PRIVATE="true",
+        PAYMENTS_WEBHOOK_ALLOW_HTTP="true",
+        PAYMENTS_WEBHOOK_RETRY_SCHEDULE=",".join(["200ms", "400ms", "800ms"] + ["1s"] * 30),
+        PAYMENTS_WEBHOOK_TIMEOUT_MS="3000",
         RUST_LOG="info",
     )
     log = work / "stack.log"
