@@ -199,6 +199,9 @@ mod tests {
             ("PAYMENTS_WORKERS", "0"),
             ("PAYMENTS_SANDBOX_LATENCY_MS", "-1"),
             ("PAYMENTS_JWKS_URL", "not a url"),
+            ("PAYMENTS_WEBHOOK_RETRY_SCHEDULE", "5d"),
+            ("PAYMENTS_WEBHOOK_TIMEOUT_MS", "0"),
+            ("PAYMENTS_WEBHOOK_ALLOW_PRIVATE", "maybe"),
         ] {
             let env = Env::from_pairs([(name, value)]);
             assert_eq!(PaymentsConfig::from_env(&env).unwrap_err().variable, name);
