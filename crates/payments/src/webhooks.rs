@@ -352,7 +352,9 @@ impl Deliverer {
                     Err(error) => tracing::warn!(%error, "cannot claim webhook deliveries"),
                 }
             }
-            let idle = claimed.is_empty();
+            // Idle unless an attempt started: deliveries handed back (their endpoint has
+            // enough in flight) wait for an attempt to end, or the next poll.
+            let mut idle = true;
             for delivery in claimed {
                 if !self.take_endpoint_slot(&delivery.endpoint_id) {
                     // This endpoint has enough in flight: hand the claim back for later.
@@ -364,6 +366,7 @@ impl Deliverer {
                 let Ok(permit) = self.slots.clone().acquire_owned().await else {
                     break;
                 };
+                idle = false;
                 let this = self.clone();
                 attempts.spawn(async move {
                     let endpoint = delivery.endpoint_id.clone();

@@ -443,6 +443,14 @@ async fn every_event_is_delivered_signed_and_filtered_by_type(db: TestDatabase) 
         json!(["payments.payment.succeeded", "payments.refund.succeeded"]),
     )
     .await;
+    let authorizations = Receiver::start().await;
+    listen(
+        &app,
+        &admin,
+        &authorizations,
+        json!(["payments.payment.requires_capture"]),
+    )
+    .await;
     let paid = payments(&app, &token, "p", 4).await;
     let refund: Value = app
         .refund(&token, &paid[0], "r", &json!({"amount": 1}))
@@ -507,6 +515,18 @@ async fn every_event_is_delivered_signed_and_filtered_by_type(db: TestDatabase) 
     }
     let metrics = app.metrics().await;
     assert!(metrics.contains("payments_webhook_backlog 0"), "{metrics}");
+    // A type with an underscore matches itself only (LIKE's wildcard is escaped).
+    let manual = json!({"amount": 3, "currency": "USD", "capture_method": "manual"});
+    let held = app.processed_payment(&token, "manual", &manual).await;
+    authorizations
+        .wait_for("the authorization", |r| !r.is_empty())
+        .await;
+    let kinds: Vec<String> = authorizations
+        .received()
+        .iter()
+        .map(|r| r.kind.clone())
+        .collect();
+    assert_eq!(kinds, ["payments.payment.requires_capture"], "{held}");
 }
 
 async fn failures_are_retried_on_the_schedule_and_logged(db: TestDatabase) {
