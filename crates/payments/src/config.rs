@@ -43,7 +43,7 @@ pub struct PaymentsConfig {
     /// Webhook deliveries: `PAYMENTS_WEBHOOK_ALLOW_PRIVATE` (false), `PAYMENTS_WEBHOOK_ALLOW_HTTP`
     /// (false), `PAYMENTS_WEBHOOK_TIMEOUT_MS` (10000), `PAYMENTS_WEBHOOK_RETRY_SCHEDULE`,
     /// `PAYMENTS_WEBHOOK_DISABLE_AFTER_SECONDS` (5 days), `PAYMENTS_WEBHOOK_SECRET_OVERLAP_HOURS`
-    /// (24), `PAYMENTS_WEBHOOK_CONCURRENCY` (16).
+    /// (24), `PAYMENTS_WEBHOOK_CONCURRENCY` (16), `PAYMENTS_WEBHOOK_LOG_RETENTION_HOURS` (720).
     pub webhooks: WebhookSettings,
     /// `PAYMENTS_WEBHOOKS_ENABLED`, default true: deliver webhooks from this process.
     pub webhooks_enabled: bool,
@@ -148,6 +148,9 @@ impl PaymentsConfig {
             concurrency: usize::try_from(positive("PAYMENTS_WEBHOOK_CONCURRENCY", 16)?)
                 .unwrap_or(16),
             poll_interval: processor.poll_interval,
+            log_retention: Duration::from_secs(
+                positive("PAYMENTS_WEBHOOK_LOG_RETENTION_HOURS", 30 * 24)? * 3600,
+            ),
         };
         Ok(Self {
             webhooks,

@@ -56,6 +56,9 @@ pub struct WebhookSettings {
     pub concurrency: usize,
     /// How often idle deliverers look for due deliveries (new events also wake them).
     pub poll_interval: Duration,
+    /// `PAYMENTS_WEBHOOK_LOG_RETENTION_HOURS`: finished deliveries (and their attempts) are
+    /// kept this long in the delivery log.
+    pub log_retention: Duration,
 }
 
 /// The default schedule (Standard Webhooks' suggestion, Svix's): about a day and a half.
@@ -63,6 +66,9 @@ pub const DEFAULT_SCHEDULE: &str = "5s,5m,30m,2h,5h,10h,10h";
 
 /// Bytes of an endpoint's answer read at most (the rest is not read).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// How often the delivery log is pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// Attempts in flight per endpoint at most, so one slow endpoint cannot take every slot.
 const PER_ENDPOINT: usize = 4;
@@ -335,10 +341,15 @@ impl Deliverer {
     async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut attempts = tokio::task::JoinSet::new();
         let mut last_gauges = Instant::now() - Duration::from_secs(60);
+        let mut last_prune = Instant::now() - PRUNE_EVERY;
         while !shutdown.is_cancelled() {
             if last_gauges.elapsed() >= Duration::from_secs(1) {
                 self.update_gauges().await;
                 last_gauges = Instant::now();
+            }
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                self.prune().await;
+                last_prune = Instant::now();
             }
             let free = self.slots.available_permits();
             let mut claimed = Vec::new();
@@ -408,6 +419,20 @@ impl Deliverer {
             if *count == 0 {
                 map.remove(endpoint);
             }
+        }
+    }
+
+    async fn prune(&self) {
+        let retention = chrono::Duration::from_std(self.settings.log_retention)
+            .unwrap_or(chrono::Duration::days(30));
+        match self
+            .store
+            .prune_webhook_deliveries(Utc::now() - retention)
+            .await
+        {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "finished webhook deliveries pruned from the log"),
+            Err(error) => tracing::warn!(%error, "cannot prune the webhook delivery log"),
         }
     }
 
@@ -626,6 +651,7 @@ mod tests {
             secret_overlap: Duration::from_secs(3600),
             concurrency: 4,
             poll_interval: Duration::from_millis(100),
+            log_retention: Duration::from_secs(3600),
         }
     }
 

@@ -432,6 +432,9 @@ pub trait PaymentsStore: Send + Sync {
     ) -> Result<Option<Delivery>, StoreError>;
     /// An event's CloudEvent JSON, as delivered.
     async fn event_body(&self, event_id: &str) -> Result<Option<String>, StoreError>;
+    /// Deletes finished (delivered or failed) deliveries, with their log, last changed before
+    /// `before`; returns how many.
+    async fn prune_webhook_deliveries(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Pending deliveries: how many, and when the oldest was made.
     async fn webhook_backlog(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError>;
 

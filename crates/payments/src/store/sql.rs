@@ -1360,6 +1360,17 @@ where
         Ok(row.map(|(_, event)| event.0.to_string()))
     }
 
+    #[tracing::instrument(name = "db prune_webhook_deliveries", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "prune_webhook_deliveries"))]
+    async fn prune_webhook_deliveries(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let pruned = sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE status <> 'pending' AND updated_at < $1",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
+        Ok(DB::rows_affected(&pruned))
+    }
+
     #[tracing::instrument(name = "db webhook_backlog", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "webhook_backlog"))]
     async fn webhook_backlog(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
         Ok(sqlx::query_as(

@@ -778,6 +778,11 @@ async fn an_event_can_be_delivered_again(db: TestDatabase) {
             "{path}"
         );
     }
+    // Finished deliveries leave the log after its retention; pending ones stay.
+    let future = chrono::Utc::now() + chrono::Duration::hours(1);
+    let pruned = app.store.prune_webhook_deliveries(future).await.unwrap();
+    assert_eq!(pruned, 2);
+    assert!(deliveries(&app, &admin, &endpoint).await.is_empty());
 }
 
 /// One endpoint holds every request it gets; the other still gets all of its deliveries, and
