@@ -187,7 +187,7 @@ pub(super) fn json_response(
     status: StatusCode,
     body: String,
     headers: &HeaderMap,
-    payment_id: Option<&str>,
+    resource_id: Option<&str>,
 ) -> Response {
     let mut response = (status, body).into_response();
     let out = response.headers_mut();
@@ -195,7 +195,7 @@ pub(super) fn json_response(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Some(id) = payment_id {
+    if let Some(id) = resource_id {
         out.insert(header::LOCATION, location(headers, id));
     }
     response

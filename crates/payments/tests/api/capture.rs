@@ -154,6 +154,16 @@ async fn captures_and_releases_that_are_refused(db: TestDatabase) {
     assert_eq!(automatic["capture_method"], "automatic");
     assert_eq!(automatic["amount_captured"], "10.00");
 
+    let later = app
+        .create(
+            &token,
+            "later",
+            &usd_with(json!(10), json!({"capture_method": "later"})),
+        )
+        .await;
+    assert_eq!(later.status(), 422);
+    let later: Value = later.json().await.unwrap();
+    assert_eq!(later["errors"][0]["field"], "capture_method", "{later}");
     let id = id_of(&authorized(&app, &token, "a", json!(10)).await);
     let (status, problem) = capture(
         &app,
