@@ -276,6 +276,8 @@ const RETIRED_KEY_MARGIN: Duration = Duration::from_secs(60);
 impl KeyManager {
     /// A manager over `store`; no key is loaded until first needed.
     pub fn new(store: Arc<dyn AccountsStore>, sealer: Sealer, settings: KeySettings) -> Self {
+        // Before any signing: it fixes the process's JWT crypto for good.
+        common::jwt_crypto::install();
         Self {
             store,
             sealer,

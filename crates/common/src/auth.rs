@@ -208,6 +208,7 @@ pub struct TokenVerifier {
 impl TokenVerifier {
     /// A verifier with an empty cache (the first token fetches the keys).
     pub fn new(source: Arc<dyn KeySource>, settings: VerifierSettings) -> Self {
+        crate::jwt_crypto::install();
         Self {
             source,
             settings,

@@ -6,6 +6,7 @@ pub mod config;
 pub mod db;
 pub mod extract;
 pub mod health;
+pub mod jwt_crypto;
 pub mod logline;
 pub mod metrics;
 pub mod openapi;
