@@ -58,6 +58,7 @@ fn main() -> anyhow::Result<()> {
                     prepublish: config.key_prepublish,
                 },
             ));
+            keys.ensure_keys().await?;
             let issuer = Issuer::new(store.clone(), keys, config.clone());
             let scopes =
                 Scopes::parse("payments:read payments:write").map_err(anyhow::Error::msg)?;
