@@ -61,7 +61,7 @@ pub struct WebhookSettings {
     pub log_retention: Duration,
 }
 
-/// The default schedule (Standard Webhooks' suggestion, Svix's): about a day and a half.
+/// The default schedule (Standard Webhooks' suggestion, Svix's): a little over a day in all.
 pub const DEFAULT_SCHEDULE: &str = "5s,5m,30m,2h,5h,10h,10h";
 
 /// Bytes of an endpoint's answer read at most (the rest is not read).
