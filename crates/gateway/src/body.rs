@@ -13,10 +13,11 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-/// What is sent upstream: the client's body (or none, for the gateway's own probes), cut off
-/// at `MAX_BODY_BYTES`.
+/// What is sent upstream: the client's body streamed, or one the gateway holds whole (a
+/// mirrored request's, read once for both upstreams; none, for its own probes), cut off at
+/// `MAX_BODY_BYTES`.
 pub type UpstreamBody = http_body_util::Limited<
-    http_body_util::Either<hyper::body::Incoming, http_body_util::Empty<Bytes>>,
+    http_body_util::Either<hyper::body::Incoming, http_body_util::Full<Bytes>>,
 >;
 
 /// An upstream's response body, streamed back (its first frame read before the response goes

@@ -9,75 +9,80 @@ use common::config::{ConfigError, Env, HttpConfig};
 use crate::breaker::BreakerSettings;
 use crate::limit::RateLimitSettings;
 
-/// A path prefix and the upstream that serves it (the prefix is stripped before forwarding).
+pub use crate::routes_file::{
+    AuthMode, Balance, HealthCheckConfig, MirrorConfig, PathLimit, RouteConfig, SplitConfig,
+    UpstreamConfig,
+};
+
+/// The routes in force: the prefix routes (longest prefix need not come first) and the
+/// fallback. What a routes-file reload replaces.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RouteSet {
+    /// Prefix routes.
+    pub routes: Vec<RouteConfig>,
+    /// Where every other path goes (the monolith); `None` → 404.
+    pub fallback: Option<UpstreamConfig>,
+}
+
+/// The names of the headers that carry a verified caller to upstreams (`GATEWAY_AUTH_*_HEADER`).
+/// Whatever a client sends under these names is always removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteConfig {
-    /// `/accounts`: no trailing slash.
-    pub prefix: String,
-    /// Name in logs, metrics and readiness (`accounts`).
-    pub name: String,
-    /// Base URL of the upstream, e.g. `http://127.0.0.1:8081`.
-    pub upstream: url::Url,
-    /// Whether the gateway's `/readyz` requires this upstream's `/readyz` to answer 200.
-    pub readiness: bool,
+pub struct IdentityHeaders {
+    /// The token's `sub` (default `X-Auth-Subject`).
+    pub subject: http::HeaderName,
+    /// Its scopes, space-separated (default `X-Auth-Scopes`).
+    pub scopes: http::HeaderName,
+    /// Its `client_id` (default `X-Auth-Client-Id`).
+    pub client_id: http::HeaderName,
+    /// Its `legacy_user_id`, when it has one (default `X-Auth-Legacy-User-Id`).
+    pub legacy_user_id: http::HeaderName,
 }
 
-/// The routes file (`GATEWAY_ROUTES_FILE`): more prefix routes, and the fallback.
-///
-/// ```toml
-/// fallback = "http://monolith:8000"
-///
-/// [[routes]]
-/// prefix = "/reports"
-/// upstream = "http://reports:8083"
-/// name = "reports"     # optional: the prefix without its slashes
-/// readiness = false    # optional (default true): leave it out of the gateway's /readyz
-/// ```
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RoutesFile {
-    fallback: Option<String>,
-    #[serde(default)]
-    routes: Vec<FileRoute>,
-    #[serde(default)]
-    limits: Vec<FileLimit>,
-}
+impl IdentityHeaders {
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        // Leaked once per process start: names built from static text are copied for free
+        // with every request, where shared ones would touch a count every core shares.
+        let name = |variable: &str,
+                    default: &'static str|
+         -> Result<http::HeaderName, ConfigError> {
+            let Some(raw) = env.get(variable) else {
+                return Ok(http::HeaderName::from_static(default));
+            };
+            let lower = raw.trim().to_ascii_lowercase();
+            http::HeaderName::from_bytes(lower.as_bytes())
+                .map_err(|_| ConfigError::new(variable, format!("{raw:?} is not a header name")))?;
+            Ok(http::HeaderName::from_static(Box::leak(
+                lower.into_boxed_str(),
+            )))
+        };
+        let headers = Self {
+            subject: name("GATEWAY_AUTH_SUBJECT_HEADER", "x-auth-subject")?,
+            scopes: name("GATEWAY_AUTH_SCOPES_HEADER", "x-auth-scopes")?,
+            client_id: name("GATEWAY_AUTH_CLIENT_ID_HEADER", "x-auth-client-id")?,
+            legacy_user_id: name(
+                "GATEWAY_AUTH_LEGACY_USER_ID_HEADER",
+                "x-auth-legacy-user-id",
+            )?,
+        };
+        let all = headers.all();
+        if all.iter().enumerate().any(|(i, a)| all[..i].contains(a)) {
+            return Err(ConfigError::new(
+                "GATEWAY_AUTH_SUBJECT_HEADER",
+                "the four identity headers need four different names",
+            ));
+        }
+        Ok(headers)
+    }
 
-/// `[[limits]]`: a path with a rate limit of its own (nginx's `limit_req` in a `location`).
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileLimit {
-    path: String,
-    rps: u32,
-    burst: Option<u32>,
-    name: Option<String>,
-}
-
-/// A path (on the gateway, before any prefix is stripped) whose requests are limited per
-/// client by a limit of their own instead of the default one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathLimit {
-    /// `/accounts/v1/token`: this path and everything under it.
-    pub path: String,
-    /// Its name in `RateLimit-Policy`, metrics and Redis keys (default: the path's segments
-    /// joined by `-`).
-    pub name: String,
-    /// Requests per second and burst per client.
-    pub settings: RateLimitSettings,
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileRoute {
-    prefix: String,
-    upstream: String,
-    name: Option<String>,
-    #[serde(default = "yes")]
-    readiness: bool,
-}
-
-fn yes() -> bool {
-    true
+    /// All four names.
+    pub fn all(&self) -> [&http::HeaderName; 4] {
+        [
+            &self.subject,
+            &self.scopes,
+            &self.client_id,
+            &self.legacy_user_id,
+        ]
+    }
 }
 
 /// Everything the gateway is configured with.
@@ -87,11 +92,23 @@ pub struct GatewayConfig {
     pub addr: SocketAddr,
     /// Prefix routes: `/accounts` → `GATEWAY_ACCOUNTS_URL`, `/payments` → `GATEWAY_PAYMENTS_URL`,
     /// and those of `GATEWAY_ROUTES_FILE` (a file route with the same prefix replaces one of
-    /// these two).
-    pub routes: Vec<RouteConfig>,
-    /// `GATEWAY_FALLBACK_URL` (or `fallback` in the routes file; the variable wins): where
-    /// every other path goes (the monolith); unset → 404.
-    pub fallback: Option<url::Url>,
+    /// these two); and the fallback, `GATEWAY_FALLBACK_URL` (or `fallback` in the routes file;
+    /// the variable wins): where every other path goes (the monolith); unset → 404.
+    pub routes: RouteSet,
+    /// The routes the environment gives (before the file's), kept for reloads.
+    env_routes: Vec<RouteConfig>,
+    /// `GATEWAY_FALLBACK_URL`, kept for reloads.
+    env_fallback: Option<url::Url>,
+    /// `GATEWAY_ROUTES_FILE`: re-read on `SIGHUP` and when it changes.
+    pub routes_file: Option<std::path::PathBuf>,
+    /// `GATEWAY_ROUTES_POLL_MS` (default 2000; `0`: only on `SIGHUP`): how often the routes
+    /// file is looked at for a change.
+    pub routes_poll: Option<Duration>,
+    /// `GATEWAY_AUTH_*_HEADER`: where a verified caller goes.
+    pub identity_headers: IdentityHeaders,
+    /// `GATEWAY_MIRROR_CONCURRENCY` (default 256 per worker): mirrored requests under way at
+    /// once; past it, copies are dropped (and counted), never queued.
+    pub mirror_concurrency: usize,
     /// `GATEWAY_CONNECT_TIMEOUT_MS`, default 1000.
     pub connect_timeout: Duration,
     /// `GATEWAY_UPSTREAM_IDLE_TIMEOUT_MS` (default 60000): how long an upstream connection is
@@ -154,34 +171,25 @@ pub struct GatewayConfig {
 impl GatewayConfig {
     /// Reads and checks the configuration.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let mut routes = vec![
-            RouteConfig {
-                prefix: "/accounts".into(),
-                name: "accounts".into(),
-                upstream: upstream_url(env, "GATEWAY_ACCOUNTS_URL", "http://127.0.0.1:8081")?,
-                readiness: true,
-            },
-            RouteConfig {
-                prefix: "/payments".into(),
-                name: "payments".into(),
-                upstream: upstream_url(env, "GATEWAY_PAYMENTS_URL", "http://127.0.0.1:8082")?,
-                readiness: true,
-            },
+        let env_routes = vec![
+            RouteConfig::plain(
+                "/accounts",
+                "accounts",
+                upstream_url(env, "GATEWAY_ACCOUNTS_URL", "http://127.0.0.1:8081")?,
+            ),
+            RouteConfig::plain(
+                "/payments",
+                "payments",
+                upstream_url(env, "GATEWAY_PAYMENTS_URL", "http://127.0.0.1:8082")?,
+            ),
         ];
-        let mut fallback = match env.get("GATEWAY_FALLBACK_URL") {
+        let env_fallback = match env.get("GATEWAY_FALLBACK_URL") {
             Some(_) => Some(upstream_url(env, "GATEWAY_FALLBACK_URL", "")?),
             None => None,
         };
-        let mut path_limits = Vec::new();
-        if let Some(path) = env.get("GATEWAY_ROUTES_FILE") {
-            let file = read_routes_file(std::path::Path::new(path))?;
-            for route in file.routes {
-                routes.retain(|r| r.prefix != route.prefix);
-                routes.push(route);
-            }
-            fallback = fallback.or(file.fallback);
-            path_limits = file.limits;
-        }
+        let routes_file = env.get("GATEWAY_ROUTES_FILE").map(std::path::PathBuf::from);
+        let (routes, path_limits) =
+            load_routes(&env_routes, env_fallback.as_ref(), routes_file.as_deref())?;
         let millis = |name: &str, default: u64| -> Result<Duration, ConfigError> {
             let value: u64 = env.parse_or(name, default)?;
             if value == 0 {
@@ -242,7 +250,23 @@ impl GatewayConfig {
             blocked_paths: blocked_paths(env)?,
             addr: env.parse_or("GATEWAY_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
             routes,
-            fallback,
+            env_routes,
+            env_fallback,
+            routes_file,
+            routes_poll: match env.parse_or("GATEWAY_ROUTES_POLL_MS", 2000u64)? {
+                0 => None,
+                millis => Some(Duration::from_millis(millis)),
+            },
+            identity_headers: IdentityHeaders::from_env(env)?,
+            mirror_concurrency: match env.parse_or("GATEWAY_MIRROR_CONCURRENCY", 256usize)? {
+                0 => {
+                    return Err(ConfigError::new(
+                        "GATEWAY_MIRROR_CONCURRENCY",
+                        "must be above 0",
+                    ));
+                }
+                n => n,
+            },
             connect_timeout: millis("GATEWAY_CONNECT_TIMEOUT_MS", 1000)?,
             upstream_idle_timeout: millis("GATEWAY_UPSTREAM_IDLE_TIMEOUT_MS", 60_000)?,
             upstream_timeout: millis("GATEWAY_UPSTREAM_TIMEOUT_MS", 30_000)?,
@@ -257,102 +281,55 @@ impl GatewayConfig {
 
     /// Points the route named `name` at `upstream` (the all-in-one runner uses the ports it got).
     pub fn set_upstream(&mut self, name: &str, upstream: url::Url) {
-        for route in self.routes.iter_mut().filter(|r| r.name == name) {
-            route.upstream = upstream.clone();
+        for route in self
+            .routes
+            .routes
+            .iter_mut()
+            .chain(self.env_routes.iter_mut())
+            .filter(|r| r.name == name)
+        {
+            route.upstream.urls = vec![upstream.clone()];
         }
+    }
+
+    /// The routes again: the environment's, then the routes file read anew (a reload). A
+    /// file that cannot be read or is not valid is an error that says why; nothing of it is
+    /// used. (Path limits are read at start only.)
+    pub fn reload_routes(&self) -> Result<RouteSet, ConfigError> {
+        load_routes(
+            &self.env_routes,
+            self.env_fallback.as_ref(),
+            self.routes_file.as_deref(),
+        )
+        .map(|(routes, _)| routes)
     }
 }
 
-/// The checked contents of a routes file.
-struct FileRoutes {
-    routes: Vec<RouteConfig>,
-    fallback: Option<url::Url>,
-    limits: Vec<PathLimit>,
-}
-
-/// Whether `prefix` is a path a route or a limit may be keyed on: absolute, without a query,
-/// a fragment, escapes or dot segments.
-fn valid_path_prefix(prefix: &str) -> bool {
-    prefix.starts_with('/')
-        && !prefix.contains(['?', '#', '%'])
-        && !prefix.split('/').any(|s| s == "." || s == "..")
-}
-
-fn read_routes_file(path: &std::path::Path) -> Result<FileRoutes, ConfigError> {
+/// The environment's routes with those of the routes file at `path` (if any), and the file's
+/// path limits.
+fn load_routes(
+    env_routes: &[RouteConfig],
+    env_fallback: Option<&url::Url>,
+    path: Option<&std::path::Path>,
+) -> Result<(RouteSet, Vec<PathLimit>), ConfigError> {
     const VARIABLE: &str = "GATEWAY_ROUTES_FILE";
-    let at = |message: String| ConfigError::new(VARIABLE, format!("{}: {message}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|e| at(e.to_string()))?;
-    let file: RoutesFile = toml::from_str(&text).map_err(|e| at(e.to_string()))?;
-    let mut routes: Vec<RouteConfig> = Vec::new();
-    for route in file.routes {
-        let prefix = route.prefix.trim_end_matches('/').to_owned();
-        if !valid_path_prefix(&prefix) {
-            return Err(at(format!(
-                "route prefix {:?}: expected a path such as \"/reports\" (the fallback serves \"/\")",
-                route.prefix
-            )));
+    let file = match path {
+        None => crate::routes_file::FileRoutes::default(),
+        Some(path) => {
+            let at = |message: String| {
+                ConfigError::new(VARIABLE, format!("{}: {message}", path.display()))
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| at(e.to_string()))?;
+            crate::routes_file::parse(&text).map_err(at)?
         }
-        if routes.iter().any(|r| r.prefix == prefix) {
-            return Err(at(format!("route prefix {prefix:?} appears twice")));
-        }
-        let field = format!("routes[{prefix}].upstream");
-        let upstream = parse_upstream(&route.upstream).map_err(|e| at(format!("{field}: {e}")))?;
-        routes.push(RouteConfig {
-            name: route
-                .name
-                .unwrap_or_else(|| prefix.trim_start_matches('/').replace('/', "-")),
-            prefix,
-            upstream,
-            readiness: route.readiness,
-        });
-    }
-    let fallback = file
-        .fallback
-        .map(|raw| parse_upstream(&raw).map_err(|e| at(format!("fallback: {e}"))))
-        .transpose()?;
-    let mut limits: Vec<PathLimit> = Vec::new();
-    for limit in file.limits {
-        let path = limit.path.trim_end_matches('/').to_owned();
-        if !valid_path_prefix(&path) {
-            return Err(at(format!(
-                "limit path {:?}: expected a path such as \"/accounts/v1/token\"",
-                limit.path
-            )));
-        }
-        let name = limit
-            .name
-            .unwrap_or_else(|| path.trim_start_matches('/').replace('/', "-"));
-        let valid_name = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !valid_name || name == "default" {
-            return Err(at(format!(
-                "limits[{path}].name {name:?}: expected letters, digits, - _ . (and not \"default\")"
-            )));
-        }
-        let (Some(rps), Some(burst)) = (
-            NonZeroU32::new(limit.rps),
-            NonZeroU32::new(limit.burst.unwrap_or(limit.rps.saturating_mul(2))),
-        ) else {
-            return Err(at(format!("limits[{path}]: rps and burst must be above 0")));
-        };
-        if limits.iter().any(|l| l.path == path || l.name == name) {
-            return Err(at(format!("limit {path:?} ({name}) appears twice")));
-        }
-        limits.push(PathLimit {
-            path,
-            name,
-            settings: RateLimitSettings { rps, burst },
-        });
-    }
-    // Longest path first, so `/a/b` wins over `/a`.
-    limits.sort_by_key(|l| std::cmp::Reverse(l.path.len()));
-    Ok(FileRoutes {
-        routes,
-        fallback,
-        limits,
-    })
+    };
+    let at = |message: String| ConfigError::new(VARIABLE, message);
+    let routes = crate::routes_file::merge(env_routes.to_vec(), file.routes).map_err(at)?;
+    let fallback = env_fallback
+        .cloned()
+        .or(file.fallback)
+        .map(UpstreamConfig::single);
+    Ok((RouteSet { routes, fallback }, file.limits))
 }
 
 /// The comma-separated items of `name`, trimmed (none when unset).
@@ -397,19 +374,8 @@ fn trusted_proxies(env: &Env) -> Result<Vec<ipnet::IpNet>, ConfigError> {
 }
 
 fn upstream_url(env: &Env, name: &str, default: &str) -> Result<url::Url, ConfigError> {
-    parse_upstream(&env.string_or(name, default)).map_err(|message| ConfigError::new(name, message))
-}
-
-/// An upstream's base URL: `http://host[:port][/base-path]`.
-fn parse_upstream(raw: &str) -> Result<url::Url, String> {
-    let url = url::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
-    if url.scheme() != "http" {
-        return Err("only http:// upstreams are supported".into());
-    }
-    if url.host_str().is_none() || url.query().is_some() || url.fragment().is_some() {
-        return Err("expected http://host[:port][/base-path]".into());
-    }
-    Ok(url)
+    crate::routes_file::parse_upstream(&env.string_or(name, default))
+        .map_err(|message| ConfigError::new(name, message))
 }
 
 #[cfg(test)]
@@ -464,9 +430,12 @@ mod tests {
     fn defaults_route_both_services_and_no_fallback() {
         let config = GatewayConfig::from_env(&Env::default()).unwrap();
         assert_eq!(config.addr.port(), 8080);
-        assert_eq!(config.routes.len(), 2);
-        assert_eq!(config.routes[0].upstream.as_str(), "http://127.0.0.1:8081/");
-        assert!(config.fallback.is_none());
+        assert_eq!(config.routes.routes.len(), 2);
+        assert_eq!(
+            config.routes.routes[0].upstream.urls[0].as_str(),
+            "http://127.0.0.1:8081/"
+        );
+        assert!(config.routes.fallback.is_none());
         assert_eq!(
             config.rate_limit.map(|r| (r.rps.get(), r.burst.get())),
             Some((1000, 2000))
@@ -519,12 +488,13 @@ mod tests {
         let config = GatewayConfig::from_env(&env).unwrap();
         let routes: Vec<_> = config
             .routes
+            .routes
             .iter()
             .map(|r| {
                 (
                     r.prefix.as_str(),
                     r.name.as_str(),
-                    r.upstream.as_str(),
+                    r.upstream.urls[0].as_str(),
                     r.readiness,
                 )
             })
@@ -547,12 +517,15 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(config.fallback.unwrap().as_str(), "http://monolith:8000/");
+        assert_eq!(
+            config.routes.fallback.unwrap().urls[0].as_str(),
+            "http://monolith:8000/"
+        );
 
         let env = env.with("GATEWAY_FALLBACK_URL", "http://other:9000");
         let config = GatewayConfig::from_env(&env).unwrap();
         assert_eq!(
-            config.fallback.unwrap().as_str(),
+            config.routes.fallback.unwrap().urls[0].as_str(),
             "http://other:9000/",
             "the variable wins over the file"
         );
@@ -612,7 +585,7 @@ mod tests {
             ),
             (
                 "[[routes]]\nprefix = \"/x\"\nupstream = \"https://x\"\n",
-                "routes[/x].upstream: only http://",
+                "routes[/x].upstream: \"https://x\": only http://",
             ),
             (
                 "[[routes]]\nprefix = \"/x\"\nupstream = \"http://x\"\n[[routes]]\nprefix = \"/x/\"\nupstream = \"http://y\"\n",

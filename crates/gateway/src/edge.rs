@@ -21,10 +21,12 @@ use hyper::body::Incoming;
 use tower::ServiceExt;
 
 use crate::body::EdgeBody;
+use crate::config::AuthMode;
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
 use crate::limit::{self, Decision, Limiter, RateLimitSettings};
-use crate::proxy::{self, Proxy};
+use crate::proxy::{self, Caller, Proxy, Trail};
+use crate::routing::{Route, Routing};
 use crate::{SERVICE, real_ip};
 
 /// How often the in-process rate limiters forget clients whose buckets are full again.
@@ -129,10 +131,13 @@ impl EdgeLimit {
     }
 }
 
-/// The edge: rate limiting in front of the proxy.
+/// The edge: token checks and rate limiting in front of the proxy.
 #[derive(Clone)]
 pub struct Edge {
+    /// This worker's proxy.
     proxy: Arc<Proxy>,
+    routing: Arc<Routing>,
+    config: Arc<GatewayConfig>,
     /// Path limits, longest path first, then the default limit; empty when limiting is off.
     limits: Arc<[EdgeLimit]>,
     verifier: Arc<TokenVerifier>,
@@ -146,7 +151,7 @@ impl Edge {
     /// that finds a token's subject, its metrics.
     pub fn new(
         config: &GatewayConfig,
-        proxy: Arc<Proxy>,
+        routing: Arc<Routing>,
         redis: Option<(redis::aio::ConnectionManager, String)>,
         metrics: &common::metrics::Metrics,
     ) -> Self {
@@ -181,7 +186,9 @@ impl Edge {
             rate_limited.with_label_values(&[&*limit.name]);
         }
         let edge = Edge {
-            proxy,
+            proxy: Arc::new(Proxy::new(config, routing.clone(), 0)),
+            routing,
+            config: Arc::new(config.clone()),
             limits: limits.into(),
             verifier: Arc::new(TokenVerifier::new(
                 Arc::new(HttpJwks::new(config.jwks_url.clone())),
@@ -220,11 +227,11 @@ impl Edge {
         edge
     }
 
-    /// A worker's copy, with connections of its own, serving `own` (the gateway's probes
-    /// and metrics) beside the forwarded paths.
-    pub fn worker(&self, own: Router) -> Worker {
+    /// Worker `index`'s copy, with connections of its own, serving `own` (the gateway's
+    /// probes and metrics) beside the forwarded paths.
+    pub fn worker(&self, own: Router, index: usize) -> Worker {
         let edge = Self {
-            proxy: Arc::new(self.proxy.with_own_pool()),
+            proxy: Arc::new(Proxy::new(&self.config, self.routing.clone(), index)),
             // Not shared: cloning one header value from every worker would contend for its
             // count.
             limits: self.limits.iter().map(EdgeLimit::for_worker).collect(),
@@ -245,17 +252,22 @@ impl Edge {
         client: &proxy::Downstream,
     ) -> http::Response<EdgeBody> {
         let observation = self.observer.begin(&mut request);
-        let route = self.proxy.route_of(request.uri().path());
+        // This request's generation of the routes, whatever a reload does meanwhile.
+        let table = self.proxy.table();
+        let route = table
+            .resolve(request.uri().path())
+            .map(|target| target.route);
         if let Some(route) = route {
-            observation.span().record("http.route", route);
+            observation
+                .span()
+                .record("http.route", route.label.as_str());
         }
-        let mut response = {
+        let (mut response, trail) = {
             let context = observation.context();
             let span = observation.span();
             // Polled where it lies, inside the span (if there is one), its panics caught: a
             // wrapper of each kind around the future would move the whole future into it.
-            let mut forward =
-                std::pin::pin!(self.forward(request, client, context, route.is_some()));
+            let mut forward = std::pin::pin!(self.forward(request, client, context, route));
             let outcome = std::future::poll_fn(|cx| {
                 let _entered = (!span.is_none()).then(|| span.enter());
                 match std::panic::catch_unwind(AssertUnwindSafe(|| forward.as_mut().poll(cx))) {
@@ -266,39 +278,73 @@ impl Edge {
             .await;
             outcome.unwrap_or_else(|_| {
                 request_event!(context, error!("handler panicked"));
-                GatewayError::Panicked.respond(context)
+                (GatewayError::Panicked.respond(context), Trail::default())
             })
         };
-        self.observer.finish(observation, route, &mut response);
+        self.observer.finish_proxied(
+            observation,
+            route.map(|route| route.label.as_str()),
+            &mut response,
+            common::request::ProxyFields {
+                upstream: trail.upstream,
+                host: trail.host,
+                split: trail.split,
+                mirror: trail.mirror,
+            },
+        );
         response
     }
 
-    /// Rate limiting (for routed paths), then the proxy.
-    async fn forward(
+    /// The token check and rate limiting (for routed paths), then the proxy.
+    async fn forward<'t>(
         &self,
         request: http::Request<Incoming>,
         client: &proxy::Downstream,
         context: &common::request::RequestContext,
-        routed: bool,
-    ) -> http::Response<EdgeBody> {
+        route: Option<&'t Route>,
+    ) -> (http::Response<EdgeBody>, Trail<'t>) {
+        let path = request.uri().path();
+        if proxy::has_dot_segments(path) {
+            return (GatewayError::DotSegments.respond(context), Trail::default());
+        }
+        let Some(route) = route else {
+            let path = path.to_owned();
+            return (
+                GatewayError::NoRoute { path }.respond(context),
+                Trail::default(),
+            );
+        };
+        let limit = self.limits.iter().find(|limit| limit.covers(path));
+        // The token, verified once for all who want it: the route's check, the rate limit's
+        // key, the split's stickiness.
+        let bearer = common::auth::bearer_token(request.headers());
+        let wanted = route.auth != AuthMode::Off || limit.is_some() || route.split.is_some();
+        let verified = match bearer {
+            // Boxed: a token check would otherwise make every request's future larger.
+            Some(Ok(token)) if wanted => Some(Box::pin(self.verifier.verify(token)).await),
+            _ => None,
+        };
+        let claims = verified.as_ref().and_then(|v| v.as_ref().ok());
+        let identity = match route.auth {
+            AuthMode::Off => None,
+            mode => match check_token(route, mode, bearer.is_some(), &verified) {
+                Ok(identity) => identity,
+                Err(problem) => {
+                    return (
+                        GatewayError::Refused(Box::new(problem)).respond(context),
+                        Trail::default(),
+                    );
+                }
+            },
+        };
+        let address =
+            || real_ip::client_address(client.addr.ip(), request.headers(), &self.trusted_proxies);
         let mut quota = None;
-        let limit = self
-            .limits
-            .iter()
-            .find(|limit| routed && limit.covers(request.uri().path()));
         if let Some(limit) = limit {
-            let key = match common::auth::bearer_token(request.headers()).and_then(Result::ok) {
-                // Boxed: a token check would otherwise make every request's future larger.
-                Some(token) => Box::pin(self.subject_key(token)).await,
-                None => None,
-            }
-            .unwrap_or_else(|| {
-                limit::ClientKey::Ip(real_ip::client_address(
-                    client.addr.ip(),
-                    request.headers(),
-                    &self.trusted_proxies,
-                ))
-            });
+            let key = match claims {
+                Some(claims) => limit::ClientKey::Subject(claims.sub.clone()),
+                None => limit::ClientKey::Ip(address()),
+            };
             let decision = match limit.limiter.check_now(&key) {
                 Some(decision) => decision,
                 None => Box::pin(limit.limiter.check(&key)).await,
@@ -309,21 +355,84 @@ impl Edge {
                     self.rate_limited.with_label_values(&[&*limit.name]).inc();
                     let mut response = GatewayError::RateLimited(retry_after).respond(context);
                     rate_limit_headers(limit, response.headers_mut(), 0, retry_after);
-                    return response;
+                    return (response, Trail::default());
                 }
             }
         }
-        let mut response = self.proxy.forward(request, client, context).await;
+        let sticky = match (&route.split, claims) {
+            (None, _) => String::new(),
+            (Some(_), Some(claims)) => claims.sub.clone(),
+            (Some(_), None) => address().to_string(),
+        };
+        let caller = Caller {
+            identity,
+            sticky: &sticky,
+        };
+        let (mut response, trail) = self
+            .proxy
+            .forward(request, route, client, context, &caller)
+            .await;
         if let Some((limit, remaining, reset)) = quota {
             rate_limit_headers(limit, response.headers_mut(), remaining, reset);
         }
-        response
+        (response, trail)
     }
+}
 
-    /// The subject of `token`, if it is a valid access token.
-    async fn subject_key(&self, token: &str) -> Option<limit::ClientKey> {
-        let claims = self.verifier.verify(token).await.ok()?;
-        Some(limit::ClientKey::Subject(claims.sub))
+/// The token check of a route with auth on: the claims to forward (none for an anonymous
+/// caller of an `optional` route), or the problem the services would answer with: 401 for a
+/// missing (where required), malformed, forged or expired token, 403 for a missing scope,
+/// 503 when the keys cannot be had.
+fn check_token<'c>(
+    route: &Route,
+    mode: AuthMode,
+    presented: bool,
+    verified: &'c Option<Result<common::auth::AccessClaims, common::auth::VerifyError>>,
+) -> Result<Option<&'c common::auth::AccessClaims>, common::Problem> {
+    use common::auth::VerifyError;
+    let outcome = |name: &str| route.count_auth(name);
+    match verified {
+        None if !presented => {
+            if mode == AuthMode::Required {
+                outcome("missing");
+                Err(common::Problem::unauthorized(
+                    "an access token is required (Authorization: Bearer ...)",
+                    false,
+                ))
+            } else {
+                outcome("anonymous");
+                Ok(None)
+            }
+        }
+        // Another scheme than Bearer, or an empty token.
+        None => {
+            outcome("invalid");
+            Err(common::Problem::unauthorized(
+                "expected Authorization: Bearer <access token>",
+                true,
+            ))
+        }
+        Some(Err(VerifyError::KeysUnavailable)) => {
+            outcome("unavailable");
+            Err(common::Problem::dependency_unavailable(
+                "the token signing keys cannot be fetched; try again shortly",
+            ))
+        }
+        Some(Err(error)) => {
+            outcome("invalid");
+            Err(common::Problem::unauthorized(error.to_string(), true))
+        }
+        Some(Ok(claims)) => {
+            if let Some(missing) = route.scopes.iter().find(|scope| !claims.has_scope(scope)) {
+                outcome("forbidden");
+                return Err(common::auth::Authenticated(claims.clone())
+                    .require_scope(missing)
+                    .err()
+                    .unwrap_or_else(common::Problem::internal));
+            }
+            outcome("verified");
+            Ok(Some(claims))
+        }
     }
 }
 

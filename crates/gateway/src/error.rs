@@ -64,6 +64,9 @@ pub enum GatewayError {
         /// The upstream's name.
         upstream: String,
     },
+    /// 401, 403 or 503 from the token check at the edge: the problem the services would give.
+    #[error("the access token was refused")]
+    Refused(Box<Problem>),
     /// 500 `internal_error`: forwarding panicked (the cause is logged, never sent).
     #[error("forwarding panicked")]
     Panicked,
@@ -108,6 +111,7 @@ impl GatewayError {
             Self::Timeout { .. } => {
                 Problem::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", detail)
             }
+            Self::Refused(problem) => (**problem).clone(),
             Self::Panicked => Problem::internal(),
         }
     }

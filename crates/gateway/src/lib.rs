@@ -7,16 +7,19 @@ mod request_log;
 
 pub mod body;
 pub mod breaker;
+pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod edge;
 pub mod error;
 pub mod h1;
 pub mod limit;
+pub mod mirror;
 pub mod pool;
 pub mod proxy;
 pub mod real_ip;
-pub mod upstream;
+pub mod routes_file;
+pub mod routing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,8 +31,7 @@ use tokio_util::sync::CancellationToken;
 pub use body::EdgeBody;
 pub use config::GatewayConfig;
 use edge::{Edge, Worker};
-use proxy::Proxy;
-use upstream::UpstreamCheck;
+use routing::{Routing, UpstreamCheck};
 
 /// The service's name in logs and spans.
 pub const SERVICE: &str = "gateway";
@@ -58,9 +60,6 @@ pub struct Application {
 impl Application {
     /// Binds `config.addr` (port 0 picks a free port).
     pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
-        for route in &config.routes {
-            tracing::info!(prefix = %route.prefix, upstream = %route.upstream, "route");
-        }
         let redis = match &config.redis_url {
             Some(url) if config.rate_limit.is_some() => Some((
                 limit::connect_redis(url).await?,
@@ -109,9 +108,11 @@ impl Application {
         tracing::info!(service = SERVICE, %addr, workers, "listening");
         // A worker that fails stops the others; the caller's token is left alone.
         let stop = shutdown.child_token();
+        // Reloads, health checks and DNS refreshes, on the caller's runtime.
+        self.gateway.routing.maintain(stop.clone());
         let mut finished = Vec::with_capacity(workers);
         for (index, listener) in self.listeners.into_iter().enumerate() {
-            let service = self.gateway.worker();
+            let service = self.gateway.worker(index);
             let stop = stop.clone();
             let serving = self.serving;
             let (done, finished_rx) = tokio::sync::oneshot::channel();
@@ -179,6 +180,7 @@ fn serve_worker(
 #[derive(Clone)]
 pub struct Gateway {
     edge: Edge,
+    routing: Arc<Routing>,
     readiness: Readiness,
     metrics: common::metrics::Metrics,
     http: common::config::HttpConfig,
@@ -191,33 +193,36 @@ impl Gateway {
         redis: Option<(redis::aio::ConnectionManager, String)>,
     ) -> Self {
         let metrics = common::metrics::Metrics::new();
-        let proxy = Arc::new(Proxy::new(config, &metrics));
-        let readiness = proxy
-            .upstreams()
-            .fold(Readiness::new(), |readiness, upstream| {
+        let routing = Routing::new(config, &metrics);
+        // The upstreams of routes that readiness waits for (those of the routes at start).
+        let readiness = routing
+            .table()
+            .routes()
+            .filter(|route| route.readiness)
+            .fold(Readiness::new(), |readiness, route| {
                 readiness.with(Arc::new(UpstreamCheck {
-                    upstream: upstream.clone(),
+                    routing: routing.clone(),
+                    name: route.primary.name.clone(),
                 }))
             });
-        let edge = Edge::new(config, proxy, redis, &metrics);
+        let edge = Edge::new(config, routing.clone(), redis, &metrics);
         Self {
             edge,
+            routing,
             readiness,
             metrics,
             http: config.http.clone(),
         }
     }
 
-    /// What one worker serves: the proxy (with a connection pool of its own) and the
+    /// What worker `index` serves: the proxy (with connections of its own) and the
     /// gateway's own probes and metrics.
-    pub fn worker(&self) -> Worker {
+    pub fn worker(&self, index: usize) -> Worker {
         let own = Router::new().merge(common::health::routes(self.readiness.clone()));
-        self.edge.worker(common::server::finish(
-            own,
-            SERVICE,
-            &self.http,
-            &self.metrics,
-        ))
+        self.edge.worker(
+            common::server::finish(own, SERVICE, &self.http, &self.metrics),
+            index,
+        )
     }
 }
 

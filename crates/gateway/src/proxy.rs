@@ -1,12 +1,15 @@
-//! Forwarding: prefix routing with the prefix stripped, pooled keep-alive connections,
-//! hop-by-hop headers removed, `X-Forwarded-*` and `traceparent` set, bodies streamed, a
-//! circuit breaker per upstream, retries where they are safe, `Location` rewritten.
+//! Forwarding: pooled keep-alive connections to the chosen host of the route's upstream (or
+//! of its split), hop-by-hop headers removed, `X-Forwarded-*`, `traceparent` and the verified
+//! caller's identity headers set (client-sent copies of those always removed), bodies
+//! streamed, a circuit breaker per host, another host tried when one cannot be reached,
+//! retries where they are safe, `Location` rewritten, and a copy of the request sent to the
+//! route's mirror.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::metrics::Metrics;
+use common::auth::AccessClaims;
 use common::request::{RequestContext, TRACEPARENT};
 use http::Request;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -16,12 +19,12 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::body::{EdgeBody, StartError, TimedBody, UpstreamBody, UpstreamResponseBody};
-use crate::breaker::Permit;
-use crate::config::GatewayConfig;
+use crate::cluster::{Chosen, Cluster, Host, Outcome};
+use crate::config::{GatewayConfig, IdentityHeaders};
 use crate::error::GatewayError;
-use crate::h1::SetHeaders;
+use crate::mirror::{self, MirrorJob};
 use crate::pool::{PooledBody, SendError, error_chain};
-use crate::upstream::{Outcome, ProxyMetrics, Upstream};
+use crate::routing::{Route, Routing, WorkerRoutes, WorkerTable};
 
 /// The client at the other end of one connection, whether it is a proxy the gateway trusts,
 /// and what it adds to `X-Forwarded-For` (worked out once per connection, not per request).
@@ -46,178 +49,135 @@ impl Downstream {
     }
 }
 
-/// A prefix route.
-#[derive(Clone)]
-struct Route {
-    prefix: Prefix,
-    /// Its route template in metrics and spans: `{prefix}/{*rest}`.
-    label: String,
-    upstream: Upstream,
-    readiness: bool,
+/// The caller of one request, as the edge found it.
+pub struct Caller<'a> {
+    /// The verified token's claims, forwarded in the identity headers (routes with auth on).
+    pub identity: Option<&'a AccessClaims>,
+    /// What keeps one client on one arm of a split: the token's subject, else its address.
+    pub sticky: &'a str,
 }
 
-/// The route template of paths served by the fallback upstream.
-const FALLBACK_ROUTE: &str = "{*fallback}";
+/// What the access log says of a forwarded request: the upstream and host that served it,
+/// the split's arm, whether a copy went to the mirror.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Trail<'t> {
+    /// The upstream's name.
+    pub upstream: Option<&'t str>,
+    /// The host (`address:port`).
+    pub host: Option<&'t str>,
+    /// `primary` or the split's name, on split routes.
+    pub split: Option<&'t str>,
+    /// `sent` or `dropped`, on mirrored requests.
+    pub mirror: Option<&'static str>,
+}
 
-/// The forwarding half of the gateway: its routes, each upstream's connections.
-#[derive(Clone)]
+/// One worker's forwarding half: the routes (the current generation), its own connections
+/// to every host.
 pub struct Proxy {
-    routes: Vec<Route>,
-    fallback: Option<Upstream>,
+    routes: WorkerRoutes,
+    /// This worker's index: its connections in each host.
+    worker: usize,
     upstream_timeout: Duration,
     read_timeout: Duration,
     max_body_bytes: usize,
     retries: u32,
     blocked_paths: Arc<[String]>,
-}
-
-/// Where a request goes: the upstream, the path to ask it for, the prefix that was removed
-/// and the route template.
-struct Target<'a, 'p> {
-    upstream: &'a Upstream,
-    path: &'p str,
-    prefix: Option<&'a Prefix>,
-    label: &'a str,
-}
-
-/// A route's prefix, and as the `X-Forwarded-Prefix` header.
-#[derive(Clone)]
-struct Prefix {
-    path: String,
-    header: Option<HeaderValue>,
+    identity: IdentityHeaders,
+    /// Mirrored requests this worker may have under way.
+    mirrors: Arc<tokio::sync::Semaphore>,
 }
 
 impl Proxy {
-    /// Builds the routes, each upstream with a connection pool of its own.
-    pub fn new(config: &GatewayConfig, metrics: &Metrics) -> Self {
-        let metrics = ProxyMetrics::new(metrics);
-        let mut routes: Vec<Route> = config
-            .routes
-            .iter()
-            .map(|r| {
-                let prefix = r.prefix.trim_end_matches('/').to_owned();
-                Route {
-                    label: format!("{prefix}/{{*rest}}"),
-                    prefix: Prefix {
-                        header: HeaderValue::from_str(&prefix).ok(),
-                        path: prefix,
-                    },
-                    upstream: Upstream::new(&r.name, &r.upstream, config, &metrics),
-                    readiness: r.readiness,
-                }
-            })
-            .collect();
-        // Longest prefix first, so `/a/b` wins over `/a`.
-        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.path.len()));
+    /// Worker `worker`'s proxy over `routing`.
+    pub fn new(config: &GatewayConfig, routing: Arc<Routing>, worker: usize) -> Self {
         Self {
-            routes,
-            fallback: config
-                .fallback
-                .as_ref()
-                .map(|url| Upstream::new("fallback", url, config, &metrics)),
+            routes: WorkerRoutes::new(routing),
+            worker,
             upstream_timeout: config.upstream_timeout,
             read_timeout: config.upstream_read_timeout,
             max_body_bytes: config.http.max_body_bytes,
             retries: config.retries,
             blocked_paths: config.blocked_paths.clone().into(),
+            identity: config.identity_headers.clone(),
+            mirrors: Arc::new(tokio::sync::Semaphore::new(config.mirror_concurrency)),
         }
     }
 
-    /// The prefix-routed upstreams that readiness depends on (the fallback excluded).
-    pub fn upstreams(&self) -> impl Iterator<Item = &Upstream> {
-        self.routes
-            .iter()
-            .filter(|r| r.readiness)
-            .map(|r| &r.upstream)
+    /// The routes in force (this worker's reference to them).
+    pub fn table(&self) -> Arc<WorkerTable> {
+        self.routes.current()
     }
 
-    /// The same routes, breakers and metrics with connections of its own: each worker thread
-    /// keeps its upstream connections on its own runtime.
-    pub fn with_own_pool(&self) -> Self {
-        Self {
-            routes: self
-                .routes
-                .iter()
-                .map(|route| Route {
-                    upstream: route.upstream.with_own_pool(),
-                    ..route.clone()
-                })
-                .collect(),
-            fallback: self.fallback.as_ref().map(Upstream::with_own_pool),
-            ..self.clone()
-        }
+    /// The shared routing.
+    pub fn routing(&self) -> &Arc<Routing> {
+        self.routes.routing()
     }
 
-    fn resolve<'a, 'p>(&'a self, path: &'p str) -> Option<Target<'a, 'p>> {
-        for route in &self.routes {
-            if let Some(rest) = path.strip_prefix(route.prefix.path.as_str())
-                && (rest.is_empty() || rest.starts_with('/'))
-            {
-                return Some(Target {
-                    upstream: &route.upstream,
-                    path: if rest.is_empty() { "/" } else { rest },
-                    prefix: Some(&route.prefix),
-                    label: &route.label,
-                });
-            }
-        }
-        self.fallback.as_ref().map(|upstream| Target {
-            upstream,
-            path,
-            prefix: None,
-            label: FALLBACK_ROUTE,
-        })
-    }
-
-    /// The route template a path is served by (`/accounts/{*rest}`), if any.
-    pub fn route_of(&self, path: &str) -> Option<&str> {
-        self.resolve(path).map(|target| target.label)
-    }
-
-    /// Forwards `request` to its upstream and streams the answer back: 404 for no route, 400
-    /// for dot segments, 413 over the body limit, 503 `circuit_open` while the upstream's
-    /// breaker is open, 502 when it cannot be reached, 504 when it is too slow. Connection
+    /// Forwards `request` along `route` and streams the answer back: 404 for a blocked path,
+    /// 413 over the body limit, 503 `circuit_open` while every host's breaker is open, 502
+    /// when no host can be reached, 504 when it is too slow. A host that cannot be connected
+    /// to (nothing was sent) is replaced by another of the upstream's hosts; connection
     /// failures are retried for safe methods and requests with an `Idempotency-Key`.
     /// `client`'s address is appended to `X-Forwarded-For`; `context` is this hop's (its span
     /// is the upstream's parent unless spans are exported: then the client span is).
-    pub async fn forward(
+    pub async fn forward<'t>(
         &self,
         request: Request<Incoming>,
+        route: &'t Route,
         client: &Downstream,
         context: &RequestContext,
-    ) -> http::Response<EdgeBody> {
-        let full_path = request.uri().path();
-        if has_dot_segments(full_path) {
-            return GatewayError::DotSegments.respond(context);
+        caller: &Caller<'_>,
+    ) -> (http::Response<EdgeBody>, Trail<'t>) {
+        let mut trail = Trail::default();
+        let path = route.upstream_path(request.uri().path());
+        if self.is_blocked(path) {
+            let path = request.uri().path().to_owned();
+            return (GatewayError::NoRoute { path }.respond(context), trail);
         }
-        let target = self
-            .resolve(full_path)
-            .filter(|target| !self.is_blocked(target.path));
-        let Some(target) = target else {
-            let path = full_path.to_owned();
-            return GatewayError::NoRoute { path }.respond(context);
-        };
         // The body's length as its `Content-Length` declares it (0 when it streams).
         let declared = http_body::Body::size_hint(request.body()).lower();
         if declared > self.max_body_bytes as u64 {
-            return GatewayError::PayloadTooLarge.respond(context);
+            return (GatewayError::PayloadTooLarge.respond(context), trail);
         }
-        let Ok(uri) = target.upstream.uri(target.path, request.uri().query()) else {
-            return GatewayError::Unforwardable.respond(context);
-        };
-        let (upstream, prefix) = (target.upstream, target.prefix);
-        let permit = match upstream.breaker.try_acquire() {
-            Ok(permit) => permit,
-            Err(wait) => {
-                upstream
-                    .metrics
-                    .record(Outcome::CircuitOpen, &upstream.breaker);
-                return GatewayError::CircuitOpen {
-                    upstream: upstream.name.clone(),
-                    retry_after: wait,
+        let cluster: &'t Cluster = match &route.split {
+            Some(split) => {
+                let to_split = mirror::bucket(&route.name, caller.sticky) < split.per_10k;
+                split.counted[usize::from(to_split)].inc();
+                trail.split = Some(if to_split {
+                    split.cluster.name.as_str()
+                } else {
+                    "primary"
+                });
+                if to_split {
+                    &split.cluster
+                } else {
+                    &route.primary
                 }
-                .respond(context);
             }
+            None => &route.primary,
+        };
+        trail.upstream = Some(cluster.name.as_str());
+        // A copy for the mirror: its path (the request's is gone once it is sent), and a
+        // place among the copies under way, or none (dropped, never queued).
+        let mirroring = route
+            .mirror
+            .as_ref()
+            .filter(|mirror| mirror.methods.contains(request.method()))
+            .map(|mirror| {
+                let permit = self.mirrors.clone().try_acquire_owned().ok();
+                trail.mirror = Some(if permit.is_some() { "sent" } else { "dropped" });
+                if permit.is_none() {
+                    mirror::count(route, "dropped");
+                }
+                (mirror, permit, path.to_owned())
+            })
+            .and_then(|(mirror, permit, path)| Some((mirror, permit?, path)));
+        let chosen = match cluster.choose(self.worker, 0) {
+            Ok(chosen) => chosen,
+            Err(wait) => return (self.circuit_open(cluster, wait, context), trail),
+        };
+        let Ok(uri) = chosen.host.uri(path, request.uri().query()) else {
+            return (GatewayError::Unforwardable.respond(context), trail);
         };
         let retryable = matches!(
             *request.method(),
@@ -233,32 +193,67 @@ impl Proxy {
                 otel.name = %request.method(),
                 otel.kind = "client",
                 otel.status_code = tracing::field::Empty,
-                upstream = %upstream.name,
+                upstream = %cluster.name,
                 http.request.method = %request.method(),
-                server.address = upstream.pool.host(),
-                server.port = upstream.pool.port(),
-                url.full = %format_args!("{}{uri}", upstream.origin),
+                server.address = chosen.host.pool(self.worker).host(),
+                server.port = chosen.host.pool(self.worker).port(),
+                url.full = %format_args!("{}{uri}", chosen.host.origin),
                 http.response.status_code = tracing::field::Empty,
             )
         };
         let trace = common::request::exported_trace(&span, None).unwrap_or(context.trace);
-        let (outgoing, set) = self.outgoing_request(request, client, uri, upstream, prefix, trace);
+        let prefix = route.prefix.as_ref().filter(|_| route.strip);
+        let (mut outgoing, mut set) =
+            self.outgoing_request(request, client, uri, chosen.host, prefix, trace, caller);
+        let mut answered = None;
+        if let Some((mirror, permit, path)) = mirroring {
+            // The body is read whole once, for both.
+            match mirror::buffer(outgoing, self.max_body_bytes).await {
+                Ok((request, body)) => {
+                    outgoing = request;
+                    let (job, report) = MirrorJob::new(
+                        route,
+                        mirror,
+                        &outgoing,
+                        body,
+                        path,
+                        &set,
+                        context,
+                        self.worker,
+                        permit,
+                    );
+                    answered = Some(report);
+                    tokio::spawn(job.run());
+                }
+                Err(error) => return (error.respond(context), trail),
+            }
+        }
         // One future, instrumented whether or not there is a span (entering none costs a
         // branch): awaiting it on two paths would give the request's future room for both.
-        let attempt = async {
-            match self
-                .send(upstream, outgoing, &set, retryable, context)
-                .await
-            {
+        let (attempt, chosen) = async {
+            let (sent, chosen) = self
+                .send(cluster, chosen, outgoing, &mut set, retryable, context)
+                .await;
+            let attempt = match sent {
                 Ok(Ok(response)) => self.start_body(response).await,
                 Ok(Err(error)) => Attempt::Failed(error),
                 Err(_) => Attempt::TimedOut,
-            }
+            };
+            (attempt, chosen)
         }
         .instrument(span.clone())
         .await;
-        let response = match self.settle(upstream, permit, attempt, context) {
-            Ok(response) => self.pass_through(upstream, response, prefix),
+        let chosen = match chosen {
+            Ok(chosen) => chosen,
+            Err(wait) => {
+                let response = self.circuit_open(cluster, wait, context);
+                mirror::report_failed(answered, response.status());
+                return (response, trail);
+            }
+        };
+        trail.host = Some(chosen.host.label.as_str());
+        let response = match self.settle(cluster, chosen, attempt, context) {
+            Ok(response) => pass_through(response, prefix.map(|p| p.path.as_str())),
             Err(failure) => failure,
         };
         let status = response.status();
@@ -266,7 +261,26 @@ impl Proxy {
         if status.is_server_error() {
             span.record("otel.status_code", "error");
         }
-        response
+        let response = match answered {
+            Some(report) => mirror::watch(response, report),
+            None => response,
+        };
+        (response, trail)
+    }
+
+    /// 503 `circuit_open`: every host of `cluster` is out for `wait` at least.
+    fn circuit_open(
+        &self,
+        cluster: &Cluster,
+        wait: Duration,
+        context: &RequestContext,
+    ) -> http::Response<EdgeBody> {
+        cluster.record(Outcome::CircuitOpen, None);
+        GatewayError::CircuitOpen {
+            upstream: cluster.name.clone(),
+            retry_after: wait,
+        }
+        .respond(context)
     }
 
     /// Whether `path` (as the upstream would see it, percent-decoded) is one of the blocked
@@ -294,65 +308,113 @@ impl Proxy {
         }
     }
 
-    /// Sends `request` upstream, each attempt allowed the upstream timeout; a connection that
-    /// cannot be made is tried again (nothing was sent) when the request is `retryable`.
-    async fn send(
+    /// Sends `request` to the chosen host, each attempt allowed the upstream timeout. A
+    /// connection that cannot be made (nothing was sent) moves the request to another host
+    /// of the upstream while there is one it has not tried, and is tried again when the
+    /// request is `retryable` (after a pause, once every host was tried). Gives the host
+    /// that had the last word, or `Err(wait)` when every breaker opened meanwhile.
+    async fn send<'c>(
         &self,
-        upstream: &Upstream,
+        cluster: &'c Cluster,
+        mut chosen: Chosen<'c>,
         mut request: Request<UpstreamBody>,
-        set: &SetHeaders,
+        set: &mut Forwarding,
         retryable: bool,
         context: &RequestContext,
-    ) -> Sent {
-        let mut attempt = 0;
+    ) -> (Sent, Result<Chosen<'c>, Duration>) {
+        let mut retries = if retryable { self.retries } else { 0 };
+        let mut tried = 0u64;
+        let mut attempt = 0u32;
         loop {
+            let host = chosen.host;
+            set.host(host);
+            let in_flight = cluster.begin(host);
             // Boxed: every future above this one (the request's, moved whole a few times on
             // its way to the connection's task) would otherwise hold this one's state.
             let result = Box::pin(tokio::time::timeout(
                 self.upstream_timeout,
-                upstream.pool.send(request, set, retryable),
+                host.pool(self.worker)
+                    .send(request, set.headers(), retryable),
             ))
             .await;
-            match result {
-                Ok(Err(SendError::Connect {
-                    reason,
-                    request: unsent,
-                })) if retryable && attempt < self.retries => {
-                    attempt += 1;
-                    request_event!(
-                        context,
-                        info!(upstream = %upstream.name, attempt, error = %reason, "retrying")
+            drop(in_flight);
+            let (reason, unsent) = match result {
+                Ok(Err(SendError::Connect { reason, request })) => (reason, request),
+                other => return (other, Ok(chosen)),
+            };
+            tried |= 1u64 << chosen.index.min(63);
+            let untried = cluster.hosts.len() > tried.count_ones() as usize;
+            let again = untried || retries > 0;
+            if !again {
+                return (
+                    Ok(Err(SendError::Connect {
+                        reason,
+                        request: unsent,
+                    })),
+                    Ok(chosen),
+                );
+            }
+            attempt += 1;
+            request_event!(
+                context,
+                info!(upstream = %cluster.name, host = %host.label, attempt, error = %reason, "retrying")
+            );
+            chosen.permit.record(false);
+            cluster.record(Outcome::Retried, Some(host));
+            if !untried {
+                retries -= 1;
+                tried = 0;
+                Box::pin(tokio::time::sleep(Duration::from_millis(
+                    25 << attempt.min(8),
+                )))
+                .await;
+            }
+            chosen = match cluster.choose(self.worker, tried) {
+                Ok(next) => next,
+                Err(wait) => {
+                    return (
+                        Ok(Err(SendError::Connect {
+                            reason,
+                            request: unsent,
+                        })),
+                        Err(wait),
                     );
-                    upstream.metrics.record(Outcome::Retried, &upstream.breaker);
-                    Box::pin(tokio::time::sleep(Duration::from_millis(25 << attempt))).await;
-                    request = *unsent;
                 }
-                other => return other,
+            };
+            request = *unsent;
+            if !std::ptr::eq(chosen.host, host) {
+                let moved = rebase(request.uri(), host, chosen.host);
+                if let Some(uri) = moved {
+                    *request.uri_mut() = uri;
+                }
             }
         }
     }
 
-    /// Records the outcome with the breaker and metrics; failures become 502/504 problems, and
-    /// a request whose own body failed (over the limit, or the client gone) a 413 or 400 that
-    /// says nothing about the upstream.
+    /// Records the outcome with the host's breaker and the metrics; failures become 502/504
+    /// problems, and a request whose own body failed (over the limit, or the client gone) a
+    /// 413 or 400 that says nothing about the upstream.
     fn settle(
         &self,
-        upstream: &Upstream,
-        permit: Permit<'_>,
+        cluster: &Cluster,
+        chosen: Chosen<'_>,
         result: Attempt,
         context: &RequestContext,
     ) -> Result<http::Response<UpstreamResponseBody>, http::Response<EdgeBody>> {
-        let name = &upstream.name;
+        let name = &cluster.name;
+        let Chosen { host, permit, .. } = chosen;
+        let failed = |outcome: Outcome| {
+            cluster.record(outcome, Some(host));
+        };
         match result {
             Attempt::Answered(response) => {
-                let failed = response.status().is_server_error();
-                permit.record(!failed);
-                let outcome = if failed {
+                let error = response.status().is_server_error();
+                permit.record(!error);
+                failed(if error {
                     Outcome::ServerError
                 } else {
                     Outcome::Ok
-                };
-                upstream.metrics.record(outcome, &upstream.breaker);
+                });
                 Ok(response)
             }
             Attempt::Failed(SendError::Request(error)) if error.is_user() => {
@@ -374,12 +436,10 @@ impl Proxy {
             }
             Attempt::Failed(error) => {
                 permit.record(false);
-                upstream
-                    .metrics
-                    .record(Outcome::Unreachable, &upstream.breaker);
+                failed(Outcome::Unreachable);
                 request_event!(
                     context,
-                    warn!(upstream = %name, error = %error, "upstream request failed")
+                    warn!(upstream = %name, host = %host.label, error = %error, "upstream request failed")
                 );
                 Err(GatewayError::Unreachable {
                     upstream: name.clone(),
@@ -388,12 +448,10 @@ impl Proxy {
             }
             Attempt::BodyFailed(why) => {
                 permit.record(false);
-                upstream
-                    .metrics
-                    .record(Outcome::Unreachable, &upstream.breaker);
+                failed(Outcome::Unreachable);
                 request_event!(
                     context,
-                    warn!(upstream = %name, error = %why, "upstream response body failed before it began")
+                    warn!(upstream = %name, host = %host.label, error = %why, "upstream response body failed before it began")
                 );
                 Err(GatewayError::InvalidResponse {
                     upstream: name.clone(),
@@ -402,10 +460,10 @@ impl Proxy {
             }
             Attempt::TimedOut => {
                 permit.record(false);
-                upstream.metrics.record(Outcome::Timeout, &upstream.breaker);
+                failed(Outcome::Timeout);
                 request_event!(
                     context,
-                    warn!(upstream = %name, timeout = ?self.upstream_timeout, "upstream timed out")
+                    warn!(upstream = %name, host = %host.label, timeout = ?self.upstream_timeout, "upstream timed out")
                 );
                 Err(GatewayError::Timeout {
                     upstream: name.clone(),
@@ -415,39 +473,22 @@ impl Proxy {
         }
     }
 
-    /// The upstream's response as ours: hop-by-hop headers removed, a relative `Location`
-    /// given the prefix back, left as is otherwise (not turned into a problem).
-    fn pass_through(
-        &self,
-        upstream: &Upstream,
-        response: http::Response<UpstreamResponseBody>,
-        prefix: Option<&Prefix>,
-    ) -> http::Response<EdgeBody> {
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        if let (Some(prefix), Some(location)) = (prefix, parts.headers.get(header::LOCATION))
-            && let Some(rewritten) = rewrite_location(location, &prefix.path)
-        {
-            parts.headers.insert(header::LOCATION, rewritten);
-        }
-        upstream.metrics.breaker_state(&upstream.breaker);
-        http::Response::from_parts(parts, Either::Left(body))
-    }
-
     /// The request to send upstream (hop-by-hop headers removed, origin-form URI), and the
-    /// headers the gateway sets on it in place of the client's: `Host` (the upstream's; the
+    /// headers the gateway sets on it in place of the client's: `Host` (the host's; the
     /// client's kept in `X-Forwarded-Host`), `X-Forwarded-For` (`client` added to the hops
-    /// before), `-Proto`, `-Prefix` and `traceparent` (`trace` its parent span). They are
-    /// not put in the request's header map: for most requests the pool writes them straight
-    /// into the head it sends.
+    /// before), `-Proto`, `-Prefix`, `traceparent` (`trace` its parent span) and the caller's
+    /// identity (removed when there is none). They are not put in the request's header map:
+    /// for most requests the pool writes them straight into the head it sends.
+    #[allow(clippy::too_many_arguments)]
     fn outgoing_request(
         &self,
         request: Request<Incoming>,
         client: &Downstream,
         uri: Uri,
-        upstream: &Upstream,
-        prefix: Option<&Prefix>,
+        host: &Host,
+        prefix: Option<&crate::routing::Prefix>,
         trace: common::request::TraceParent,
+        caller: &Caller<'_>,
     ) -> (Request<UpstreamBody>, Forwarding) {
         let (mut parts, body) = request.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -488,8 +529,8 @@ impl Proxy {
         let proto = trusted(&X_FORWARDED_PROTO)
             .filter(|proto| matches!(proto.as_bytes(), b"http" | b"https"))
             .unwrap_or(HeaderValue::from_static("http"));
-        let set = [
-            (header::HOST, Some(upstream.host.clone())),
+        let mut set = Forwarding::new([
+            (header::HOST, Some(host.host_header.clone())),
             (X_FORWARDED_FOR, forwarded_for),
             (X_FORWARDED_PROTO, Some(proto)),
             (X_FORWARDED_HOST, original_host),
@@ -498,7 +539,27 @@ impl Proxy {
                 prefix.and_then(|prefix| prefix.header.clone()),
             ),
             (TRACEPARENT, Some(trace.to_header())),
-        ];
+        ]);
+        // The identity headers are the gateway's: set from the verified token, or removed.
+        let names = self.identity.all();
+        if caller.identity.is_some() || names.iter().any(|name| headers.contains_key(*name)) {
+            let claims = caller.identity;
+            let value = |text: Option<&str>| text.and_then(|t| HeaderValue::from_str(t).ok());
+            let legacy = claims.and_then(|c| c.legacy_user_id).map(HeaderValue::from);
+            set.push(
+                self.identity.subject.clone(),
+                value(claims.map(|c| c.sub.as_str())),
+            );
+            set.push(
+                self.identity.scopes.clone(),
+                value(claims.map(|c| c.scope.as_str())),
+            );
+            set.push(
+                self.identity.client_id.clone(),
+                value(claims.map(|c| c.client_id.as_str())),
+            );
+            set.push(self.identity.legacy_user_id.clone(), legacy);
+        }
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
         parts.extensions = http::Extensions::new();
@@ -510,8 +571,100 @@ impl Proxy {
     }
 }
 
-/// The headers the gateway sets on a forwarded request (see [`Proxy::outgoing_request`]).
-type Forwarding = [(HeaderName, Option<HeaderValue>); 6];
+/// The upstream's response as ours: hop-by-hop headers removed, a relative `Location` given
+/// the prefix back, left as is otherwise (not turned into a problem).
+fn pass_through(
+    response: http::Response<UpstreamResponseBody>,
+    prefix: Option<&str>,
+) -> http::Response<EdgeBody> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if let (Some(prefix), Some(location)) = (prefix, parts.headers.get(header::LOCATION))
+        && let Some(rewritten) = rewrite_location(location, prefix)
+    {
+        parts.headers.insert(header::LOCATION, rewritten);
+    }
+    http::Response::from_parts(parts, Either::Left(body))
+}
+
+impl Route {
+    /// The path the upstream is asked for, given the path the client asked for: the prefix
+    /// removed (unless the route keeps it).
+    pub fn upstream_path<'p>(&self, full: &'p str) -> &'p str {
+        match &self.prefix {
+            Some(prefix) if self.strip => match full.get(prefix.path.len()..) {
+                Some("") | None => "/",
+                Some(rest) => rest,
+            },
+            _ => full,
+        }
+    }
+}
+
+impl Cluster {
+    /// Counts a request under way to `host` while the guard lives (only where the balancing
+    /// policy reads the count: the shared counter costs every core a cache line).
+    pub(crate) fn begin<'h>(&self, host: &'h Host) -> Option<crate::cluster::InFlight<'h>> {
+        (self.config.balance == crate::config::Balance::LeastRequest).then(|| host.begin())
+    }
+}
+
+/// `uri` (made for host `from`) made for host `to`: the base path swapped.
+fn rebase(uri: &Uri, from: &Host, to: &Host) -> Option<Uri> {
+    let target = uri.path_and_query()?.as_str();
+    let rest = target.strip_prefix(from.base_path())?;
+    let mut text = String::with_capacity(to.base_path().len() + rest.len());
+    text.push_str(to.base_path());
+    text.push_str(rest);
+    Uri::try_from(text).ok()
+}
+
+/// The headers the gateway sets on a forwarded request (see [`Proxy::outgoing_request`]):
+/// six always, four more for the caller's identity when there is one or a client sent those
+/// names.
+pub(crate) struct Forwarding {
+    set: [(HeaderName, Option<HeaderValue>); 11],
+    len: usize,
+}
+
+impl Forwarding {
+    fn new(base: [(HeaderName, Option<HeaderValue>); 6]) -> Self {
+        let [a, b, c, d, e, f] = base;
+        let unused = || (header::HOST, None);
+        Self {
+            set: [
+                a,
+                b,
+                c,
+                d,
+                e,
+                f,
+                unused(),
+                unused(),
+                unused(),
+                unused(),
+                unused(),
+            ],
+            len: 6,
+        }
+    }
+
+    pub(crate) fn push(&mut self, name: HeaderName, value: Option<HeaderValue>) {
+        if let Some(slot) = self.set.get_mut(self.len) {
+            *slot = (name, value);
+            self.len += 1;
+        }
+    }
+
+    /// Points `Host` at `host`.
+    fn host(&mut self, host: &Host) {
+        self.set[0].1 = Some(host.host_header.clone());
+    }
+
+    pub(crate) fn headers(&self) -> &[(HeaderName, Option<HeaderValue>)] {
+        &self.set[..self.len]
+    }
+}
 
 /// How sending to an upstream went: in time or not, and then answered or failed.
 type Sent = Result<
@@ -535,7 +688,7 @@ enum Attempt {
 
 /// Whether a path has `.` or `..` segments (also percent-encoded), which could step out of
 /// the prefix that chose the upstream.
-fn has_dot_segments(path: &str) -> bool {
+pub(crate) fn has_dot_segments(path: &str) -> bool {
     // Most paths have neither a dot nor an escape: one scan settles them.
     if !path.bytes().any(|b| b == b'.' || b == b'%') {
         return false;
@@ -657,7 +810,12 @@ mod tests {
         if let Some(url) = fallback {
             env = env.with("GATEWAY_FALLBACK_URL", url);
         }
-        Proxy::new(&GatewayConfig::from_env(&env).unwrap(), &Metrics::new())
+        let config = GatewayConfig::from_env(&env).unwrap();
+        Proxy::new(
+            &config,
+            Routing::new(&config, &common::metrics::Metrics::new()),
+            0,
+        )
     }
 
     #[test]
@@ -672,7 +830,12 @@ mod tests {
     #[test]
     fn blocked_paths_cover_what_is_under_them_even_encoded() {
         let env = Env::from_pairs([("GATEWAY_BLOCKED_PATHS", "/metrics")]);
-        let proxy = Proxy::new(&GatewayConfig::from_env(&env).unwrap(), &Metrics::new());
+        let config = GatewayConfig::from_env(&env).unwrap();
+        let proxy = Proxy::new(
+            &config,
+            Routing::new(&config, &common::metrics::Metrics::new()),
+            0,
+        );
         for blocked in [
             "/metrics",
             "/metrics/",
@@ -693,28 +856,30 @@ mod tests {
 
     #[test]
     fn prefixes_are_stripped_only_at_segment_boundaries() {
-        let proxy = proxy(None);
-        let target = proxy.resolve("/accounts/healthz").unwrap();
+        let table = proxy(None).table();
+        let target = table.resolve("/accounts/healthz").unwrap();
         assert_eq!(
-            (target.upstream.name.as_str(), target.path),
+            (target.route.primary.name.as_str(), target.path),
             ("accounts", "/healthz")
         );
-        assert_eq!(proxy.resolve("/payments").unwrap().path, "/");
-        assert_eq!(proxy.resolve("/payments/").unwrap().path, "/");
-        assert!(proxy.resolve("/paymentsx/1").is_none());
-        assert!(proxy.resolve("/other").is_none());
+        assert_eq!(table.resolve("/payments").unwrap().path, "/");
+        assert_eq!(table.resolve("/payments/").unwrap().path, "/");
+        assert!(table.resolve("/paymentsx/1").is_none());
+        assert!(table.resolve("/other").is_none());
     }
 
     #[test]
     fn other_paths_go_to_the_fallback_unchanged() {
-        let proxy = proxy(Some("http://127.0.0.1:9000/legacy/"));
-        let target = proxy.resolve("/admin/login/").unwrap();
-        assert_eq!(target.upstream.name, "fallback");
+        let table = proxy(Some("http://127.0.0.1:9000/legacy/")).table();
+        let target = table.resolve("/admin/login/").unwrap();
+        assert_eq!(target.route.primary.name, "fallback");
         assert_eq!(
-            target.upstream.uri(target.path, Some("next=/")).unwrap(),
+            target.route.primary.hosts[0]
+                .uri(target.path, Some("next=/"))
+                .unwrap(),
             "/legacy/admin/login/?next=/"
         );
-        assert!(target.prefix.is_none());
+        assert!(target.route.prefix.is_none());
     }
 
     #[test]

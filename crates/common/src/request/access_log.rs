@@ -21,6 +21,21 @@ pub(super) struct AccessLine<'a> {
     pub(super) service: &'static str,
     pub(super) trace: TraceParent,
     pub(super) path: &'a str,
+    pub(super) proxy: ProxyFields<'a>,
+}
+
+/// What a proxy adds to a request's access line: the upstream and host that served it, the
+/// arm of a traffic split, whether a copy went to a mirror. Absent fields are left out.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProxyFields<'a> {
+    /// The upstream's name (`upstream`).
+    pub upstream: Option<&'a str>,
+    /// The host, `address:port` (`upstream.address`).
+    pub host: Option<&'a str>,
+    /// The arm of a split (`split`).
+    pub split: Option<&'a str>,
+    /// The mirror's part (`mirror`).
+    pub mirror: Option<&'a str>,
 }
 
 impl AccessLine<'_> {
@@ -46,6 +61,20 @@ impl AccessLine<'_> {
             out.extend_from_slice(b",\"http.route\":\"");
             push_str(out, route);
             out.push(b'"');
+        }
+        for (key, value) in [
+            ("upstream", self.proxy.upstream),
+            ("upstream.address", self.proxy.host),
+            ("split", self.proxy.split),
+            ("mirror", self.proxy.mirror),
+        ] {
+            if let Some(value) = value {
+                out.extend_from_slice(b",\"");
+                out.extend_from_slice(key.as_bytes());
+                out.extend_from_slice(b"\":\"");
+                push_str(out, value);
+                out.push(b'"');
+            }
         }
         out.extend_from_slice(b",\"name\":\"http_request\",\"otel.kind\":\"server\"");
         if let Some(outcome) = self.outcome {
@@ -84,6 +113,10 @@ impl AccessLine<'_> {
                         http.request.method = line.method,
                         http.response.status_code = line.status,
                         http.route = line.route,
+                        upstream = line.proxy.upstream,
+                        upstream.address = line.proxy.host,
+                        split = line.proxy.split,
+                        mirror = line.proxy.mirror,
                         otel.kind = "server",
                         otel.status_code = line.outcome,
                         request_id = line.request_id,

@@ -9,6 +9,7 @@ pub mod observer;
 pub mod problems;
 pub mod trace;
 
+pub use access_log::ProxyFields;
 pub use id::{X_REQUEST_ID, current_request_id, is_sane_request_id};
 pub use observer::{Observation, RequestObserver, RequestSpans, record_route, request_context};
 pub use trace::{TRACEPARENT, TraceParent, exported_trace, rename_exported};
@@ -117,6 +118,7 @@ mod tests {
             service: "test",
             trace: context.trace,
             path: "/a/b",
+            proxy: Default::default(),
         }
         .write_json(&mut out);
         assert_eq!(out.last(), Some(&b'\n'));

@@ -12,7 +12,7 @@ use http::{HeaderValue, Method};
 use tracing::{Instrument, field::Empty};
 
 use super::RequestContext;
-use super::access_log::AccessLine;
+use super::access_log::{AccessLine, ProxyFields};
 use super::id::{CURRENT, X_REQUEST_ID, is_sane_request_id, new_request_id};
 use super::problems::problem_for_bare_error;
 use super::trace::{TRACEPARENT, TraceParent, exported_trace, own_trace, rename_exported};
@@ -164,6 +164,17 @@ impl RequestObserver {
         route: Option<&str>,
         response: &mut http::Response<B>,
     ) {
+        self.finish_proxied(observation, route, response, ProxyFields::default());
+    }
+
+    /// [`Self::finish`] for a proxied request: the access line also says where it went.
+    pub fn finish_proxied<B>(
+        &self,
+        observation: Observation,
+        route: Option<&str>,
+        response: &mut http::Response<B>,
+        proxy: ProxyFields<'_>,
+    ) {
         let Observation {
             started,
             method,
@@ -204,13 +215,28 @@ impl RequestObserver {
                 service: self.service,
                 trace: context.trace,
                 path: uri.path(),
+                proxy,
             }
             .log(),
             None => span.in_scope(|| {
                 if status >= 500 {
-                    tracing::warn!(latency_ms, "request completed");
+                    tracing::warn!(
+                        latency_ms,
+                        upstream = proxy.upstream,
+                        upstream.address = proxy.host,
+                        split = proxy.split,
+                        mirror = proxy.mirror,
+                        "request completed"
+                    );
                 } else {
-                    tracing::info!(latency_ms, "request completed");
+                    tracing::info!(
+                        latency_ms,
+                        upstream = proxy.upstream,
+                        upstream.address = proxy.host,
+                        split = proxy.split,
+                        mirror = proxy.mirror,
+                        "request completed"
+                    );
                 }
             }),
         }
