@@ -568,6 +568,73 @@ mod tests {
     }
 
     #[test]
+    fn a_route_may_list_hosts_check_tokens_split_and_mirror() {
+        let (_file, env) = with_routes_file(
+            r#"
+            [[routes]]
+            prefix = "/orders"
+            upstream = ["http://a:8000/orders", "http://b:8000/orders"]
+            balance = "least_request"
+            max_fails = 3
+            fail_timeout_ms = 10000
+            dns_refresh_ms = 5000
+            health_check = { path = "/healthz", interval_ms = 500 }
+            auth = "required"
+            scopes = ["orders:read"]
+            strip_prefix = false
+            split = { upstream = "http://orders:9000", weight = 12.5 }
+            mirror = { upstream = "http://shadow:9000", methods = ["get", "POST"] }
+            "#,
+        );
+        let config = GatewayConfig::from_env(&env).unwrap();
+        let route = config
+            .routes
+            .routes
+            .iter()
+            .find(|r| r.prefix == "/orders")
+            .unwrap();
+        assert_eq!(route.upstream.urls.len(), 2);
+        assert_eq!(route.upstream.balance, Balance::LeastRequest);
+        assert_eq!(route.upstream.max_fails, Some(3));
+        assert_eq!(route.upstream.fail_timeout, Some(Duration::from_secs(10)));
+        assert_eq!(route.upstream.dns_refresh, Some(Duration::from_secs(5)));
+        let check = route.upstream.health_check.as_ref().unwrap();
+        assert_eq!(
+            (check.path.as_str(), check.interval, check.timeout),
+            (
+                "/healthz",
+                Duration::from_millis(500),
+                Duration::from_millis(500)
+            )
+        );
+        assert_eq!(route.auth, AuthMode::Required);
+        assert_eq!(route.scopes, ["orders:read"]);
+        assert!(!route.strip_prefix);
+        let split = route.split.as_ref().unwrap();
+        assert_eq!((split.name.as_str(), split.per_10k), ("orders-split", 1250));
+        let mirror = route.mirror.as_ref().unwrap();
+        assert_eq!(mirror.name, "orders-mirror");
+        assert_eq!(mirror.methods, [http::Method::GET, http::Method::POST]);
+        // Reading the file again gives the same routes.
+        assert_eq!(config.reload_routes().unwrap(), config.routes);
+    }
+
+    #[test]
+    fn identity_header_names_are_checked() {
+        let env = Env::from_pairs([("GATEWAY_AUTH_SCOPES_HEADER", "X-Scopes")]);
+        let config = GatewayConfig::from_env(&env).unwrap();
+        assert_eq!(config.identity_headers.scopes.as_str(), "x-scopes");
+        assert_eq!(config.identity_headers.subject.as_str(), "x-auth-subject");
+        for (name, value) in [
+            ("GATEWAY_AUTH_SUBJECT_HEADER", "not a header"),
+            ("GATEWAY_AUTH_SUBJECT_HEADER", "X-Auth-Scopes"),
+        ] {
+            let env = Env::from_pairs([(name, value)]);
+            assert_eq!(GatewayConfig::from_env(&env).unwrap_err().variable, name);
+        }
+    }
+
+    #[test]
     fn a_bad_routes_file_is_a_clear_error() {
         for (text, expected) in [
             ("[[routes]]\nprefix = \"/x\"\n", "missing field `upstream`"),
@@ -606,6 +673,42 @@ mod tests {
                 "appears twice",
             ),
             ("[[limits]]\npath = \"/t\"\n", "missing field `rps`"),
+            (
+                "[[routes]]\nprefix = \"/x\"\nupstream = []\n",
+                "at least one URL",
+            ),
+            (
+                "[[routes]]\nprefix = \"/x\"\nupstream = [\"http://a\", \"http://a\"]\n",
+                "appears twice",
+            ),
+            (
+                "[[routes]]\nprefix = \"/x\"\nupstream = \"http://a\"\nauth = \"sometimes\"\n",
+                "unknown variant",
+            ),
+            (
+                "[[routes]]\nprefix = \"/x\"\nupstream = \"http://a\"\nscopes = [\"a\"]\n",
+                "scopes are checked only with auth",
+            ),
+            (
+                "[[routes]]\nprefix = \"/x\"\nupstream = \"http://a\"\nsplit = { upstream = \"http://b\", weight = 120 }\n",
+                "not a percentage",
+            ),
+            (
+                "[[routes]]\nprefix = \"/x\"\nupstream = \"http://a\"\nmirror = { upstream = \"http://b\", methods = [\"G T\"] }\n",
+                "is not a method",
+            ),
+            (
+                "[[routes]]\nprefix = \"/x\"\nupstream = \"http://a\"\nhealth_check = { path = \"healthz\" }\n",
+                "health_check.path",
+            ),
+            (
+                "[[routes]]\nprefix = \"/x\"\nupstream = \"http://a\"\nmax_fails = 0\n",
+                "max_fails: must be above 0",
+            ),
+            (
+                "[[routes]]\nprefix = \"/x\"\nupstream = \"http://a\"\nname = \"accounts\"\n",
+                "used twice",
+            ),
             ("routes = [", "TOML parse error"),
         ] {
             let (_file, env) = with_routes_file(text);

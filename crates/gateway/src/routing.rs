@@ -461,8 +461,9 @@ impl Routing {
     /// health checks, DNS refreshes.
     pub fn maintain(self: &Arc<Self>, shutdown: CancellationToken) {
         let routing = self.clone();
+        // Taken over before anything else runs: SIGHUP's default would end the process.
+        let mut hangup = hangup_signal();
         tokio::spawn(async move {
-            let mut hangup = hangup_signal();
             let mut file = FileState::of(routing.config.routes_file.as_deref());
             let mut next_poll = Instant::now();
             let mut due: HashMap<(String, url::Url, Option<SocketAddr>), Instant> = HashMap::new();

@@ -157,14 +157,7 @@ pub async fn spawn_flaky_upstream() -> Flaky {
             }
         }
     }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = Running::spawn(addr, move |shutdown| async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
-        Ok(())
-    });
+    let server = serve(router).await;
     Flaky {
         server,
         failing,
@@ -225,6 +218,90 @@ pub async fn wait_for_status(gateway: &Running, path: &str, status: u16) {
         assert!(
             std::time::Instant::now() < deadline,
             "{path} answered {now}, waited for {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// An upstream that answers every request with `name` (and counts them in `hits`).
+pub async fn spawn_named_upstream(
+    name: &'static str,
+) -> (Running, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    spawn_named_upstream_at(name, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// [`spawn_named_upstream`] on `addr`.
+pub async fn spawn_named_upstream_at(
+    name: &'static str,
+    addr: SocketAddr,
+) -> (Running, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    let router = Router::new().fallback(any(move || {
+        let counted = counted.clone();
+        async move {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            name
+        }
+    }));
+    (serve_at(router, addr).await, hits)
+}
+
+/// `router` served on a port of its own.
+pub async fn serve(router: Router) -> Running {
+    serve_at(router, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// `router` served on `addr`.
+pub async fn serve_at(router: Router, addr: SocketAddr) -> Running {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    Running::spawn(addr, move |shutdown| async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        Ok(())
+    })
+}
+
+/// A routes file with `text`, and the environment that points the gateway at it (looked at
+/// for changes every 50 ms).
+pub fn routes_file(text: &str) -> (tempfile::NamedTempFile, Vec<(&'static str, String)>) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    let env = vec![
+        (
+            "GATEWAY_ROUTES_FILE",
+            file.path().to_str().unwrap().to_owned(),
+        ),
+        ("GATEWAY_ROUTES_POLL_MS", "50".to_owned()),
+    ];
+    (file, env)
+}
+
+/// The value of the metric series `series` (the line's start, labels included) in `metrics`.
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls the gateway's metrics until `check` accepts them, for at most 10 seconds.
+pub async fn wait_for_metrics(
+    gateway: &Running,
+    what: &str,
+    check: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = gateway_metrics(gateway).await;
+        if check(&metrics) {
+            return metrics;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited for {what}:\n{metrics}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

@@ -2,8 +2,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed test should panic
 
+mod auth;
 mod cli;
 mod edge;
 mod failures;
 mod helpers;
 mod routing;
+mod traffic;
