@@ -637,21 +637,22 @@ async fn sighup_reloads_the_routes_file_of_a_running_gateway_process() {
     let (new, _) = spawn_named_upstream("new").await;
     let dir = tempfile::tempdir().unwrap();
     let routes = dir.path().join("routes.toml");
-    let write = |upstream: SocketAddr| {
-        std::fs::write(
-            &routes,
-            format!("[[routes]]\nprefix = \"/h\"\nupstream = \"http://{upstream}\"\n"),
-        )
-        .unwrap();
-    };
-    write(old.addr);
+    let (o, n) = (old.addr, new.addr);
+    std::fs::write(
+        &routes,
+        format!("[[routes]]\nprefix = \"/h\"\nupstream = \"http://{o}\"\n"),
+    )
+    .unwrap();
     let addr_file = dir.path().join("addr");
+    let log = dir.path().join("log");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
         .args(["serve", "--addr-file", addr_file.to_str().unwrap()])
         .env("GATEWAY_ADDR", "127.0.0.1:0")
         .env("GATEWAY_ROUTES_FILE", &routes)
         .env("GATEWAY_ROUTES_POLL_MS", "0")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
+        .env("LOG_FORMAT", "json")
+        .stdout(std::fs::File::create(&log).unwrap())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -669,7 +670,16 @@ async fn sighup_reloads_the_routes_file_of_a_running_gateway_process() {
     let url = format!("http://{addr}/h/x");
     let fetch = || async { reqwest::get(&url).await.unwrap().text().await.unwrap() };
     assert_eq!(fetch().await, "old");
-    write(new.addr);
+    // All of it to the new service now, and a copy to the old one.
+    std::fs::write(
+        &routes,
+        format!(
+            "[[routes]]\nprefix = \"/h\"\nupstream = \"http://{o}\"\n\
+             split = {{ upstream = \"http://{n}\", weight = 100, name = \"h-new\" }}\n\
+             mirror = {{ upstream = \"http://{o}\" }}\n"
+        ),
+    )
+    .unwrap();
     // Not looked at without the signal (polling is off).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(fetch().await, "old");
@@ -687,6 +697,39 @@ async fn sighup_reloads_the_routes_file_of_a_running_gateway_process() {
     assert!(
         child.try_wait().unwrap().is_none(),
         "SIGHUP does not stop it"
+    );
+    // The access line says where the request went; the mirror's different answer is logged
+    // with both request ids.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (access, difference) = loop {
+        let lines: Vec<Value> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        let access = lines
+            .iter()
+            .rfind(|l| l["message"] == "request completed" && l["split"] == "h-new")
+            .cloned();
+        let difference = lines
+            .iter()
+            .find(|l| l["message"] == "the mirror answered differently")
+            .cloned();
+        if let (Some(access), Some(difference)) = (access, difference) {
+            break (access, difference);
+        }
+        assert!(std::time::Instant::now() < deadline, "no such log lines");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(access["upstream"], "h-new", "{access}");
+    assert_eq!(access["upstream.address"], n.to_string(), "{access}");
+    assert_eq!(access["mirror"], "sent", "{access}");
+    assert_eq!(difference["outcome"], "body_differs", "{difference}");
+    let request_id = difference["request_id"].as_str().unwrap();
+    assert_eq!(
+        difference["mirror_request_id"],
+        format!("{request_id}-mirror"),
+        "{difference}"
     );
     child.kill().await.unwrap();
 }
