@@ -8,6 +8,12 @@
 # a file, hop-by-hop headers dropped. The gateway's rate limiter is measured both off and on
 # (a limit high enough never to refuse), since nginx does not limit unless told to.
 #
+# With edge auth on (`gateway+auth`: a route with `auth = "required"`), every request carries an
+# RS256 access token that the gateway verifies (signature, iss, aud, exp, typ) and turns into
+# identity headers; Debian's nginx has no JWT module (auth_jwt is nginx Plus only), so it is
+# compared with the gateway without auth and with nginx doing no check. The key and token are
+# made here with openssl; the JWKS is served by the upstream nginx.
+#
 # With INSTRUCTIONS=1 (needs valgrind) it then counts the instructions per request each proxy
 # runs in user space, under callgrind: the difference between a 2 s and a 10 s wrk run, so
 # start-up is left out; nginx as one process (`master_process off`), the gateway as it runs.
@@ -26,7 +32,7 @@ nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 
 # Every listener here uses SO_REUSEPORT, so a leftover process on one of these ports would
 # silently take part of the load: refuse to start instead.
-for port in 29001 29002 29003 29004 29005 29006; do
+for port in 29001 29002 29003 29004 29005 29006 29007; do
   if ss -Hltn "sport = :$port" | grep -q .; then
     echo "port $port is already in use (a previous run still going?); stop that first" >&2
     exit 1
@@ -58,9 +64,32 @@ http {
   server {
     listen 127.0.0.1:29001 reuseport backlog=4096;
     location / { return 200 "ok\n"; }
+    location = /jwks.json { default_type application/json; alias $dir/jwks.json; }
   }
 }
 CONF
+# An RS256 key, its JWKS, and an access token signed with it (valid for a day).
+openssl genrsa -out "$dir/key.pem" 2048 2>/dev/null
+modulus=$(openssl rsa -in "$dir/key.pem" -noout -modulus | cut -d= -f2)
+python3 - "$modulus" >"$dir/jwks.json" <<'PY'
+import base64, json, sys
+n = bytes.fromhex(sys.argv[1])
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+print(json.dumps({"keys": [{"kty": "RSA", "kid": "bench", "use": "sig", "alg": "RS256",
+                            "n": b64(n), "e": b64(b"\x01\x00\x01")}]}))
+PY
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+now=$(date +%s)
+signing_input="$(printf '{"alg":"RS256","typ":"at+jwt","kid":"bench"}' | b64url).$(printf \
+  '{"iss":"http://localhost:8080/accounts","sub":"bench-user","aud":["accounts"],"exp":%d,"iat":%d,"nbf":%d,"jti":"bench","client_id":"bench","scope":"profile","legacy_user_id":7}' \
+  $((now + 86400)) "$now" "$now" | b64url)"
+token="$signing_input.$(printf '%s' "$signing_input" | openssl dgst -sha256 -sign "$dir/key.pem" -binary | b64url)"
+cat >"$dir/routes.toml" <<TOML
+[[routes]]
+prefix = "/edge"
+upstream = "http://127.0.0.1:29001"
+auth = "required"
+TOML
 # nginx as the reverse proxy, one worker per core, like the gateway's one runtime thread per core.
 cat >"$dir/proxy/nginx.conf" <<CONF
 worker_processes auto;
@@ -93,31 +122,43 @@ CONF
 "$nginx_bin" -p "$dir/upstream" -c nginx.conf
 "$nginx_bin" -p "$dir/proxy" -c nginx.conf
 
-start_gateway() { # start_gateway <port> <rate limit rps>
+start_gateway() { # start_gateway <port> <rate limit rps> [routes file]
   GATEWAY_ADDR=127.0.0.1:$1 GATEWAY_ACCOUNTS_URL=http://127.0.0.1:29001 \
     GATEWAY_PAYMENTS_URL=http://127.0.0.1:29001 GATEWAY_RATE_LIMIT_RPS=$2 \
+    GATEWAY_ROUTES_FILE=${3:-} GATEWAY_JWKS_URL=http://127.0.0.1:29001/jwks.json \
     ./target/release/gateway >"$dir/gateway-$1.log" 2>&1 &
   pids+=($!)
 }
 start_gateway 29003 0
 start_gateway 29004 100000000
+start_gateway 29007 0 "$dir/routes.toml"
 for port in 29001 29002 29003 29004; do
   for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$port/accounts/" >/dev/null && break; sleep 0.2; done
   curl -fs "http://127.0.0.1:$port/accounts/" >/dev/null || { echo "nothing answers on :$port" >&2; exit 1; }
 done
+for _ in $(seq 1 50); do curl -fs http://127.0.0.1:29007/healthz >/dev/null && break; sleep 0.2; done
+curl -fs -H "Authorization: Bearer $token" http://127.0.0.1:29007/edge/ >/dev/null \
+  || { echo "the gateway with edge auth refuses the bench token" >&2; exit 1; }
+[ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:29007/edge/)" = 401 ] \
+  || { echo "the gateway with edge auth lets a request without a token through" >&2; exit 1; }
 
 targets=(
   "direct         http://127.0.0.1:29001/accounts/"
   "nginx          http://127.0.0.1:29002/accounts/"
   "gateway        http://127.0.0.1:29003/accounts/"
   "gateway+limit  http://127.0.0.1:29004/accounts/"
+  "gateway+auth   http://127.0.0.1:29007/edge/"
 )
 echo "GET through each proxy to a trivial upstream: wrk -t2 -c${connections} -d${seconds}s, ${rounds} rounds"
 echo "$(nproc) cores; $("$nginx_bin" -v 2>&1); $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)"
 for round in $(seq 1 "$rounds"); do
   for target in "${targets[@]}"; do
     set -- $target
-    wrk -t2 -c"$connections" -d"${seconds}s" --latency "$2" >"$dir/wrk.txt"
+    # The token only where it is checked (the rate limiter would verify it too, to key on
+    # its subject).
+    auth=()
+    [ "$1" = gateway+auth ] && auth=(-H "Authorization: Bearer $token")
+    wrk -t2 -c"$connections" -d"${seconds}s" --latency "${auth[@]}" "$2" >"$dir/wrk.txt"
     rps=$(awk '/Requests\/sec/ {print $2}' "$dir/wrk.txt")
     p50=$(awk '$1 == "50%" {print $2}' "$dir/wrk.txt")
     p99=$(awk '$1 == "99%" {print $2}' "$dir/wrk.txt")
