@@ -126,7 +126,7 @@ start_gateway() { # start_gateway <port> <rate limit rps> [routes file]
   GATEWAY_ADDR=127.0.0.1:$1 GATEWAY_ACCOUNTS_URL=http://127.0.0.1:29001 \
     GATEWAY_PAYMENTS_URL=http://127.0.0.1:29001 GATEWAY_RATE_LIMIT_RPS=$2 \
     GATEWAY_ROUTES_FILE=${3:-} GATEWAY_JWKS_URL=http://127.0.0.1:29001/jwks.json \
-    ./target/release/gateway >"$dir/gateway-$1.log" 2>&1 &
+    "${CARGO_TARGET_DIR:-target}/release/gateway" >"$dir/gateway-$1.log" 2>&1 &
   pids+=($!)
 }
 start_gateway 29003 0
@@ -194,4 +194,4 @@ echo "under callgrind, wrk -t1 -c16:"
 count nginx 29005 "$nginx_bin" -p "$dir/proxy" -c single.conf
 export GATEWAY_ADDR=127.0.0.1:29006 GATEWAY_ACCOUNTS_URL=http://127.0.0.1:29001 \
   GATEWAY_PAYMENTS_URL=http://127.0.0.1:29001 GATEWAY_RATE_LIMIT_RPS=0
-count gateway 29006 ./target/release/gateway
+count gateway 29006 "${CARGO_TARGET_DIR:-target}/release/gateway"
