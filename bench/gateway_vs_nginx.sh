@@ -84,6 +84,8 @@ signing_input="$(printf '{"alg":"RS256","typ":"at+jwt","kid":"bench"}' | b64url)
   '{"iss":"http://localhost:8080/accounts","sub":"bench-user","aud":["accounts"],"exp":%d,"iat":%d,"nbf":%d,"jti":"bench","client_id":"bench","scope":"profile","legacy_user_id":7}' \
   $((now + 86400)) "$now" "$now" | b64url)"
 token="$signing_input.$(printf '%s' "$signing_input" | openssl dgst -sha256 -sign "$dir/key.pem" -binary | b64url)"
+# nginx's workers (nobody, when started as root) read the key set.
+chmod a+x "$dir" && chmod a+r "$dir/jwks.json"
 cat >"$dir/routes.toml" <<TOML
 [[routes]]
 prefix = "/edge"

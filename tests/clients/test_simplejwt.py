@@ -14,6 +14,7 @@ import pathlib
 import secrets
 import subprocess
 import sys
+import time
 import uuid
 
 import httpx
@@ -255,6 +256,86 @@ def test_a_user_who_never_was_djangos_is_refused_by_django(stack, issuer, monoli
     assert response.json()["code"] == "token_not_valid", response.json()
     assert "no recognizable user identification" in response.json()["detail"], response.json()
     assert response.headers["www-authenticate"].startswith("Bearer"), response.headers
+
+
+@pytest.fixture(scope="module")
+def edge_gateway(stack, issuer, monolith, tmp_path_factory):
+    """A gateway process of the monolith's own in front of it, checking tokens at the edge:
+    `/legacy` requires one (the caller goes on in X-Auth-* headers), `/open` ignores them."""
+    work = tmp_path_factory.mktemp("edge")
+    routes = work / "routes.toml"
+    routes.write_text(
+        f'[[routes]]\nprefix = "/legacy"\nupstream = "{monolith.url}"\nauth = "required"\n'
+        f'[[routes]]\nprefix = "/open"\nupstream = "{monolith.url}"\n')
+    port = free_port()
+    env = dict(
+        os.environ,
+        GATEWAY_ADDR=f"127.0.0.1:{port}",
+        GATEWAY_ROUTES_FILE=str(routes),
+        GATEWAY_ACCOUNTS_URL=stack.accounts,
+        GATEWAY_PAYMENTS_URL=stack.payments,
+        GATEWAY_JWKS_URL=f"{stack.accounts}/.well-known/jwks.json",
+        ACCOUNTS_ISSUER=issuer,
+        RUST_LOG="warn",
+    )
+    log = work / "gateway.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([os.environ["STACK_BINARY"], "service", "gateway"], env=env,
+                                   stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway did not start:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_behind_the_gateway_the_monolith_knows_the_caller_from_its_headers(
+        stack, monolith, imported, edge_gateway):
+    """The README's Django middleware (monolith/gateway_identity.py) in a plain Django view:
+    the user the gateway verified is request.user; a client's own X-Auth-* headers count for
+    nothing."""
+    user = monolith.users[0]
+    token = stack.token(user["email"], user["password"])
+    response = httpx.get(f"{edge_gateway}/legacy/gateway-whoami/", headers=bearer(token),
+                         timeout=30)
+    assert response.status_code == 200, (response.status_code, response.text)
+    seen = response.json()
+    assert seen["authenticated"] is True, seen
+    assert (seen["id"], seen["username"]) == (user["pk"], user["username"]), seen
+
+    # No token: the gateway refuses, whatever the client claims in the identity headers.
+    spoofed = {"X-Auth-Legacy-User-Id": str(user["pk"]), "X-Auth-Subject": "someone",
+               "X-Auth-Scopes": "payments:admin"}
+    response = httpx.get(f"{edge_gateway}/legacy/gateway-whoami/", headers=spoofed, timeout=30)
+    assert response.status_code == 401, (response.status_code, response.text)
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "unauthorized", response.json()
+    assert response.headers["www-authenticate"].startswith("Bearer"), response.headers
+
+    # A route that does not check tokens: the headers are removed on the way, nobody is
+    # signed in.
+    response = httpx.get(f"{edge_gateway}/open/gateway-whoami/", headers=spoofed, timeout=30)
+    assert response.status_code == 200, (response.status_code, response.text)
+    assert response.json() == {"authenticated": False, "id": None, "username": "",
+                               "scopes": []}, response.json()
+
+    # Another user's token is that user, not the first.
+    other = monolith.users[1]
+    token = stack.token(other["email"], other["password"])
+    response = httpx.get(f"{edge_gateway}/legacy/gateway-whoami/",
+                         headers={**bearer(token), **spoofed}, timeout=30)
+    assert response.json()["id"] == other["pk"], response.json()
 
 
 def test_tampered_tokens_are_refused_by_django(stack, monolith, imported):

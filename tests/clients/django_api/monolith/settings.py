@@ -15,11 +15,17 @@ ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.contenttypes",
+    "django.contrib.sessions",
     "rest_framework",
 ]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # The README's ten lines: the identity the gateway verified becomes request.user
+    # (tests/clients/test_simplejwt.py, behind a gateway with `auth = "required"`).
+    "monolith.gateway_identity.GatewayIdentity",
 ]
 ROOT_URLCONF = "monolith.urls"
 DATABASES = {

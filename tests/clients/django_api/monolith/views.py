@@ -1,6 +1,6 @@
 """Who Django REST framework thinks the caller is."""
 
-from django.http import HttpResponse
+from django.http import HttpResponse, JsonResponse
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -16,3 +16,15 @@ class WhoAmI(APIView):
     def get(self, request):
         user = request.user
         return Response({"id": user.id, "username": user.username, "email": user.email})
+
+
+def gateway_whoami(request):
+    """GET /gateway-whoami/: plain Django's request.user, as the GatewayIdentity middleware set
+    it from the gateway's headers (anonymous without them)."""
+    user = request.user
+    return JsonResponse({
+        "authenticated": user.is_authenticated,
+        "id": user.id,
+        "username": user.username,
+        "scopes": sorted(getattr(request, "auth_scopes", ())),
+    })
