@@ -168,10 +168,14 @@ pub struct VerifierSettings {
     pub max_age: Duration,
     /// Least time between two fetches caused by unknown `kid`s.
     pub min_refetch_interval: Duration,
+    /// Tokens remembered once verified (0: none), so that a token seen again skips the
+    /// signature check (Envoy's `jwt_cache_config`).
+    pub verified_cache: usize,
 }
 
 impl VerifierSettings {
-    /// Defaults: 30 s leeway, keys cached 5 minutes, refetched at most every 5 seconds.
+    /// Defaults: 30 s leeway, keys cached 5 minutes, refetched at most every 5 seconds, 4096
+    /// verified tokens remembered.
     pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
         Self {
             issuer: issuer.into(),
@@ -179,6 +183,7 @@ impl VerifierSettings {
             leeway: Duration::from_secs(30),
             max_age: Duration::from_secs(300),
             min_refetch_interval: Duration::from_secs(5),
+            verified_cache: 4096,
         }
     }
 }
@@ -203,6 +208,97 @@ pub struct TokenVerifier {
     /// Held by the one caller fetching the key set; holds when the last fetch that an
     /// unknown `kid` forced was made.
     fetching: Mutex<Option<Instant>>,
+    /// Tokens verified lately.
+    verified: VerifiedTokens,
+}
+
+/// Tokens verified lately and their claims, so that a client sending the same token with
+/// every request (as they all do) costs one signature check per key-cache period instead of
+/// one per request: the check is most of the work of an authenticated request (an RS256
+/// verification is tens of microseconds; a lookup, well under one).
+///
+/// An entry is the whole token (its exact bytes; a token that differs in any byte is another
+/// token) and is used only while the token is unexpired and for at most the key set's
+/// `max_age` after it was verified, so a key withdrawn from the key set stops being honoured
+/// as soon as it would have been without this cache; [`TokenVerifier::forget_keys`] empties
+/// it. Written here rather than taken from a crate: sixteen locked maps, each emptied of
+/// expired entries (then entirely) when full, are all it needs.
+/// Verified tokens (the whole token as the key), their claims and when they were verified.
+type ShardMap = HashMap<Box<str>, (Arc<AccessClaims>, Instant)>;
+type Shard = std::sync::Mutex<ShardMap>;
+
+struct VerifiedTokens {
+    shards: Box<[Shard]>,
+    per_shard: usize,
+}
+
+impl VerifiedTokens {
+    const SHARDS: usize = 16;
+
+    fn new(capacity: usize) -> Self {
+        Self {
+            shards: (0..Self::SHARDS)
+                .map(|_| std::sync::Mutex::new(HashMap::new()))
+                .collect(),
+            per_shard: capacity.div_ceil(Self::SHARDS),
+        }
+    }
+
+    fn shard(&self, token: &str) -> &Shard {
+        // The signature's last characters: spread evenly, and cheap to read.
+        let tail = token
+            .as_bytes()
+            .iter()
+            .rev()
+            .take(4)
+            .fold(0usize, |h, b| h * 31 + usize::from(*b));
+        &self.shards[tail % self.shards.len()]
+    }
+
+    fn lock(mutex: &Shard) -> std::sync::MutexGuard<'_, ShardMap> {
+        mutex
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The claims of `token` if it was verified within `max_age` and is unexpired.
+    fn get(&self, token: &str, max_age: Duration, leeway: Duration) -> Option<Arc<AccessClaims>> {
+        if self.per_shard == 0 {
+            return None;
+        }
+        let shard = self.shard(token);
+        let mut map = Self::lock(shard);
+        let (claims, verified_at) = map.get(token)?;
+        let now = chrono::Utc::now().timestamp();
+        let fresh = verified_at.elapsed() < max_age
+            && claims.exp + i64::try_from(leeway.as_secs()).unwrap_or(0) > now;
+        if fresh {
+            return Some(claims.clone());
+        }
+        map.remove(token);
+        None
+    }
+
+    fn insert(&self, token: &str, claims: Arc<AccessClaims>, max_age: Duration) {
+        if self.per_shard == 0 {
+            return;
+        }
+        let mut map = Self::lock(self.shard(token));
+        if map.len() >= self.per_shard {
+            let now = chrono::Utc::now().timestamp();
+            map.retain(|_, (claims, at)| claims.exp > now && at.elapsed() < max_age);
+            if map.len() >= self.per_shard {
+                map.clear();
+            }
+        }
+        map.insert(token.into(), (claims, Instant::now()));
+    }
+
+    fn clear(&self) {
+        for shard in &self.shards {
+            Self::lock(shard).clear();
+        }
+    }
 }
 
 impl TokenVerifier {
@@ -211,15 +307,18 @@ impl TokenVerifier {
         crate::jwt_crypto::install();
         Self {
             source,
-            settings,
             cache: RwLock::new(KeyCache::default()),
             fetching: Mutex::new(None),
+            verified: VerifiedTokens::new(settings.verified_cache),
+            settings,
         }
     }
 
-    /// Drops the cached key set: the next token fetches it again (after a key was withdrawn).
+    /// Drops the cached key set and the tokens verified with it: the next token fetches it
+    /// again (after a key was withdrawn).
     pub async fn forget_keys(&self) {
         *self.cache.write().await = KeyCache::default();
+        self.verified.clear();
     }
 
     /// The settings in force.
@@ -227,8 +326,21 @@ impl TokenVerifier {
         &self.settings
     }
 
-    /// Checks `token` and returns its claims.
+    /// Checks `token` and returns its claims (a token verified lately is not checked again
+    /// while it is unexpired: see [`VerifiedTokens`]).
     pub async fn verify(&self, token: &str) -> Result<AccessClaims, VerifyError> {
+        let (max_age, leeway) = (self.settings.max_age, self.settings.leeway);
+        if let Some(claims) = self.verified.get(token, max_age, leeway) {
+            return Ok((*claims).clone());
+        }
+        let claims = self.verify_signed(token).await?;
+        self.verified
+            .insert(token, Arc::new(claims.clone()), max_age);
+        Ok(claims)
+    }
+
+    /// Checks `token`'s header, signature and claims.
+    async fn verify_signed(&self, token: &str) -> Result<AccessClaims, VerifyError> {
         let header = decode_header(token).map_err(|_| VerifyError::Malformed)?;
         if !ALLOWED_ALGORITHMS.contains(&header.alg) {
             return Err(VerifyError::Algorithm);

@@ -219,3 +219,99 @@ async fn rotation_happens_when_the_active_key_is_old_enough(db: TestDatabase) {
             .any(|k| k.kid == rotated.next_kid && k.activates_at.is_none())
     );
 }
+
+/// Keys served from memory, withdrawn at will.
+struct Withdrawable {
+    set: JwkSet,
+    withdrawn: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl KeySource for Withdrawable {
+    async fn fetch(&self) -> Result<JwkSet, String> {
+        if self.withdrawn.load(Ordering::SeqCst) {
+            return Ok(JwkSet { keys: Vec::new() });
+        }
+        Ok(self.set.clone())
+    }
+}
+
+/// An Ed25519 key published as `k1` by a [`Withdrawable`] source, and a signer of tokens
+/// expiring `expires_in` seconds from now.
+fn own_keys() -> (Arc<Withdrawable>, impl Fn(i64) -> String) {
+    use base64::Engine;
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes());
+    let set: JwkSet = serde_json::from_value(json!({"keys": [
+        {"kty": "OKP", "crv": "Ed25519", "kid": "k1", "use": "sig", "alg": "EdDSA", "x": x}
+    ]}))
+    .unwrap();
+    let der = key.to_pkcs8_der().unwrap();
+    let encoding = jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes());
+    let sign = move |expires_in: i64| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some("k1".into());
+        header.typ = Some("at+jwt".into());
+        let now = chrono::Utc::now().timestamp();
+        let claims = json!({
+            "iss": "http://localhost:8080/accounts", "sub": "u1", "aud": ["payments"],
+            "exp": now + expires_in, "iat": now - 60, "jti": "j", "client_id": "c", "scope": "",
+        });
+        jsonwebtoken::encode(&header, &claims, &encoding).unwrap()
+    };
+    let source = Arc::new(Withdrawable {
+        set,
+        withdrawn: std::sync::atomic::AtomicBool::new(false),
+    });
+    (source, sign)
+}
+
+#[tokio::test]
+async fn verified_tokens_are_remembered_only_while_they_and_their_key_are_good() {
+    let (source, sign) = own_keys();
+    let mut settings = VerifierSettings::new("http://localhost:8080/accounts", "payments");
+    settings.leeway = Duration::ZERO;
+    settings.max_age = Duration::from_millis(400);
+    // Keys withdrawn and given back quickly here: refetch for every unknown kid.
+    settings.min_refetch_interval = Duration::ZERO;
+    let verifier = TokenVerifier::new(source.clone(), settings);
+    let token = sign(300);
+    assert_eq!(verifier.verify(&token).await.unwrap().sub, "u1");
+    // Another byte is another token: a tampered copy is checked, and refused.
+    let mut tampered = token.clone().into_bytes();
+    let last = tampered.len() - 2;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    assert_eq!(
+        verifier.verify(&tampered).await.unwrap_err(),
+        VerifyError::Invalid
+    );
+    // The key withdrawn: the remembered token holds while the key set would still be used...
+    source.withdrawn.store(true, Ordering::SeqCst);
+    assert!(verifier.verify(&token).await.is_ok());
+    // ... and not past it (the set is fetched again, without the key).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        verifier.verify(&token).await.unwrap_err(),
+        VerifyError::UnknownKey
+    );
+    // Forgetting the keys forgets the tokens verified with them.
+    source.withdrawn.store(false, Ordering::SeqCst);
+    assert!(verifier.verify(&token).await.is_ok());
+    source.withdrawn.store(true, Ordering::SeqCst);
+    verifier.forget_keys().await;
+    assert_eq!(
+        verifier.verify(&token).await.unwrap_err(),
+        VerifyError::UnknownKey
+    );
+    // A remembered token that expires is refused.
+    source.withdrawn.store(false, Ordering::SeqCst);
+    let short = sign(1);
+    assert!(verifier.verify(&short).await.is_ok());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        verifier.verify(&short).await.unwrap_err(),
+        VerifyError::Expired
+    );
+}
