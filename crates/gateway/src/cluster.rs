@@ -136,9 +136,8 @@ impl Host {
     }
 
     pub(crate) fn set_healthy(&self, healthy: bool) {
-        if self.healthy.swap(healthy, Ordering::Relaxed) != healthy {
-            self.metrics.healthy.set(i64::from(healthy));
-        }
+        self.healthy.store(healthy, Ordering::Relaxed);
+        set_if_changed(&self.metrics.healthy, i64::from(healthy));
     }
 
     /// The base path of its URL, without a trailing slash (usually empty).
@@ -306,9 +305,9 @@ impl Cluster {
         self.metrics.record(outcome);
         if let Some(host) = host {
             host.metrics.record(outcome);
-            host.metrics.breaker.set(host.breaker.state().code());
+            set_if_changed(&host.metrics.breaker, host.breaker.state().code());
         }
-        self.metrics.breaker.set(self.breaker_state().code());
+        set_if_changed(&self.metrics.breaker, self.breaker_state().code());
     }
 
     /// The upstream's breaker as one: closed while any host's is, open when all are, else
@@ -323,6 +322,14 @@ impl Cluster {
             }
         }
         state
+    }
+}
+
+/// Sets `gauge` to `value` unless it has it already: a read leaves the line shared by every
+/// core, where a write (on every request) would take it from the others.
+fn set_if_changed(gauge: &prometheus::IntGauge, value: i64) {
+    if gauge.get() != value {
+        gauge.set(value);
     }
 }
 

@@ -327,7 +327,6 @@ impl Proxy {
         let mut attempt = 0u32;
         loop {
             let host = chosen.host;
-            set.host(host);
             let in_flight = cluster.begin(host);
             // Boxed: every future above this one (the request's, moved whole a few times on
             // its way to the connection's task) would otherwise hold this one's state.
@@ -383,6 +382,7 @@ impl Proxy {
             };
             request = *unsent;
             if !std::ptr::eq(chosen.host, host) {
+                set.host(chosen.host);
                 let moved = rebase(request.uri(), host, chosen.host);
                 if let Some(uri) = moved {
                     *request.uri_mut() = uri;
