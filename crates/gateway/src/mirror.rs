@@ -72,8 +72,12 @@ pub(crate) fn count(route: &Route, outcome: &str) {
 
 impl Mirror {
     fn count(&self, outcome: &str) {
-        if let Some(index) = OUTCOMES.iter().position(|o| *o == outcome) {
-            self.outcomes[index].inc();
+        if let Some(counter) = OUTCOMES
+            .iter()
+            .position(|o| *o == outcome)
+            .and_then(|index| self.outcomes.get(index))
+        {
+            counter.inc();
         }
     }
 }
@@ -252,8 +256,12 @@ impl MirrorJob {
             (Ok((_, hash)), Some(answer)) if Some(*hash) != answer.hash => "body_differs",
             _ => "same",
         };
-        if let Some(index) = OUTCOMES.iter().position(|o| *o == outcome) {
-            outcomes[index].inc();
+        if let Some(counter) = OUTCOMES
+            .iter()
+            .position(|o| *o == outcome)
+            .and_then(|index| outcomes.get(index))
+        {
+            counter.inc();
         }
         if outcome == "same" {
             return;
