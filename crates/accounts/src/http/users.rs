@@ -143,16 +143,19 @@ pub(super) async fn caller_user(
     state: &AppState,
     claims: &common::auth::AccessClaims,
 ) -> Result<UserRecord, ApiError> {
-    if state.store.access_token_revoked(&claims.jti).await? {
+    // One query for both checks; only a token without a user (a client's) asks again.
+    let Some(found) = state.store.token_user(&claims.sub, &claims.jti).await? else {
+        if state.store.access_token_revoked(&claims.jti).await? {
+            return Err(ApiError::Unauthorized("the access token was revoked"));
+        }
+        return Err(ApiError::NotFound(
+            "user for this token (client tokens have none)",
+        ));
+    };
+    if found.token_revoked {
         return Err(ApiError::Unauthorized("the access token was revoked"));
     }
-    let user = state
-        .store
-        .user_by_id(&claims.sub)
-        .await?
-        .ok_or(ApiError::NotFound(
-            "user for this token (client tokens have none)",
-        ))?;
+    let user = found.user;
     if user.disabled {
         return Err(ApiError::Unauthorized("the account is disabled"));
     }

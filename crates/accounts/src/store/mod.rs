@@ -38,6 +38,17 @@ pub struct UserRecord {
     pub last_login_at: Option<DateTime<Utc>>,
 }
 
+/// A user and whether an access token issued to them was revoked, read in one query: the
+/// two checks every request with a user's token makes at `/users/me` and `/userinfo`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TokenUser {
+    /// The user.
+    #[sqlx(flatten)]
+    pub user: UserRecord,
+    /// Whether the token was revoked.
+    pub token_revoked: bool,
+}
+
 /// The monolith's identity of an imported user (empty for users created here).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct LegacyIdentity {
@@ -406,6 +417,9 @@ pub trait AccountsStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Whether an access token was revoked.
     async fn access_token_revoked(&self, jti: &str) -> Result<bool, StoreError>;
+    /// The user `user_id` and whether their access token `jti` was revoked, in one query;
+    /// `None` when there is no such user.
+    async fn token_user(&self, user_id: &str, jti: &str) -> Result<Option<TokenUser>, StoreError>;
 }
 
 /// Opens the database named by `url` (PostgreSQL: with a pool of up to `max_connections`) and

@@ -8,7 +8,7 @@ use sqlx::{Decode, Encode, Executor, FromRow, Type};
 
 use super::{
     AccountsStore, AuthorizationCodeRecord, ClientRecord, LoginGate, RefreshTokenRecord,
-    SessionRecord, SigningKeyRecord, Throttle, UserRecord,
+    SessionRecord, SigningKeyRecord, Throttle, TokenUser, UserRecord,
 };
 
 /// Inserts a signing key on `executor` (the pool, or a transaction).
@@ -68,6 +68,7 @@ where
     for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
     for<'q> sqlx::types::Json<&'q serde_json::Value>: Encode<'q, DB> + Type<DB>,
     for<'r> UserRecord: FromRow<'r, DB::Row>,
+    for<'r> TokenUser: FromRow<'r, DB::Row>,
     for<'r> ClientRecord: FromRow<'r, DB::Row>,
     for<'r> RefreshTokenRecord: FromRow<'r, DB::Row>,
     for<'r> SigningKeyRecord: FromRow<'r, DB::Row>,
@@ -730,5 +731,17 @@ where
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row.is_some())
+    }
+
+    #[tracing::instrument(name = "db token_user", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "token_user"))]
+    async fn token_user(&self, user_id: &str, jti: &str) -> Result<Option<TokenUser>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT users.*, EXISTS (SELECT 1 FROM revoked_access_tokens WHERE jti = $2) \
+             AS token_revoked FROM users WHERE id = $1",
+        )
+        .bind(user_id)
+        .bind(jti)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 }

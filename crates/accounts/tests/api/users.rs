@@ -11,6 +11,7 @@ common::both_databases!(
     emails_are_unique_case_insensitively,
     bad_sign_ups_are_422_naming_each_field,
     sign_up_can_be_switched_off,
+    a_clients_token_has_no_user_and_a_revoked_one_is_refused,
 );
 
 async fn users_me(db: TestDatabase) {
@@ -133,4 +134,65 @@ async fn sign_up_can_be_switched_off(db: TestDatabase) {
     assert_eq!(response.status(), 403);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], "signup_disabled");
+}
+
+/// `/users/me` reads the user and the token's revocation in one query; a token without a user
+/// (a client's) is 404 while it is good and 401 once revoked, and a revoked user token is 401.
+async fn a_clients_token_has_no_user_and_a_revoked_one_is_refused(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let admin = app.admin_token().await;
+    let service: Value = app
+        .post_json(
+            "/v1/admin/clients",
+            &admin,
+            &json!({"name": "worker", "scopes": ["profile"]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (id, secret) = (
+        service["client_id"].as_str().unwrap(),
+        service["client_secret"].as_str().unwrap(),
+    );
+    let issued: Value = app
+        .token(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", id),
+            ("client_secret", secret),
+        ])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let client_token = issued["access_token"].as_str().unwrap();
+    let response = app.get_with_token("/users/me", client_token).await;
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "not_found");
+
+    let user_token = app.user_token("revoked@example.com").await;
+    assert_eq!(
+        app.get_with_token("/users/me", &user_token).await.status(),
+        200
+    );
+    for token in [client_token, user_token.as_str()] {
+        let revoked = app
+            .client
+            .post(app.url("/v1/token/revoke"))
+            .basic_auth(id, Some(secret))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(revoked.status(), 200);
+    }
+    assert_eq!(
+        app.get_with_token("/users/me", client_token).await.status(),
+        401
+    );
+    assert_eq!(
+        app.get_with_token("/users/me", &user_token).await.status(),
+        401
+    );
 }
