@@ -210,6 +210,9 @@ pub struct TokenVerifier {
     fetching: Mutex<Option<Instant>>,
     /// Tokens verified lately.
     verified: VerifiedTokens,
+    /// The claim checks, one per allowed algorithm (built once: each holds sets of the
+    /// issuer, audiences and required claims).
+    validations: [(Algorithm, Validation); ALLOWED_ALGORITHMS.len()],
 }
 
 /// Tokens verified lately and their claims, so that a client sending the same token with
@@ -310,6 +313,15 @@ impl TokenVerifier {
             cache: RwLock::new(KeyCache::default()),
             fetching: Mutex::new(None),
             verified: VerifiedTokens::new(settings.verified_cache),
+            validations: ALLOWED_ALGORITHMS.map(|algorithm| {
+                let mut validation = Validation::new(algorithm);
+                validation.leeway = settings.leeway.as_secs();
+                validation.validate_nbf = true;
+                validation.set_issuer(&[&settings.issuer]);
+                validation.set_audience(&settings.audiences);
+                validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+                (algorithm, validation)
+            }),
             settings,
         }
     }
@@ -360,13 +372,12 @@ impl TokenVerifier {
         if key.algorithm != header.alg {
             return Err(VerifyError::Algorithm);
         }
-        let mut validation = Validation::new(header.alg);
-        validation.leeway = self.settings.leeway.as_secs();
-        validation.validate_nbf = true;
-        validation.set_issuer(&[&self.settings.issuer]);
-        validation.set_audience(&self.settings.audiences);
-        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-        decode::<AccessClaims>(token, &key.key, &validation)
+        let (_, validation) = self
+            .validations
+            .iter()
+            .find(|(algorithm, _)| *algorithm == header.alg)
+            .ok_or(VerifyError::Algorithm)?;
+        decode::<AccessClaims>(token, &key.key, validation)
             .map(|data| data.claims)
             .map_err(|error| match error.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => VerifyError::Expired,
