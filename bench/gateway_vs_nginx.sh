@@ -14,6 +14,12 @@
 # compared with the gateway without auth and with nginx doing no check. The key and token are
 # made here with openssl; the JWKS is served by the upstream nginx.
 #
+# Then POSTs with a 1 KiB and a 64 KiB body, to an upstream location that reads the whole body
+# before it answers (nginx's echo module, `echo_read_request_body`, with a body buffer large
+# enough to keep it in memory): nginx as the proxy streams the body as the gateway does
+# (`proxy_request_buffering off`; by default it would first spool bodies over its 16 KiB
+# buffer to a temporary file).
+#
 # With INSTRUCTIONS=1 (needs valgrind) it then counts the instructions per request each proxy
 # runs in user space, under callgrind: the difference between a 2 s and a 10 s wrk run, so
 # start-up is left out; nginx as one process (`master_process off`), the gateway as it runs.
@@ -29,6 +35,9 @@ for tool in nginx wrk; do
     || { echo "$tool is not installed (apt-get install nginx wrk)" >&2; exit 1; }
 done
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+echo_module=/usr/lib/nginx/modules/ngx_http_echo_module.so
+[ -f "$echo_module" ] \
+  || { echo "nginx's echo module is not installed (apt-get install libnginx-mod-http-echo)" >&2; exit 1; }
 
 # Every listener here uses SO_REUSEPORT, so a leftover process on one of these ports would
 # silently take part of the load: refuse to start instead.
@@ -52,8 +61,10 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$dir/upstream/logs" "$dir/proxy/logs"
-# The trivial upstream: one worker, answers from memory, no log.
+# The trivial upstream: one worker, answers from memory, no log; /body reads the request's
+# whole body (kept in memory) before it answers.
 cat >"$dir/upstream/nginx.conf" <<CONF
+load_module $echo_module;
 worker_processes 1;
 pid $dir/upstream/nginx.pid;
 error_log $dir/upstream/logs/error.log warn;
@@ -61,9 +72,11 @@ events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
+  client_body_buffer_size 128k;
   server {
     listen 127.0.0.1:29001 reuseport backlog=4096;
     location / { return 200 "ok\n"; }
+    location = /body { echo_read_request_body; echo "ok"; }
     location = /jwks.json { default_type application/json; alias $dir/jwks.json; }
   }
 }
@@ -112,6 +125,7 @@ http {
       proxy_pass http://backend/;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
+      proxy_request_buffering off;
       proxy_set_header Host \$host;
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
       proxy_set_header X-Forwarded-Proto \$scheme;
@@ -167,6 +181,37 @@ for round in $(seq 1 "$rounds"); do
     bad=$(awk '/Non-2xx/ {print $NF}' "$dir/wrk.txt")
     printf 'round %s  %-14s %10s req/s   p50 %8s   p99 %8s   non-2xx %s\n' \
       "$round" "$1" "$rps" "$p50" "$p99" "${bad:-0}"
+  done
+done
+
+for size in 1024 65536; do
+  cat >"$dir/post-$size.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/octet-stream"
+wrk.body = string.rep("x", $size)
+LUA
+  code=$(curl -s -o "$dir/body" -w '%{http_code}' --data-binary @<(head -c "$size" /dev/zero | tr '\0' x) \
+    http://127.0.0.1:29003/accounts/body)
+  [ "$code" = 200 ] || { echo "POST $size bytes through the gateway: $code $(cat "$dir/body")" >&2; exit 1; }
+done
+post_targets=(
+  "direct   http://127.0.0.1:29001/body"
+  "nginx    http://127.0.0.1:29002/accounts/body"
+  "gateway  http://127.0.0.1:29003/accounts/body"
+)
+echo "POST with a body the upstream reads whole: wrk -t2 -c${connections} -d${seconds}s, ${rounds} rounds"
+for round in $(seq 1 "$rounds"); do
+  for size in 1024 65536; do
+    for target in "${post_targets[@]}"; do
+      set -- $target
+      wrk -t2 -c"$connections" -d"${seconds}s" --latency -s "$dir/post-$size.lua" "$2" >"$dir/wrk.txt"
+      rps=$(awk '/Requests\/sec/ {print $2}' "$dir/wrk.txt")
+      p50=$(awk '$1 == "50%" {print $2}' "$dir/wrk.txt")
+      p99=$(awk '$1 == "99%" {print $2}' "$dir/wrk.txt")
+      bad=$(awk '/Non-2xx/ {print $NF}' "$dir/wrk.txt")
+      printf 'round %s  POST %-5s %-8s %10s req/s   p50 %8s   p99 %8s   non-2xx %s\n' \
+        "$round" "$((size / 1024))K" "$1" "$rps" "$p50" "$p99" "${bad:-0}"
+    done
   done
 done
 

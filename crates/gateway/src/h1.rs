@@ -1,14 +1,18 @@
-//! A request without a body, and its response, over one kept-alive HTTP/1.1 connection,
-//! written and read by the task of the request itself.
+//! A request and its response over one kept-alive HTTP/1.1 connection, written and read by
+//! the task of the request itself.
 //!
-//! Most requests through the gateway have no body (GET, HEAD, DELETE). For them the
-//! connection's I/O is done in line: the head is written with one `send`, the response head
-//! read and parsed (httparse, as hyper does) in the same turn of the worker that read the
-//! client's request, and the body read as the client's connection asks for it. Hyper's client
-//! connection, by design, runs on a task of its own and hands each request, response and body
-//! chunk across channels, which costs wake-ups and scheduling rounds per request (measured in
-//! the README's benchmark section). Requests with a body keep hyper's client, which sends the
-//! body while reading the response (full duplex).
+//! The connection's I/O is done in line: the head is written with one `send` (with the body
+//! when it is small and already here), the response head read and parsed (httparse, as hyper
+//! does) in the same turn of the worker that read the client's request, and the body read as
+//! the client's connection asks for it. Hyper's client connection, by design, runs on a task
+//! of its own and hands each request, response and body chunk across channels, which costs
+//! wake-ups and scheduling rounds per request (measured in the README's benchmark section).
+//!
+//! A request body is sent only with a `Content-Length` (the pool gives chunked ones to hyper's
+//! client): its frames are written as they come from the client, and while a write waits for
+//! the upstream to take more, or the body for the client to send more, an answer that arrives
+//! early (a 413, a 401, an upstream giving up) ends the sending and is the response; that
+//! connection is not reused, as part of the body was never sent.
 //!
 //! The response's framing follows RFC 9112 §6.3: no body for `HEAD` and 1xx/204/304; a
 //! `Transfer-Encoding` ending in `chunked` decoded; otherwise `Content-Length`; otherwise the
@@ -24,7 +28,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use http_body::{Frame, SizeHint};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Header lines a request is sent with in place of any of the same names it has (`None`:
@@ -40,6 +44,11 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_LINE_BYTES: usize = 4 * 1024;
 /// How much is read at a time.
 const READ_BYTES: usize = 16 * 1024;
+/// Largest first piece of a body copied beside the head, to go out in one write.
+const WITH_HEAD_BYTES: usize = 16 * 1024;
+
+/// A request body's error, as its type gives it.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How a response could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +64,9 @@ pub enum Error {
     /// What the upstream sent is not a valid HTTP/1.1 response.
     #[error("invalid response: {0}")]
     Invalid(&'static str),
+    /// The request's own body failed (the client went away, or sent more than allowed).
+    #[error("the request body failed: {0}")]
+    Body(BodyError),
 }
 
 /// One connection to an upstream, between requests.
@@ -107,13 +119,155 @@ impl InlineConnection {
         if let Err(error) = self.io.write_all(&self.write).await {
             return Err(Error::Closed(error.to_string()));
         }
-        let mut received = false;
+        self.read_response(&head.method, true).await
+    }
+
+    /// Sends a request whose body is `body`, as long as `head`'s `Content-Length` says, and
+    /// reads the response's head. `unsent` holds a piece of the body already taken from it
+    /// but not sent: [`Error::Closed`] means nothing of the request was written (the
+    /// connection was found closed), so it can go on another connection with `body` and
+    /// `unsent` as they are left; any other error leaves the request half sent.
+    pub async fn send_with_body<B>(
+        mut self: Box<Self>,
+        head: &http::request::Parts,
+        set: &SetHeaders,
+        body: &mut B,
+        unsent: &mut Option<Bytes>,
+    ) -> Result<http::Response<Body>, Error>
+    where
+        B: http_body::Body<Data = Bytes> + Unpin,
+        B::Error: Into<BodyError>,
+    {
+        self.write_head(head, set);
+        if unsent.is_none() {
+            // A small body is usually here already, and goes out with the head.
+            let mut noop = Context::from_waker(Waker::noop());
+            match Pin::new(&mut *body).poll_frame(&mut noop) {
+                Poll::Ready(Some(Ok(frame))) => *unsent = frame.into_data().ok(),
+                Poll::Ready(Some(Err(error))) => return Err(Error::Body(error.into())),
+                Poll::Ready(None) | Poll::Pending => {}
+            }
+        }
+        let with_head = unsent.as_ref().filter(|data| data.len() <= WITH_HEAD_BYTES);
+        if let Some(data) = with_head {
+            self.write.extend_from_slice(data);
+        }
+        let sent_with_head = with_head.is_some();
+        let mut head_bytes = std::mem::take(&mut self.write);
+        let written = self.write_watching(&head_bytes, 0).await;
+        head_bytes.clear();
+        self.write = head_bytes;
+        match written {
+            Ok(Sending::Done) => {}
+            Ok(Sending::Answered) => return sent(self.read_response(&head.method, false).await),
+            Err((0, error)) => return Err(Error::Closed(error.to_string())),
+            Err((_, error)) => return Err(Error::Io(error)),
+        }
+        if sent_with_head {
+            *unsent = None;
+        }
+        // The rest of the body, as it comes, unless the upstream answers first.
         loop {
-            if let Some((parts, framing, keep_alive)) = self.parse_head(&head.method)? {
+            let data = match unsent.take() {
+                Some(data) => data,
+                None => match self.next_data(body).await? {
+                    Next::Data(data) => data,
+                    Next::End => break,
+                    Next::Answered => {
+                        return sent(self.read_response(&head.method, false).await);
+                    }
+                },
+            };
+            match self.write_watching(&data, 1).await {
+                Ok(Sending::Done) => {}
+                Ok(Sending::Answered) => {
+                    return sent(self.read_response(&head.method, false).await);
+                }
+                Err((_, error)) => return Err(Error::Io(error)),
+            }
+        }
+        sent(self.read_response(&head.method, true).await)
+    }
+
+    /// Writes all of `bytes`, unless the upstream answers (or closes) while the writing has
+    /// to wait for it. An error comes with how much was written (`already` added).
+    async fn write_watching(
+        &mut self,
+        bytes: &[u8],
+        already: usize,
+    ) -> Result<Sending, (usize, std::io::Error)> {
+        let mut written = 0;
+        std::future::poll_fn(|cx| {
+            while written < bytes.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &bytes[written..]) {
+                    Poll::Ready(Ok(0)) => {
+                        let error = std::io::ErrorKind::WriteZero.into();
+                        return Poll::Ready(Err((already + written, error)));
+                    }
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err((already + written, error))),
+                    Poll::Pending => {
+                        return match self.poll_read(cx) {
+                            Poll::Pending => Poll::Pending,
+                            // An answer (or the end: read_response says which).
+                            Poll::Ready(Ok(_)) => Poll::Ready(Ok(Sending::Answered)),
+                            Poll::Ready(Err(error)) => Poll::Ready(Err((already + written, error))),
+                        };
+                    }
+                }
+            }
+            Poll::Ready(Ok(Sending::Done))
+        })
+        .await
+    }
+
+    /// The body's next piece of data; while it is not here, an answer from the upstream ends
+    /// the waiting.
+    async fn next_data<B>(&mut self, body: &mut B) -> Result<Next, Error>
+    where
+        B: http_body::Body<Data = Bytes> + Unpin,
+        B::Error: Into<BodyError>,
+    {
+        std::future::poll_fn(|cx| {
+            loop {
+                match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) if data.is_empty() => {}
+                        Ok(data) => return Poll::Ready(Ok(Next::Data(data))),
+                        // Trailers: HTTP/1.1 with a Content-Length has nowhere to put them.
+                        Err(_) => {}
+                    },
+                    Poll::Ready(Some(Err(error))) => {
+                        return Poll::Ready(Err(Error::Body(error.into())));
+                    }
+                    Poll::Ready(None) => return Poll::Ready(Ok(Next::End)),
+                    Poll::Pending => {
+                        return match self.poll_read(cx) {
+                            Poll::Pending => Poll::Pending,
+                            Poll::Ready(Ok(_)) => Poll::Ready(Ok(Next::Answered)),
+                            Poll::Ready(Err(error)) => Poll::Ready(Err(Error::Io(error))),
+                        };
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Reads the response's head (the body follows in the [`Body`]). `complete`: whether the
+    /// whole request was sent (else the connection is not kept after this response).
+    async fn read_response(
+        mut self: Box<Self>,
+        method: &Method,
+        complete: bool,
+    ) -> Result<http::Response<Body>, Error> {
+        let mut received = !self.read.is_empty();
+        loop {
+            if let Some((parts, framing, keep_alive)) = self.parse_head(method)? {
                 let body = Body {
                     connection: Some(self),
                     framing,
-                    keep_alive,
+                    keep_alive: keep_alive && complete,
                     complete: false,
                 };
                 return Ok(http::Response::from_parts(parts, body));
@@ -275,6 +429,34 @@ impl InlineConnection {
             return Ok(Some((parts, framing, keep_alive)));
         }
     }
+}
+
+/// A response to a request of which something was written: a connection closed before the
+/// answer is no longer [`Error::Closed`], which says that the request may go elsewhere.
+fn sent(result: Result<http::Response<Body>, Error>) -> Result<http::Response<Body>, Error> {
+    result.map_err(|error| match error {
+        Error::Closed(why) => Error::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the connection closed before a response: {why}"),
+        )),
+        other => other,
+    })
+}
+
+/// How writing a piece of a request ended.
+enum Sending {
+    /// All of it was written.
+    Done,
+    /// The upstream answered (or closed) before all of it could be.
+    Answered,
+}
+
+/// What came of waiting for the request body's next piece.
+enum Next {
+    Data(Bytes),
+    End,
+    /// The upstream answered (or closed) first.
+    Answered,
 }
 
 /// Whether a comma-separated header value lists `token` (case-insensitively).
@@ -860,5 +1042,236 @@ mod tests {
         })
         .await
         .expect("the upstream's close is noticed");
+    }
+
+    /// A request body of pieces given in advance (an error string fails it there), with its
+    /// length as its size hint.
+    struct Pieces {
+        pieces: std::collections::VecDeque<Result<Bytes, &'static str>>,
+        length: u64,
+    }
+
+    impl Pieces {
+        fn new(pieces: Vec<Result<Bytes, &'static str>>) -> Self {
+            let length = pieces.iter().flatten().map(|p| p.len() as u64).sum();
+            Self {
+                pieces: pieces.into(),
+                length,
+            }
+        }
+    }
+
+    impl http_body::Body for Pieces {
+        type Data = Bytes;
+        type Error = BodyError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+            Poll::Ready(
+                self.pieces
+                    .pop_front()
+                    .map(|piece| piece.map(Frame::data).map_err(Into::into)),
+            )
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.length)
+        }
+    }
+
+    fn post(length: u64) -> http::request::Parts {
+        let mut parts = head(Method::POST, "/upload");
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        parts
+    }
+
+    /// An upstream that reads each request's head and then as many body bytes as its
+    /// `Content-Length` says, and answers with how many it read and their checksum; with
+    /// `refuse_over`, a body longer than that is answered 413 at once, unread, and the
+    /// connection closed.
+    async fn reading_upstream(refuse_over: Option<usize>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut read = Vec::new();
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    loop {
+                        let end = loop {
+                            if let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break end + 4;
+                            }
+                            match stream.read(&mut buffer).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => read.extend_from_slice(&buffer[..n]),
+                            }
+                        };
+                        let head = String::from_utf8(read.drain(..end).collect()).unwrap();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|line| line.strip_prefix("content-length: "))
+                            .map_or(0, |length| length.parse().unwrap());
+                        if refuse_over.is_some_and(|limit| length > limit) {
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig")
+                                .await;
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            return;
+                        }
+                        while read.len() < length {
+                            match stream.read(&mut buffer).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => read.extend_from_slice(&buffer[..n]),
+                            }
+                        }
+                        let body: Vec<u8> = read.drain(..length).collect();
+                        let sum: u64 = body.iter().map(|b| u64::from(*b)).sum();
+                        let answer = format!("{length} {sum}");
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{answer}",
+                            answer.len()
+                        );
+                        stream.write_all(response.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn read_all(
+        response: http::Response<Body>,
+    ) -> (StatusCode, Bytes, Option<Box<InlineConnection>>) {
+        let (parts, mut body) = response.into_parts();
+        let mut data = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            data.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
+        (parts.status, data.freeze(), body.take_reusable())
+    }
+
+    #[tokio::test]
+    async fn a_sized_body_goes_out_whole_small_or_large_and_the_connection_is_kept() {
+        let addr = reading_upstream(None).await;
+        let mut connection = connect(addr).await;
+        let large: Vec<u8> = (0..3_000_000u32).map(|n| (n % 251) as u8).collect();
+        let large_sum: u64 = large.iter().map(|b| u64::from(*b)).sum();
+        let cases = [
+            // Small: goes out with the head.
+            (vec![Ok(Bytes::from_static(b"hello"))], "5 532"),
+            // In pieces, large ones among them (writes wait for the upstream to read).
+            (
+                vec![
+                    Ok(Bytes::from_static(b"a")),
+                    Ok(Bytes::new()),
+                    Ok(Bytes::from(large)),
+                    Ok(Bytes::from_static(b"z")),
+                ],
+                &*format!("3000002 {}", large_sum + 97 + 122).leak(),
+            ),
+        ];
+        for (pieces, expected) in cases {
+            let mut body = Pieces::new(pieces);
+            let mut unsent = None;
+            let response = connection
+                .send_with_body(&post(body.length), &[], &mut body, &mut unsent)
+                .await
+                .unwrap();
+            let (status, answer, reusable) = read_all(response).await;
+            assert_eq!((status, &answer[..]), (StatusCode::OK, expected.as_bytes()));
+            assert!(unsent.is_none());
+            connection = reusable.expect("a request sent whole leaves the connection reusable");
+        }
+        // A request without a body still goes on it.
+        let (status, _, _, _) = get(connection, Method::GET).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn an_early_answer_ends_the_sending_and_the_connection_is_not_kept() {
+        let addr = reading_upstream(Some(1024)).await;
+        // Far more than the sockets' buffers hold: the writing has to wait, and sees the answer.
+        let mut body = Pieces::new(vec![Ok(Bytes::from(vec![b'x'; 32 * 1024 * 1024]))]);
+        let mut unsent = None;
+        let response = tokio::time::timeout(
+            Duration::from_secs(10),
+            connect(addr)
+                .await
+                .send_with_body(&post(body.length), &[], &mut body, &mut unsent),
+        )
+        .await
+        .expect("the early answer is seen")
+        .unwrap();
+        let (status, answer, reusable) = read_all(response).await;
+        assert_eq!(
+            (status, &answer[..]),
+            (StatusCode::PAYLOAD_TOO_LARGE, &b"big"[..])
+        );
+        assert!(reusable.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failing_body_fails_the_request_with_its_error_and_not_as_closed() {
+        let addr = reading_upstream(None).await;
+        for pieces in [
+            vec![Err("the client went away")],
+            vec![Ok(Bytes::from_static(b"part")), Err("the client went away")],
+        ] {
+            let mut body = Pieces::new(pieces);
+            let mut unsent = None;
+            let Err(error) = connect(addr)
+                .await
+                .send_with_body(&post(10), &[], &mut body, &mut unsent)
+                .await
+            else {
+                panic!("a failing body gave a response");
+            };
+            assert!(
+                matches!(&error, Error::Body(why) if why.to_string() == "the client went away"),
+                "{error}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_anything_was_written_leaves_the_body_untouched() {
+        // The upstream closes its end of each connection as soon as it is made.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                drop(stream);
+            }
+        });
+        let mut connection = connect(addr).await;
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while connection.is_reusable() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        // Written into a reset connection: the kernel refuses the write itself, or the
+        // answer never comes. Either way the request is not half sent.
+        let mut body = Pieces::new(vec![Ok(Bytes::from_static(b"kept"))]);
+        let mut unsent = None;
+        let Err(error) = connection
+            .send_with_body(&post(4), &[], &mut body, &mut unsent)
+            .await
+        else {
+            panic!("a closed connection gave a response");
+        };
+        match error {
+            Error::Closed(_) => assert_eq!(unsent.as_deref(), Some(&b"kept"[..])),
+            Error::Io(_) => assert!(unsent.is_none()),
+            other => panic!("{other}"),
+        }
     }
 }

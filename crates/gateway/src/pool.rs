@@ -9,10 +9,10 @@
 //! found closed by the upstream only when the request is handed to it gives the request back
 //! ([`SendRequest::try_send_request`]) and the next connection is tried.
 //!
-//! Requests without a body (most of them: GET, HEAD, DELETE) go over connections of their
-//! own, read and written in line by the request's task ([`crate::h1`]); hyper's client
-//! connections, each driven by a task, carry the requests with a body, which they send while
-//! reading the response.
+//! Requests without a body (most of them: GET, HEAD, DELETE) and those whose body's length is
+//! declared (`Content-Length`: nearly every POST) go over connections of their own, read and
+//! written in line by the request's task ([`crate::h1`]); hyper's client connections, each
+//! driven by a task, carry the requests with a chunked body.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -59,6 +59,18 @@ impl<B> std::fmt::Display for SendError<B> {
     }
 }
 
+/// Whether a request's body has a declared length that it will keep to (`Content-Length`, no
+/// `Transfer-Encoding`), so that it can be sent in line.
+fn sized<B: Body>(request: &http::Request<B>) -> bool {
+    let headers = request.headers();
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    declared.is_some()
+        && declared == request.body().size_hint().exact()
+        && !headers.contains_key(http::header::TRANSFER_ENCODING)
+}
+
 /// One worker's idle connections to one upstream, and how to make more.
 pub struct Pool<B> {
     inner: Arc<Inner<B>>,
@@ -95,7 +107,7 @@ struct Inner<B> {
     /// Idle connections, the most recently used last (taken first, so the least used ones
     /// age out when traffic falls).
     idle: Mutex<VecDeque<Idle<B>>>,
-    /// Idle connections for requests without a body, the most recently used last.
+    /// Idle connections for requests sent in line, the most recently used last.
     inline_idle: Mutex<VecDeque<(Box<h1::InlineConnection>, Instant)>>,
     /// Whether the task that closes connections idle too long runs.
     reaping: std::sync::atomic::AtomicBool,
@@ -108,8 +120,7 @@ struct Idle<B> {
 
 impl<B> Pool<B>
 where
-    B: Body + Send + 'static,
-    B::Data: Send,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     /// An empty pool; connections are made on demand.
@@ -154,6 +165,9 @@ where
     ) -> Result<http::Response<PooledBody<B>>, SendError<B>> {
         if request.body().is_end_stream() {
             return self.send_inline(request, set, replayable).await;
+        }
+        if sized(&request) {
+            return self.send_inline_body(request, set).await;
         }
         let mut request = request;
         let headers = request.headers_mut();
@@ -233,6 +247,45 @@ where
                 // keep-alive timeout, most likely): another connection gets it, if it may be
                 // sent twice. A new connection failing so is an answer.
                 Err(h1::Error::Closed(_)) if reused && replayable => {}
+                Err(error) => return Err(SendError::Inline(error)),
+            }
+        }
+    }
+
+    /// [`send`](Self::send) for a request whose body's length is declared: in line as well
+    /// ([`h1::InlineConnection::send_with_body`]). A connection found closed before anything
+    /// of the request went out gives way to the next, whatever the method.
+    async fn send_inline_body(
+        &self,
+        request: http::Request<B>,
+        set: &SetHeaders,
+    ) -> Result<http::Response<PooledBody<B>>, SendError<B>> {
+        let (head, mut body) = request.into_parts();
+        let mut unsent = None;
+        loop {
+            let (connection, reused) = match self.take_inline() {
+                Some(connection) => (connection, true),
+                None => match Box::pin(self.connect_stream()).await {
+                    Ok(stream) => (h1::InlineConnection::new(stream), false),
+                    // Nothing of the body taken yet: the request goes back whole.
+                    Err(reason) if unsent.is_none() => {
+                        return Err(SendError::Connect {
+                            reason,
+                            request: Box::new(http::Request::from_parts(head, body)),
+                        });
+                    }
+                    Err(reason) => return Err(SendError::Inline(h1::Error::Closed(reason))),
+                },
+            };
+            match connection
+                .send_with_body(&head, set, &mut body, &mut unsent)
+                .await
+            {
+                Ok(response) => {
+                    let pool = Arc::downgrade(&self.inner);
+                    return Ok(response.map(|body| PooledBody(Kind::Inline { body, pool })));
+                }
+                Err(h1::Error::Closed(_)) if reused => {}
                 Err(error) => return Err(SendError::Inline(error)),
             }
         }
@@ -591,7 +644,10 @@ mod tests {
 
     /// What the tests send: no body (an in-line connection) or one (hyper's).
     trait RequestBody:
-        Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+        Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + Unpin
+        + 'static
     {
         fn new() -> Self;
     }

@@ -419,20 +419,11 @@ impl Proxy {
             }
             Attempt::Failed(SendError::Request(error)) if error.is_user() => {
                 drop(permit);
-                let too_long = std::iter::successors(std::error::Error::source(&error), |cause| {
-                    cause.source()
-                })
-                .any(|cause| cause.is::<http_body_util::LengthLimitError>());
-                request_event!(
-                    context,
-                    info!(upstream = %name, error = %error_chain(&error), "request body failed")
-                );
-                Err(if too_long {
-                    GatewayError::PayloadTooLarge
-                } else {
-                    GatewayError::BodyUnreadable
-                }
-                .respond(context))
+                Err(Self::body_failed(name, &error, context))
+            }
+            Attempt::Failed(SendError::Inline(crate::h1::Error::Body(error))) => {
+                drop(permit);
+                Err(Self::body_failed(name, &*error, context))
             }
             Attempt::Failed(error) => {
                 permit.record(false);
@@ -471,6 +462,27 @@ impl Proxy {
                 .respond(context))
             }
         }
+    }
+
+    /// 413 when the request's own body was over the limit, else 400: the client failed, not
+    /// the upstream.
+    fn body_failed(
+        name: &str,
+        error: &(dyn std::error::Error + 'static),
+        context: &RequestContext,
+    ) -> http::Response<EdgeBody> {
+        let too_long = std::iter::successors(Some(error), |cause| cause.source())
+            .any(|cause| cause.is::<http_body_util::LengthLimitError>());
+        request_event!(
+            context,
+            info!(upstream = %name, error = %error_chain(error), "request body failed")
+        );
+        if too_long {
+            GatewayError::PayloadTooLarge
+        } else {
+            GatewayError::BodyUnreadable
+        }
+        .respond(context)
     }
 
     /// The request to send upstream (hop-by-hop headers removed, origin-form URI), and the

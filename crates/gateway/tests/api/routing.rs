@@ -444,6 +444,34 @@ async fn a_streamed_body_over_the_limit_is_a_413_and_no_fault_of_the_upstream() 
 }
 
 #[tokio::test]
+async fn a_body_cut_short_by_the_client_is_a_400_and_no_fault_of_the_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_upstream, gateway) = spawn_in_front(&[("GATEWAY_BREAKER_FAILURES", "1")]).await;
+    // A Content-Length (the body goes out in line) and then only part of it: the client
+    // stops sending and waits for the answer.
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(b"POST /payments/upload HTTP/1.1\r\nHost: gateway\r\nContent-Length: 100000\r\n\r\npart of it")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the gateway answers")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    // One upstream failure would have opened the breaker.
+    let seen = echoed(&gateway, "/payments/after").await;
+    assert_eq!(seen["path"], "/after");
+}
+
+#[tokio::test]
 async fn upstream_error_responses_pass_through_untouched() {
     let (_upstream, gateway) = spawn_in_front(&[]).await;
     let response = reqwest::get(gateway.url("/accounts/teapot")).await.unwrap();
