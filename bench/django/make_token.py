@@ -8,8 +8,8 @@ import django
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
 django.setup()
 
-from django.contrib.auth import get_user_model  # noqa: E402
-from rest_framework_simplejwt.tokens import AccessToken  # noqa: E402
+from django.contrib.auth import get_user_model
+from rest_framework_simplejwt.tokens import AccessToken
 
 User = get_user_model()
 user, created = User.objects.get_or_create(username="bench", defaults={"email": "bench@example.com"})

@@ -9,7 +9,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-SECRET_KEY = "bench-only"  # noqa: S105 - a throwaway bench project
+SECRET_KEY = "bench-only"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 INSTALLED_APPS = [
