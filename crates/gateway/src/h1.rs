@@ -206,14 +206,19 @@ impl InlineConnection {
                     }
                     Poll::Ready(Ok(n)) => written += n,
                     Poll::Ready(Err(error)) => return Poll::Ready(Err((already + written, error))),
-                    Poll::Pending => {
-                        return match self.poll_read(cx) {
-                            Poll::Pending => Poll::Pending,
-                            // An answer (or the end: read_response says which).
-                            Poll::Ready(Ok(_)) => Poll::Ready(Ok(Sending::Answered)),
-                            Poll::Ready(Err(error)) => Poll::Ready(Err((already + written, error))),
-                        };
-                    }
+                    Poll::Pending => match self.poll_read(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        // The end (read_response says so), or an answer; `100 Continue` and
+                        // other interim responses are dropped and the sending goes on.
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Sending::Answered)),
+                        Poll::Ready(Ok(_)) if self.answered() => {
+                            return Poll::Ready(Ok(Sending::Answered));
+                        }
+                        Poll::Ready(Ok(_)) => {}
+                        Poll::Ready(Err(error)) => {
+                            return Poll::Ready(Err((already + written, error)));
+                        }
+                    },
                 }
             }
             Poll::Ready(Ok(Sending::Done))
@@ -241,17 +246,42 @@ impl InlineConnection {
                         return Poll::Ready(Err(Error::Body(error.into())));
                     }
                     Poll::Ready(None) => return Poll::Ready(Ok(Next::End)),
-                    Poll::Pending => {
-                        return match self.poll_read(cx) {
-                            Poll::Pending => Poll::Pending,
-                            Poll::Ready(Ok(_)) => Poll::Ready(Ok(Next::Answered)),
-                            Poll::Ready(Err(error)) => Poll::Ready(Err(Error::Io(error))),
-                        };
-                    }
+                    Poll::Pending => match self.poll_read(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Next::Answered)),
+                        Poll::Ready(Ok(_)) if self.answered() => {
+                            return Poll::Ready(Ok(Next::Answered));
+                        }
+                        // Only an interim response: wait for the body again.
+                        Poll::Ready(Ok(_)) => {}
+                        Poll::Ready(Err(error)) => return Poll::Ready(Err(Error::Io(error))),
+                    },
                 }
             }
         })
         .await
+    }
+
+    /// Whether what arrived while the request was still going out is an answer: a complete
+    /// final response head, or something that is no response at all (read_response says
+    /// what). Interim responses (`100 Continue` for a forwarded `Expect`, `103 Early Hints`)
+    /// are dropped; part of a head is not an answer yet.
+    fn answered(&mut self) -> bool {
+        loop {
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut slots);
+            match parsed.parse(&self.read) {
+                Ok(httparse::Status::Complete(length))
+                    if parsed
+                        .code
+                        .is_some_and(|code| (100..200).contains(&code) && code != 101) =>
+                {
+                    self.read.advance(length);
+                }
+                Ok(httparse::Status::Partial) => return self.read.len() >= MAX_HEAD_BYTES,
+                Ok(httparse::Status::Complete(_)) | Err(_) => return true,
+            }
+        }
     }
 
     /// Reads the response's head (the body follows in the [`Body`]). `complete`: whether the
@@ -1124,6 +1154,12 @@ mod tests {
                             tokio::time::sleep(Duration::from_millis(500)).await;
                             return;
                         }
+                        if head.contains("expect: 100-continue") {
+                            stream
+                                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                                .await
+                                .unwrap();
+                        }
                         while read.len() < length {
                             match stream.read(&mut buffer).await {
                                 Ok(0) | Err(_) => return,
@@ -1191,6 +1227,33 @@ mod tests {
         // A request without a body still goes on it.
         let (status, _, _, _) = get(connection, Method::GET).await;
         assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_100_continue_while_the_body_goes_out_is_no_answer() {
+        let addr = reading_upstream(None).await;
+        let mut connection = connect(addr).await;
+        for pieces in [
+            vec![Ok(Bytes::from(vec![b'y'; 4_000_000]))],
+            vec![Ok(Bytes::from_static(b"small"))],
+        ] {
+            let mut body = Pieces::new(pieces);
+            let mut head = post(body.length);
+            head.headers
+                .insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+            let mut unsent = None;
+            let response = tokio::time::timeout(
+                Duration::from_secs(10),
+                connection.send_with_body(&head, &[], &mut body, &mut unsent),
+            )
+            .await
+            .expect("the final answer comes")
+            .unwrap();
+            let (status, answer, reusable) = read_all(response).await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(answer.starts_with(format!("{} ", body.length).as_bytes()));
+            connection = reusable.expect("the whole body went out: the connection is kept");
+        }
     }
 
     #[tokio::test]
