@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# POST /v1/payments with unique Idempotency-Keys, through the gateway, on PostgreSQL; beside
+# POST /v1/payments with unique Idempotency-Keys, through the gateway and then straight at
+# payments, on PostgreSQL; beside
 # pgbench running the same writes (the key claim, then payment + event + key response in one
 # transaction) at the same concurrency: the rate PostgreSQL itself commits them is the
 # physical limit, and the ratio says how close the service comes to it.
@@ -30,26 +31,36 @@ token=$(curl -fs -X POST http://127.0.0.1:28080/accounts/v1/token \
   -d grant_type=password -d username=bench@example.com -d password=password-123 \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
 
-cat >"$dir/create.lua" <<LUA
+# Through the gateway (/payments/v1/payments) and straight at payments (/v1/payments).
+for path in /payments/v1/payments /v1/payments; do
+cat >"$dir/create-$(echo "$path" | tr / _).lua" <<LUA
 local counter = 0
-local prefix = tostring(math.random(1, 1e9))
+-- Lua's random numbers are not seeded: the same in every run, so the run's own prefix.
+local prefix = "$(date +%s%N)"
 function setup(thread) thread:set("id", tostring(math.random(1, 1e9))) end
 request = function()
   counter = counter + 1
-  return wrk.format("POST", "/payments/v1/payments", {
+  return wrk.format("POST", "$path", {
     ["Authorization"] = "Bearer $token",
     ["Content-Type"] = "application/json",
     ["Idempotency-Key"] = prefix .. "-" .. id .. "-" .. counter,
   }, '{"amount": 100.00, "currency": "USD", "description": "bench"}')
 end
 LUA
+done
 echo "POST /v1/payments, unique keys, PostgreSQL, ${connections} connections, ${seconds}s, $(nproc) cores"
-wrk -t2 -c"$connections" -d"${seconds}s" --latency -s "$dir/create.lua" http://127.0.0.1:28080 >"$dir/wrk.txt"
+wrk -t2 -c"$connections" -d"${seconds}s" --latency -s "$dir/create-_payments_v1_payments.lua" http://127.0.0.1:28080 >"$dir/wrk.txt"
 service_rps=$(awk '/Requests\/sec/ {print $2}' "$dir/wrk.txt")
 p50=$(awk '$1 == "50%" {print $2}' "$dir/wrk.txt")
 p99=$(awk '$1 == "99%" {print $2}' "$dir/wrk.txt")
 non2xx=$(awk '/Non-2xx/ {print $NF}' "$dir/wrk.txt")
 created=$(psql "$pg/bench_payments" -Atc "SELECT count(*) FROM payments")
+wrk -t2 -c"$connections" -d"${seconds}s" --latency -s "$dir/create-_v1_payments.lua" http://127.0.0.1:28082 >"$dir/wrk-direct.txt"
+direct_rps=$(awk '/Requests\/sec/ {print $2}' "$dir/wrk-direct.txt")
+direct_p50=$(awk '$1 == "50%" {print $2}' "$dir/wrk-direct.txt")
+direct_p99=$(awk '$1 == "99%" {print $2}' "$dir/wrk-direct.txt")
+direct_non2xx=$(awk '/Non-2xx/ {print $NF}' "$dir/wrk-direct.txt")
+direct_created=$(( $(psql "$pg/bench_payments" -Atc "SELECT count(*) FROM payments") - created ))
 
 cat >"$dir/create.sql" <<'SQL'
 \set n random(1, 2000000000)
@@ -64,6 +75,8 @@ COMMIT;
 SQL
 pgbench "$pg/bench_payments" -n -c "$connections" -j 2 -T "$seconds" -f "$dir/create.sql" >"$dir/pgbench.txt" 2>&1
 pg_tps=$(awk '/^tps/ {print $3; exit}' "$dir/pgbench.txt")
-printf 'service  %10s payments/s   p50 %8s   p99 %8s   non-2xx %s   rows %s\n' "$service_rps" "$p50" "$p99" "${non2xx:-0}" "$created"
+printf 'gateway  %10s payments/s   p50 %8s   p99 %8s   non-2xx %s   rows %s\n' "$service_rps" "$p50" "$p99" "${non2xx:-0}" "$created"
+printf 'direct   %10s payments/s   p50 %8s   p99 %8s   non-2xx %s   rows %s\n' "$direct_rps" "$direct_p50" "$direct_p99" "${direct_non2xx:-0}" "$direct_created"
 printf 'pgbench  %10s payments/s   (same writes, same concurrency)\n' "$pg_tps"
-awk -v s="$service_rps" -v p="$pg_tps" 'BEGIN { printf "ratio    %.2f of what PostgreSQL commits\n", s / p }'
+awk -v s="$service_rps" -v d="$direct_rps" -v p="$pg_tps" \
+  'BEGIN { printf "ratio    %.2f of what PostgreSQL commits through the gateway, %.2f straight at payments\n", s / p, d / p }'

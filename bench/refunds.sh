@@ -40,7 +40,8 @@ psql "$pg/bench_payments" -q -c "INSERT INTO payments (id, owner, status, amount
 
 cat >"$dir/refund.lua" <<LUA
 local counter = 0
-local prefix = tostring(math.random(1, 1e9))
+-- Lua's random numbers are not seeded: the same in every run, so the run's own prefix.
+local prefix = "$(date +%s%N)"
 function setup(thread) thread:set("id", tostring(math.random(1, 1e9))) end
 request = function()
   counter = counter + 1
