@@ -206,18 +206,10 @@ impl InlineConnection {
                     }
                     Poll::Ready(Ok(n)) => written += n,
                     Poll::Ready(Err(error)) => return Poll::Ready(Err((already + written, error))),
-                    Poll::Pending => match self.poll_read(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        // The end (read_response says so), or an answer; `100 Continue` and
-                        // other interim responses are dropped and the sending goes on.
-                        Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Sending::Answered)),
-                        Poll::Ready(Ok(_)) if self.answered() => {
-                            return Poll::Ready(Ok(Sending::Answered));
-                        }
-                        Poll::Ready(Ok(_)) => {}
-                        Poll::Ready(Err(error)) => {
-                            return Poll::Ready(Err((already + written, error)));
-                        }
+                    Poll::Pending => match ready!(self.poll_answer(cx)) {
+                        Ok(true) => return Poll::Ready(Ok(Sending::Answered)),
+                        Ok(false) => {}
+                        Err(error) => return Poll::Ready(Err((already + written, error))),
                     },
                 }
             }
@@ -246,20 +238,26 @@ impl InlineConnection {
                         return Poll::Ready(Err(Error::Body(error.into())));
                     }
                     Poll::Ready(None) => return Poll::Ready(Ok(Next::End)),
-                    Poll::Pending => match self.poll_read(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Next::Answered)),
-                        Poll::Ready(Ok(_)) if self.answered() => {
-                            return Poll::Ready(Ok(Next::Answered));
-                        }
-                        // Only an interim response: wait for the body again.
-                        Poll::Ready(Ok(_)) => {}
-                        Poll::Ready(Err(error)) => return Poll::Ready(Err(Error::Io(error))),
+                    Poll::Pending => match ready!(self.poll_answer(cx)) {
+                        Ok(true) => return Poll::Ready(Ok(Next::Answered)),
+                        Ok(false) => {}
+                        Err(error) => return Poll::Ready(Err(Error::Io(error))),
                     },
                 }
             }
         })
         .await
+    }
+
+    /// While the request still goes out and has to wait: what the upstream sends meanwhile.
+    /// `true` once it has answered or closed (read_response says which); `false` when only
+    /// interim responses came (`100 Continue`, dropped), and the sending goes on.
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        Poll::Ready(match ready!(self.poll_read(cx)) {
+            Ok(0) => Ok(true),
+            Ok(_) => Ok(self.answered()),
+            Err(error) => Err(error),
+        })
     }
 
     /// Whether what arrived while the request was still going out is an answer: a complete

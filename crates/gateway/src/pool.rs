@@ -783,4 +783,33 @@ mod tests {
         ));
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
+
+    fn sized_request() -> http::Request<http_body_util::Full<Bytes>> {
+        http::Request::post("/")
+            .header(http::header::HOST, "upstream")
+            .header(http::header::CONTENT_LENGTH, "1")
+            .body(http_body_util::Full::new(Bytes::from_static(b"x")))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_body_of_declared_length_goes_in_line_and_a_half_sent_one_is_not_sent_again() {
+        let (addr, accepted) = closing_upstream().await;
+        let pool = pool::<http_body_util::Full<Bytes>>(addr, Duration::from_secs(60));
+        let Ok(response) = pool.send(sized_request(), &[], true).await else {
+            panic!("the upstream answers");
+        };
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            "ok"
+        );
+        // In line: its connection went back to the in-line pool, not to hyper's.
+        assert_eq!(pool.inner.lock_inline().len(), 1);
+        assert_eq!(pool.inner.lock().len(), 0);
+        // The kept connection takes the next one, body and all, and closes unanswered: the
+        // body was sent, so even a replayable request is not sent again.
+        let failed = pool.send(sized_request(), &[], true).await;
+        assert!(matches!(failed, Err(SendError::Inline(h1::Error::Io(_)))));
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 }
