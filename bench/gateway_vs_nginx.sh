@@ -41,12 +41,8 @@ echo_module=/usr/lib/nginx/modules/ngx_http_echo_module.so
 
 # Every listener here uses SO_REUSEPORT, so a leftover process on one of these ports would
 # silently take part of the load: refuse to start instead.
-for port in 29001 29002 29003 29004 29005 29006 29007; do
-  if ss -Hltn "sport = :$port" | grep -q .; then
-    echo "port $port is already in use (a previous run still going?); stop that first" >&2
-    exit 1
-  fi
-done
+source bench/lib.sh
+ports_free 29001 29002 29003 29004 29005 29006 29007
 
 cargo build --release --locked --quiet -p gateway
 dir=$(mktemp -d)
@@ -175,12 +171,9 @@ for round in $(seq 1 "$rounds"); do
     auth=()
     [ "$1" = gateway+auth ] && auth=(-H "Authorization: Bearer $token")
     wrk -t2 -c"$connections" -d"${seconds}s" --latency "${auth[@]}" "$2" >"$dir/wrk.txt"
-    rps=$(awk '/Requests\/sec/ {print $2}' "$dir/wrk.txt")
-    p50=$(awk '$1 == "50%" {print $2}' "$dir/wrk.txt")
-    p99=$(awk '$1 == "99%" {print $2}' "$dir/wrk.txt")
-    bad=$(awk '/Non-2xx/ {print $NF}' "$dir/wrk.txt")
+    read -r rps p50 p99 bad < <(wrk_figures "$dir/wrk.txt")
     printf 'round %s  %-14s %10s req/s   p50 %8s   p99 %8s   non-2xx %s\n' \
-      "$round" "$1" "$rps" "$p50" "$p99" "${bad:-0}"
+      "$round" "$1" "$rps" "$p50" "$p99" "$bad"
   done
 done
 
@@ -205,12 +198,9 @@ for round in $(seq 1 "$rounds"); do
     for target in "${post_targets[@]}"; do
       set -- $target
       wrk -t2 -c"$connections" -d"${seconds}s" --latency -s "$dir/post-$size.lua" "$2" >"$dir/wrk.txt"
-      rps=$(awk '/Requests\/sec/ {print $2}' "$dir/wrk.txt")
-      p50=$(awk '$1 == "50%" {print $2}' "$dir/wrk.txt")
-      p99=$(awk '$1 == "99%" {print $2}' "$dir/wrk.txt")
-      bad=$(awk '/Non-2xx/ {print $NF}' "$dir/wrk.txt")
+      read -r rps p50 p99 bad < <(wrk_figures "$dir/wrk.txt")
       printf 'round %s  POST %-5s %-8s %10s req/s   p50 %8s   p99 %8s   non-2xx %s\n' \
-        "$round" "$((size / 1024))K" "$1" "$rps" "$p50" "$p99" "${bad:-0}"
+        "$round" "$((size / 1024))K" "$1" "$rps" "$p50" "$p99" "$bad"
     done
   done
 done

@@ -17,24 +17,19 @@ seconds=${1:-5}
 connections=${2:-32}
 rounds=${3:-3}
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
-for port in 28080 28081 28082 28090; do
-  if ss -Hltn "sport = :$port" | grep -q .; then
-    echo "port $port is already in use (a previous run still going?); stop that first" >&2
-    exit 1
-  fi
-done
+source bench/lib.sh
+ports_free 28080 28081 28082 28090
 
 venv="$(realpath -m "${BENCH_VENV:-target/bench-venv}")"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r bench/django/requirements.txt
 cargo build --release --locked --quiet -p stack
-stack="${CARGO_TARGET_DIR:-target}/release/stack"
 
 dir=$(mktemp -d)
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}" ${stack_pid:-}; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}" ${stack_pid:-}; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -51,20 +46,12 @@ django_token=$(cd bench/django && "$venv/bin/python" make_token.py)
 pids+=($!)
 
 # Ours: the whole stack on SQLite, the rate limiter off (it would refuse a benchmark).
-GATEWAY_ADDR=127.0.0.1:28080 ACCOUNTS_ADDR=127.0.0.1:28081 PAYMENTS_ADDR=127.0.0.1:28082 \
-  RUST_LOG=warn GATEWAY_RATE_LIMIT_RPS=0 DATA_DIR="$dir/data" "$stack" >"$dir/stack.log" 2>&1 &
-pids+=($!)
+start_stack "$dir"
 for _ in $(seq 1 120); do
-  curl -fs http://127.0.0.1:28080/readyz >/dev/null \
-    && curl -fs -o /dev/null -H "Authorization: Bearer $django_token" http://127.0.0.1:28090/users/me \
-    && break
+  curl -fs -o /dev/null -H "Authorization: Bearer $django_token" http://127.0.0.1:28090/users/me && break
   sleep 0.5
 done
-curl -fs -X POST http://127.0.0.1:28080/accounts/v1/users -H 'content-type: application/json' \
-  -d '{"email":"bench@example.com","password":"password-123"}' >/dev/null
-token=$(curl -fs -X POST http://127.0.0.1:28080/accounts/v1/token \
-  -d grant_type=password -d username=bench@example.com -d password=password-123 \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+token=$(bench_user)
 for url in "http://127.0.0.1:28090/users/me $django_token" "http://127.0.0.1:28081/users/me $token"; do
   set -- $url
   code=$(curl -s -o "$dir/body" -w '%{http_code}' -H "Authorization: Bearer $2" "$1")
@@ -81,12 +68,11 @@ for round in $(seq 1 "$rounds"); do
   for target in "${targets[@]}"; do
     set -- $target
     wrk -t1 -c"$connections" -d"${seconds}s" --latency -H "Authorization: Bearer $3" "$2" >"$dir/wrk.txt"
-    if grep -q 'Non-2xx\|Socket errors' "$dir/wrk.txt"; then
+    read -r rps p50 p99 bad < <(wrk_figures "$dir/wrk.txt")
+    if [ "$bad" != 0 ] || grep -q 'Socket errors' "$dir/wrk.txt"; then
       echo "$1: errors in round $round:" >&2; cat "$dir/wrk.txt" >&2; exit 1
     fi
-    printf '%s %s %s %s %s\n' "$1" "$round" "$(awk '/Requests\/sec/ {print $2}' "$dir/wrk.txt")" \
-      "$(awk '$1 == "50%" {print $2}' "$dir/wrk.txt")" "$(awk '$1 == "99%" {print $2}' "$dir/wrk.txt")" \
-      | tee -a "$dir/results"
+    echo "$1 $round $rps $p50 $p99" | tee -a "$dir/results"
   done
 done
 python3 - "$dir/results" <<'PY'
