@@ -144,18 +144,19 @@ pub(super) async fn caller_user(
     claims: &common::auth::AccessClaims,
 ) -> Result<UserRecord, ApiError> {
     // One query for both checks; only a token without a user (a client's) asks again.
-    let Some(found) = state.store.token_user(&claims.sub, &claims.jti).await? else {
-        if state.store.access_token_revoked(&claims.jti).await? {
-            return Err(ApiError::Unauthorized("the access token was revoked"));
-        }
-        return Err(ApiError::NotFound(
-            "user for this token (client tokens have none)",
-        ));
+    let found = state.store.token_user(&claims.sub, &claims.jti).await?;
+    let revoked = match &found {
+        Some(found) => found.token_revoked,
+        None => state.store.access_token_revoked(&claims.jti).await?,
     };
-    if found.token_revoked {
+    if revoked {
         return Err(ApiError::Unauthorized("the access token was revoked"));
     }
-    let user = found.user;
+    let user = found
+        .ok_or(ApiError::NotFound(
+            "user for this token (client tokens have none)",
+        ))?
+        .user;
     if user.disabled {
         return Err(ApiError::Unauthorized("the account is disabled"));
     }
