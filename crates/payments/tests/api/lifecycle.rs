@@ -13,6 +13,7 @@ common::both_databases!(
     every_state_change_is_in_the_history,
     several_processors_never_take_the_same_payment,
     a_database_outage_is_a_503_and_nothing_is_half_written,
+    a_request_cancelled_as_its_transaction_begins_leaves_its_connection_clean,
     a_full_or_read_only_database_is_a_503_and_readiness_says_so,
     a_restart_resumes_a_payment_its_dead_processor_held,
     due_retries_and_lapsed_leases_are_taken_before_newer_payments,
@@ -249,6 +250,61 @@ async fn a_database_outage_is_a_503_and_nothing_is_half_written(db: TestDatabase
         );
         assert_eq!(app.store.count_payments().await.unwrap(), 2);
     }
+}
+
+/// A client that hangs up while its request's transaction is beginning drops the request's
+/// future after the `BEGIN` went out and before its answer came. The connection must go
+/// back to the pool outside any transaction: sqlx 0.8.4 to 0.9.0 returned it inside one on
+/// PostgreSQL (launchbadge/sqlx#4393), so the next requests' single statements ran in it,
+/// unseen by everyone else and lost if it was rolled back. Each of 16 rows written by a
+/// single statement after such a cancellation must be visible to another connection.
+async fn a_request_cancelled_as_its_transaction_begins_leaves_its_connection_clean(
+    db: TestDatabase,
+) {
+    use common::db::{DatabaseUrl, connect_postgres, connect_sqlite};
+    match &db.url {
+        DatabaseUrl::Postgres(url) => {
+            let (pool, other) = (connect_postgres(url, 1), connect_postgres(url, 1));
+            cancelled_begins_lose_no_writes(&pool.await.unwrap(), &other.await.unwrap()).await;
+        }
+        DatabaseUrl::Sqlite(path) => {
+            let (pool, other) = (connect_sqlite(path), connect_sqlite(path));
+            cancelled_begins_lose_no_writes(&pool.await.unwrap(), &other.await.unwrap()).await;
+        }
+    }
+}
+
+async fn cancelled_begins_lose_no_writes<DB: common::db::Backend>(
+    pool: &sqlx::Pool<DB>,
+    other: &sqlx::Pool<DB>,
+) where
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    for<'q> i32: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'r> (i64,): sqlx::FromRow<'r, DB::Row>,
+{
+    sqlx::query("CREATE TABLE cancel_probe (n INTEGER NOT NULL)")
+        .execute(pool)
+        .await
+        .unwrap();
+    for n in 0..16 {
+        let mut connection = pool.acquire().await.unwrap();
+        let begin = sqlx::Connection::begin(&mut *connection);
+        drop(tokio::time::timeout(std::time::Duration::ZERO, begin).await);
+        drop(connection);
+        sqlx::query("INSERT INTO cancel_probe (n) VALUES ($1)")
+            .bind(n)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    let (seen,): (i64,) = sqlx::query_as("SELECT count(*) FROM cancel_probe")
+        .fetch_one(other)
+        .await
+        .unwrap();
+    assert_eq!(
+        seen, 16,
+        "rows written after a cancelled BEGIN are committed"
+    );
 }
 
 /// Storage that answers but takes no writes: a PostgreSQL turned read-only (a failover to a
