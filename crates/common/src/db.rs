@@ -3,9 +3,12 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnectionMetadata;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -87,6 +90,8 @@ pub async fn connect_sqlite(path: &Path) -> Result<SqlitePool, StoreError> {
     SqlitePoolOptions::new()
         .max_connections(8)
         .acquire_timeout(Duration::from_secs(3))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| Box::pin(check_if_suspect::<sqlx::Sqlite>(conn, meta)))
         .connect_with(options)
         .await
         .map_err(StoreError::from)
@@ -133,9 +138,62 @@ pub async fn connect_postgres(url: &str, max_connections: u32) -> Result<PgPool,
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(3))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| Box::pin(check_if_suspect::<sqlx::Postgres>(conn, meta)))
         .connect_with(options)
         .await
         .map_err(StoreError::from)
+}
+
+/// A pooled connection used this recently is handed out without a check (see
+/// [`check_if_suspect`]): HikariCP's `aliveBypassWindowMs`.
+const RECENTLY_USED: Duration = Duration::from_millis(500);
+
+/// The instant [`LAST_UNAVAILABLE`] counts from.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// When a store last found a database unavailable, in microseconds since [`EPOCH`] plus one
+/// (0: never). Process-wide rather than per pool, since a [`StoreError`] does not know its
+/// pool: one database's outage only makes the other pools check their idle connections once.
+static LAST_UNAVAILABLE: AtomicU64 = AtomicU64::new(0);
+
+fn micros_since_epoch(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(*EPOCH).as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Records that a database did not answer (a connection ended, refused, timed out): the
+/// connections idle since are checked before their next use.
+fn mark_unavailable() {
+    LAST_UNAVAILABLE.store(micros_since_epoch(Instant::now()) + 1, Ordering::Relaxed);
+}
+
+/// Whether a pooled connection idle for `idle_for` is checked before use, `now` and
+/// `last_unavailable` as in [`LAST_UNAVAILABLE`]: if it has been idle a while, or a database
+/// looked unavailable since it was last used.
+fn needs_check(idle_for: Duration, now: u64, last_unavailable: u64) -> bool {
+    if idle_for >= RECENTLY_USED {
+        return true;
+    }
+    let idle_since = now.saturating_sub(u64::try_from(idle_for.as_micros()).unwrap_or(u64::MAX));
+    last_unavailable != 0 && idle_since <= last_unavailable
+}
+
+/// sqlx's pool by default pings every connection it hands out, and again every one handed
+/// back: under load, as many round trips to PostgreSQL (or hops to SQLite's worker thread) as
+/// the queries themselves. The ping on hand-out is replaced by this check, which pings only a
+/// connection idle for [`RECENTLY_USED`] or more, as HikariCP and PgBouncer
+/// (`server_check_delay`) do, or one idle since a store last found the database unavailable:
+/// after an outage or a failover that ended every connection, the first request fails on a
+/// dead connection (503) and the ones after it get checked connections, not dead ones.
+async fn check_if_suspect<DB: sqlx::Database>(
+    conn: &mut DB::Connection,
+    meta: PoolConnectionMetadata,
+) -> Result<bool, sqlx::Error> {
+    let now = micros_since_epoch(Instant::now()) + 1;
+    if needs_check(meta.idle_for, now, LAST_UNAVAILABLE.load(Ordering::Relaxed)) {
+        sqlx::Connection::ping(conn).await?;
+    }
+    Ok(true)
 }
 
 /// What a store needs to know of the sqlx database it runs on, beyond `sqlx::Database`: its
@@ -254,7 +312,17 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        match &error {
+        let mapped = Self::classify(&error);
+        if matches!(mapped, Self::Unavailable(_)) {
+            mark_unavailable();
+        }
+        mapped
+    }
+}
+
+impl StoreError {
+    fn classify(error: &sqlx::Error) -> Self {
+        match error {
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
@@ -383,6 +451,24 @@ impl HealthCheck for DatabaseCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_is_checked_when_idle_a_while_or_idle_since_the_database_failed() {
+        let ms = |n: u64| Duration::from_millis(n);
+        let now = 10_000_000; // 10 s after the epoch, in microseconds (+1)
+        // Never failed: only a connection idle for half a second or more.
+        assert!(!needs_check(ms(0), now, 0));
+        assert!(!needs_check(ms(499), now, 0));
+        assert!(needs_check(ms(500), now, 0));
+        assert!(needs_check(ms(60_000), now, 0));
+        // Failed 100 ms ago: connections idle since before then are checked, those used
+        // since are not.
+        let failed = now - 100_000;
+        assert!(needs_check(ms(150), now, failed));
+        assert!(needs_check(ms(100), now, failed));
+        assert!(!needs_check(ms(50), now, failed));
+        assert!(!needs_check(ms(0), now, failed));
+    }
 
     #[test]
     fn pool_sizes_are_checked() {

@@ -236,17 +236,15 @@ where
         ttl: Duration,
         lock_timeout: Duration,
     ) -> Result<KeyClaim, StoreError> {
-        sqlx::query(
-            "DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND expires_at <= $3",
-        )
-        .bind(principal)
-        .bind(key)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        // A new key is inserted; an expired one is claimed afresh in the same statement, as
+        // if deleted and inserted again (one round trip); a live one is left alone and read.
         let inserted = sqlx::query(
                 "INSERT INTO idempotency_keys (principal, key, fingerprint, locked_at, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (principal, key) DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (principal, key) DO UPDATE SET \
+                 fingerprint = excluded.fingerprint, locked_at = excluded.locked_at, \
+                 response_status = NULL, response_body = NULL, payment_id = NULL, \
+                 created_at = excluded.created_at, expires_at = excluded.expires_at \
+                 WHERE idempotency_keys.expires_at <= excluded.created_at",
             )
             .bind(principal)
             .bind(key)

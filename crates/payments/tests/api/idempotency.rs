@@ -14,6 +14,7 @@ common::both_databases!(
     fifty_concurrent_identical_requests_create_one_payment,
     a_request_that_died_mid_way_is_recovered_once_after_restart,
     expired_keys_are_purged_and_then_free,
+    an_expired_key_not_yet_purged_is_claimed_afresh,
     a_request_that_outlived_its_lock_creates_nothing,
 );
 
@@ -257,13 +258,63 @@ async fn expired_keys_are_purged_and_then_free(db: TestDatabase) {
     assert_eq!(app.store.count_payments().await.unwrap(), 2);
 }
 
+/// A key past its expiry that the purger has not reached yet is as good as gone: the next
+/// claim takes it afresh (its old fingerprint and response forgotten), in one statement.
+async fn an_expired_key_not_yet_purged_is_claimed_afresh(db: TestDatabase) {
+    use chrono::{SubsecRound, Utc};
+    use payments::domain::events::state_changed;
+    use payments::store::{KeyClaim, SavedResponse};
+
+    let app = spawn_app_with(db, &[NO_PROCESSOR]).await;
+    let store = &app.store;
+    let (ttl, lock) = (Duration::from_secs(3600), Duration::from_secs(30));
+    let first = Utc::now().trunc_subsecs(6);
+    let claim = |fingerprint: &'static str, at| async move {
+        store
+            .claim_idempotency_key("alice", "k", fingerprint, at, ttl, lock)
+            .await
+            .unwrap()
+    };
+    assert!(matches!(claim("fp", first).await, KeyClaim::Proceed));
+    let payment = alices_payment("pay_first", first);
+    let response = SavedResponse {
+        principal: "alice",
+        key: "k",
+        status: 202,
+        body: "{}",
+        locked_at: first,
+    };
+    store
+        .create_payment(&payment, &state_changed(&payment, first), Some(response))
+        .await
+        .unwrap();
+    let within = first + chrono::Duration::minutes(59);
+    assert!(matches!(
+        claim("fp", within).await,
+        KeyClaim::Replay { payment_id: Some(ref id), .. } if id == "pay_first"
+    ));
+    assert!(matches!(claim("other", within).await, KeyClaim::Mismatch));
+
+    let after = first + chrono::Duration::minutes(61);
+    let fresh = claim("other", after).await;
+    assert!(matches!(fresh, KeyClaim::Proceed), "{fresh:?}");
+    // Now the fresh claim's: in flight (no response of its own yet), under its fingerprint.
+    let second = after + chrono::Duration::seconds(1);
+    assert!(matches!(claim("other", second).await, KeyClaim::InFlight));
+    assert!(matches!(claim("fp", second).await, KeyClaim::Mismatch));
+    assert_eq!(
+        store.purge_idempotency_keys(after).await.unwrap(),
+        0,
+        "expires an hour after the fresh claim"
+    );
+}
+
 /// A request that stalls past the lock timeout loses its key to a retry: when it wakes up, it
 /// can neither save a second payment under the key nor release the retry's lock.
 async fn a_request_that_outlived_its_lock_creates_nothing(db: TestDatabase) {
     use chrono::{SubsecRound, Utc};
     use payments::domain::events::state_changed;
-    use payments::domain::money::Money;
-    use payments::domain::payment::{CaptureMethod, Payment};
+    use payments::domain::payment::Payment;
     use payments::store::{KeyClaim, SavedResponse};
 
     let app = spawn_app_with(db, &[NO_PROCESSOR]).await;
@@ -281,19 +332,7 @@ async fn a_request_that_outlived_its_lock_creates_nothing(db: TestDatabase) {
             "{claimed_at}: {claim:?}"
         );
     }
-    let payment = |id: &str| Payment {
-        id: id.to_owned(),
-        created_at: first,
-        updated_at: first,
-        ..Payment::new(
-            "alice",
-            Money::from_minor(100, "USD").unwrap(),
-            String::new(),
-            "pm_card_visa".to_owned(),
-            CaptureMethod::Automatic,
-            first,
-        )
-    };
+    let payment = |id: &str| alices_payment(id, first);
     let save = |payment: Payment, locked_at| async move {
         let event = state_changed(&payment, payment.created_at);
         let response = SavedResponse {
@@ -331,4 +370,24 @@ async fn a_request_that_outlived_its_lock_creates_nothing(db: TestDatabase) {
         "{replay:?}"
     );
     assert_eq!(store.count_payments().await.unwrap(), 1);
+}
+
+/// A payment of 1.00 USD by alice, created at `at`, to save under a key in store tests.
+fn alices_payment(
+    id: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> payments::domain::payment::Payment {
+    use payments::domain::money::Money;
+    use payments::domain::payment::{CaptureMethod, Payment};
+    Payment {
+        id: id.to_owned(),
+        ..Payment::new(
+            "alice",
+            Money::from_minor(100, "USD").unwrap(),
+            String::new(),
+            "pm_card_visa".to_owned(),
+            CaptureMethod::Automatic,
+            at,
+        )
+    }
 }
