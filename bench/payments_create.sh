@@ -1,42 +1,51 @@
 #!/usr/bin/env bash
-# POST /v1/payments with unique Idempotency-Keys, through the gateway and then straight at
-# payments, on PostgreSQL; beside
-# pgbench running the same writes (the key claim, then payment + event + key response in one
-# transaction) at the same concurrency: the rate PostgreSQL itself commits them is the
-# physical limit, and the ratio says how close the service comes to it.
+# POST /v1/payments with unique Idempotency-Keys, through the gateway and straight at
+# payments, on PostgreSQL; beside pgbench running the statements the service runs for each
+# payment at the same concurrency: the rate PostgreSQL itself commits them is the physical
+# limit, and the ratio says how close the service comes to it.
+#
+# The statements, as the service sends them to PostgreSQL (prepared, `pgbench -M prepared`,
+# as sqlx does): the key claimed (one upsert), then one statement that saves the key's
+# response (fenced by the claim's lock time) and, from its row, writes the payment, its event
+# and the webhook deliveries for the endpoints that subscribe to it (none here: that INSERT
+# ... SELECT still runs).
+#
+# The service's pool holds as many PostgreSQL connections as wrk and pgbench have clients
+# (PAYMENTS_DATABASE_MAX_CONNECTIONS): each payment waits for a commit (an fsync), and
+# PostgreSQL flushes the commits of all connections waiting at once in one; a pool half the
+# size halves how many commits share a flush.
+#
+# Rounds take turns (gateway, direct, pgbench) and the medians are compared.
 # Needs wrk and pgbench, and PostgreSQL at $BENCH_PG (default postgres://postgres@127.0.0.1:5432).
-# Usage: bench/payments_create.sh [seconds] [connections]
+# Usage: bench/payments_create.sh [seconds] [connections] [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
 connections=${2:-32}
+rounds=${3:-3}
 pg=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 for tool in wrk pgbench psql; do command -v $tool >/dev/null || { echo "$tool is not installed" >&2; exit 1; }; done
+source bench/lib.sh
+ports_free 28080 28081 28082
 
 for db in bench_accounts bench_payments; do
   psql "$pg/postgres" -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
 done
 cargo build --release --locked --quiet
-dir=$(mktemp -d)
-GATEWAY_ADDR=127.0.0.1:28080 ACCOUNTS_ADDR=127.0.0.1:28081 PAYMENTS_ADDR=127.0.0.1:28082 RUST_LOG=warn GATEWAY_RATE_LIMIT_RPS=0 \
-  ACCOUNTS_DATABASE_URL="$pg/bench_accounts" PAYMENTS_DATABASE_URL="$pg/bench_payments" \
-  PAYMENTS_PROCESSOR_ENABLED=false DATA_DIR="$dir/data" "${CARGO_TARGET_DIR:-target}/release/stack" >"$dir/log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT
-for _ in $(seq 1 60); do curl -fs http://127.0.0.1:28080/readyz >/dev/null && break; sleep 0.5; done
-
-curl -fs -X POST http://127.0.0.1:28080/accounts/v1/users -H 'content-type: application/json' \
-  -d '{"email":"bench@example.com","password":"password-123"}' >/dev/null
-token=$(curl -fs -X POST http://127.0.0.1:28080/accounts/v1/token \
-  -d grant_type=password -d username=bench@example.com -d password=password-123 \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+dir=$(mktemp -d) stack_pid=
+trap 'kill $stack_pid 2>/dev/null; wait $stack_pid 2>/dev/null; rm -rf "$dir"' EXIT
+start_stack "$dir" ACCOUNTS_DATABASE_URL="$pg/bench_accounts" PAYMENTS_DATABASE_URL="$pg/bench_payments" \
+  PAYMENTS_DATABASE_MAX_CONNECTIONS="$connections" PAYMENTS_PROCESSOR_ENABLED=false
+token=$(bench_user)
 
 # Through the gateway (/payments/v1/payments) and straight at payments (/v1/payments).
 for path in /payments/v1/payments /v1/payments; do
 cat >"$dir/create-$(echo "$path" | tr / _).lua" <<LUA
 local counter = 0
--- Lua's random numbers are not seeded: the same in every run, so the run's own prefix.
-local prefix = "$(date +%s%N)"
+-- Lua's random numbers are not seeded (the same in every run): each run's keys begin with a
+-- prefix of its own, given as the script's argument.
+local prefix
+function init(args) prefix = args[1] end
 function setup(thread) thread:set("id", tostring(math.random(1, 1e9))) end
 request = function()
   counter = counter + 1
@@ -48,35 +57,41 @@ request = function()
 end
 LUA
 done
-echo "POST /v1/payments, unique keys, PostgreSQL, ${connections} connections, ${seconds}s, $(nproc) cores"
-wrk -t2 -c"$connections" -d"${seconds}s" --latency -s "$dir/create-_payments_v1_payments.lua" http://127.0.0.1:28080 >"$dir/wrk.txt"
-service_rps=$(awk '/Requests\/sec/ {print $2}' "$dir/wrk.txt")
-p50=$(awk '$1 == "50%" {print $2}' "$dir/wrk.txt")
-p99=$(awk '$1 == "99%" {print $2}' "$dir/wrk.txt")
-non2xx=$(awk '/Non-2xx/ {print $NF}' "$dir/wrk.txt")
-created=$(psql "$pg/bench_payments" -Atc "SELECT count(*) FROM payments")
-wrk -t2 -c"$connections" -d"${seconds}s" --latency -s "$dir/create-_v1_payments.lua" http://127.0.0.1:28082 >"$dir/wrk-direct.txt"
-direct_rps=$(awk '/Requests\/sec/ {print $2}' "$dir/wrk-direct.txt")
-direct_p50=$(awk '$1 == "50%" {print $2}' "$dir/wrk-direct.txt")
-direct_p99=$(awk '$1 == "99%" {print $2}' "$dir/wrk-direct.txt")
-direct_non2xx=$(awk '/Non-2xx/ {print $NF}' "$dir/wrk-direct.txt")
-direct_created=$(( $(psql "$pg/bench_payments" -Atc "SELECT count(*) FROM payments") - created ))
 
+# :m stands for the claim's lock time, which the response's update is fenced by.
 cat >"$dir/create.sql" <<'SQL'
 \set n random(1, 2000000000)
 \set m random(1, 2000000000)
-DELETE FROM idempotency_keys WHERE principal = 'pgbench' AND key = :client_id || '-' || :n || '-' || :m AND expires_at <= now();
-INSERT INTO idempotency_keys (principal, key, fingerprint, locked_at, created_at, expires_at) VALUES ('pgbench', :client_id || '-' || :n || '-' || :m, repeat('f', 64), now(), now(), now() + interval '24 hours') ON CONFLICT (principal, key) DO NOTHING;
-BEGIN;
-INSERT INTO payments (id, owner, status, amount_minor, currency, description, payment_method, attempts, created_at, updated_at) VALUES ('pay_pg_' || :client_id || '_' || :n || '_' || :m, 'pgbench', 'pending', 10000, 'USD', 'bench', 'pm_card_visa', 0, now(), now());
-INSERT INTO payment_events (id, payment_id, owner, type, event, created_at) VALUES ('evt_pg_' || :client_id || '_' || :n || '_' || :m, 'pay_pg_' || :client_id || '_' || :n || '_' || :m, 'pgbench', 'payments.payment.created', '{"specversion":"1.0","data":{"amount":"100.00"}}', now());
-UPDATE idempotency_keys SET response_status = 202, response_body = repeat('x', 330), payment_id = 'pay_pg_' || :client_id || '_' || :n || '_' || :m, locked_at = NULL WHERE principal = 'pgbench' AND key = :client_id || '-' || :n || '-' || :m;
-COMMIT;
+INSERT INTO idempotency_keys (principal, key, fingerprint, locked_at, created_at, expires_at) VALUES ('pgbench', :client_id || '-' || :n || '-' || :m, repeat('f', 64), to_timestamp(:m), now(), now() + interval '24 hours') ON CONFLICT (principal, key) DO UPDATE SET fingerprint = excluded.fingerprint, locked_at = excluded.locked_at, response_status = NULL, response_body = NULL, payment_id = NULL, created_at = excluded.created_at, expires_at = excluded.expires_at WHERE idempotency_keys.expires_at <= excluded.created_at;
+WITH saved AS (UPDATE idempotency_keys SET response_status = 202, response_body = repeat('x', 330), payment_id = 'pay_pg_' || :client_id || '_' || :n || '_' || :m, locked_at = NULL WHERE principal = 'pgbench' AND key = :client_id || '-' || :n || '-' || :m AND locked_at = to_timestamp(:m) AND response_status IS NULL RETURNING 1), payment AS (INSERT INTO payments (id, owner, status, amount_minor, currency, description, payment_method, attempts, created_at, updated_at, capture_method) SELECT 'pay_pg_' || :client_id || '_' || :n || '_' || :m, 'pgbench', 'pending', 10000, 'USD', 'bench', 'pm_card_visa', 0, now(), now(), 'automatic' FROM saved RETURNING id, owner), event AS (INSERT INTO payment_events (id, payment_id, owner, type, event, created_at) SELECT 'evt_pg_' || :client_id || '_' || :n || '_' || :m, id, owner, 'payments.payment.created', ('{"specversion":"1.0","data":{"description":"' || repeat('x', 400) || '"}}')::jsonb, now() FROM payment RETURNING id), deliveries AS (INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, status, attempts, next_attempt_at, created_at, updated_at) SELECT endpoint.id, event.id, 'payments.payment.created', 'pending', 0, now(), now(), now() FROM webhook_endpoints endpoint, event WHERE endpoint.status = 'enabled' AND (endpoint.enabled_events = '*' OR (' ' || endpoint.enabled_events || ' ') LIKE '% payments.payment.created %' ESCAPE '\')) SELECT count(*) FROM saved;
 SQL
-pgbench "$pg/bench_payments" -n -c "$connections" -j 2 -T "$seconds" -f "$dir/create.sql" >"$dir/pgbench.txt" 2>&1
-pg_tps=$(awk '/^tps/ {print $3; exit}' "$dir/pgbench.txt")
-printf 'gateway  %10s payments/s   p50 %8s   p99 %8s   non-2xx %s   rows %s\n' "$service_rps" "$p50" "$p99" "${non2xx:-0}" "$created"
-printf 'direct   %10s payments/s   p50 %8s   p99 %8s   non-2xx %s   rows %s\n' "$direct_rps" "$direct_p50" "$direct_p99" "${direct_non2xx:-0}" "$direct_created"
-printf 'pgbench  %10s payments/s   (same writes, same concurrency)\n' "$pg_tps"
-awk -v s="$service_rps" -v d="$direct_rps" -v p="$pg_tps" \
+
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+wrk_round() { # wrk_round <name> <script> <url>: one run; prints its line, appends its rate to rates_<name>
+  local before after
+  before=$(psql "$pg/bench_payments" -Atc "SELECT count(*) FROM payments")
+  wrk -t2 -c"$connections" -d"${seconds}s" --latency -s "$2" "$3" -- "$(date +%s%N)" >"$dir/wrk.txt"
+  after=$(psql "$pg/bench_payments" -Atc "SELECT count(*) FROM payments")
+  read -r rps p50 p99 bad < <(wrk_figures "$dir/wrk.txt")
+  # Every answered request made a payment (a key used twice would be a replay, and fast).
+  printf 'round %s  %-8s %10s payments/s   p50 %8s   p99 %8s   non-2xx %s   requests %s   rows %s\n' \
+    "$round" "$1" "$rps" "$p50" "$p99" "$bad" "$(awk '/requests in/ {print $1}' "$dir/wrk.txt")" \
+    "$((after - before))"
+  eval "rates_$1+=($rps)"
+  [ "$bad" = 0 ] || grep -E '"level":"(WARN|ERROR)"' "$dir/stack.log" | tail -n 3 >&2 || true
+}
+rates_gateway=() rates_direct=() rates_pgbench=()
+echo "POST /v1/payments, unique keys, PostgreSQL, ${connections} connections, ${seconds}s, ${rounds} rounds, $(nproc) cores"
+for round in $(seq 1 "$rounds"); do
+  wrk_round gateway "$dir/create-_payments_v1_payments.lua" http://127.0.0.1:28080
+  wrk_round direct "$dir/create-_v1_payments.lua" http://127.0.0.1:28082
+  pgbench "$pg/bench_payments" -n -M prepared -c "$connections" -j 2 -T "$seconds" -f "$dir/create.sql" >"$dir/pgbench.txt" 2>&1 \
+    || { cat "$dir/pgbench.txt" >&2; exit 1; }
+  tps=$(awk '/^tps/ {print $3; exit}' "$dir/pgbench.txt")
+  printf 'round %s  %-8s %10s payments/s   (the same statements, prepared, same concurrency)\n' "$round" pgbench "$tps"
+  rates_pgbench+=("$tps")
+done
+gateway=$(median "${rates_gateway[@]}") direct=$(median "${rates_direct[@]}") pgbench=$(median "${rates_pgbench[@]}")
+printf 'median   gateway %s, direct %s, pgbench %s payments/s\n' "$gateway" "$direct" "$pgbench"
+awk -v s="$gateway" -v d="$direct" -v p="$pgbench" \
   'BEGIN { printf "ratio    %.2f of what PostgreSQL commits through the gateway, %.2f straight at payments\n", s / p, d / p }'

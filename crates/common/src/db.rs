@@ -211,6 +211,11 @@ pub trait Backend: sqlx::Database<Arguments: sqlx::IntoArguments<Self>> {
     /// holding a transaction open keeps other claimers off the rows. On SQLite an open write
     /// transaction would stop every writer of the database instead.
     const ROW_LOCKS: bool;
+    /// Whether a `WITH` clause may hold `INSERT`/`UPDATE`/`DELETE ... RETURNING` whose rows
+    /// the statement's other parts use (PostgreSQL's data-modifying CTEs): several dependent
+    /// writes in one statement, so one round trip and no `BEGIN`/`COMMIT`. SQLite has none
+    /// (nor needs them: its transactions are calls into the same process).
+    const WRITING_CTES: bool;
 
     /// The pool as the backend-agnostic [`Pool`] (readiness checks, shutdown).
     fn into_pool(pool: sqlx::Pool<Self>) -> Pool;
@@ -223,6 +228,7 @@ impl Backend for sqlx::Sqlite {
     const SYSTEM: &'static str = "sqlite";
     const SKIP_LOCKED: &'static str = "";
     const ROW_LOCKS: bool = false;
+    const WRITING_CTES: bool = false;
 
     fn into_pool(pool: sqlx::Pool<Self>) -> Pool {
         Pool::Sqlite(pool)
@@ -237,6 +243,7 @@ impl Backend for sqlx::Postgres {
     const SYSTEM: &'static str = "postgresql";
     const SKIP_LOCKED: &'static str = "FOR UPDATE SKIP LOCKED";
     const ROW_LOCKS: bool = true;
+    const WRITING_CTES: bool = true;
 
     fn into_pool(pool: sqlx::Pool<Self>) -> Pool {
         Pool::Postgres(pool)

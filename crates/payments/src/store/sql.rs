@@ -29,6 +29,73 @@ impl<DB: Backend> SqlStore<DB> {
     pub fn new(pool: sqlx::Pool<DB>) -> Self {
         Self { pool }
     }
+
+    /// [`PaymentsStore::create_payment`] with a key's response, where the backend has
+    /// [`Backend::WRITING_CTES`]: the same writes as its transaction (the response saved under
+    /// the key, fenced by the lock; the payment; its event; a webhook delivery for each
+    /// endpoint that subscribes to it) in one statement, each write taking its rows from the
+    /// one before, so that nothing is written unless the fence holds. One round trip instead
+    /// of six (`BEGIN`, four statements, `COMMIT`): most of the service's cost per payment
+    /// beyond PostgreSQL's own is sending and waiting for statements.
+    async fn create_payment_in_one_statement(
+        &self,
+        payment: &Payment,
+        event: &Event,
+        response: SavedResponse<'_>,
+    ) -> Result<(), StoreError>
+    where
+        for<'c> &'c sqlx::Pool<DB>: Executor<'c, Database = DB>,
+        for<'q> String: Encode<'q, DB> + Type<DB>,
+        for<'q> i32: Encode<'q, DB> + Type<DB>,
+        for<'q> i64: Encode<'q, DB> + Type<DB>,
+        for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+        for<'q> sqlx::types::Json<&'q serde_json::Value>: Encode<'q, DB> + Type<DB>,
+        for<'r> (i64,): FromRow<'r, DB::Row>,
+    {
+        let (saved,): (i64,) = sqlx::query_as(
+            "WITH saved AS (UPDATE idempotency_keys SET response_status = $1, response_body = $2, \
+             payment_id = $3, locked_at = NULL WHERE principal = $4 AND key = $5 AND locked_at = $6 \
+             AND response_status IS NULL RETURNING 1), \
+             payment AS (INSERT INTO payments (id, owner, status, amount_minor, currency, \
+             description, payment_method, attempts, created_at, updated_at, capture_method) \
+             SELECT $3, $7, $8, $9, $10, $11, $12, 0, $13, $13, $14 FROM saved RETURNING id, owner), \
+             event AS (INSERT INTO payment_events (id, payment_id, owner, type, event, created_at) \
+             SELECT $15, id, owner, $16, $17, $18 FROM payment RETURNING id), \
+             deliveries AS (INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, \
+             status, attempts, next_attempt_at, created_at, updated_at) \
+             SELECT endpoint.id, event.id, $16, 'pending', 0, $18, $18, $18 \
+             FROM webhook_endpoints endpoint, event WHERE endpoint.status = 'enabled' \
+             AND (endpoint.enabled_events = '*' \
+             OR (' ' || endpoint.enabled_events || ' ') LIKE $19 ESCAPE '\\')) \
+             SELECT count(*) FROM saved",
+        )
+        .bind(i32::from(response.status))
+        .bind(response.body.to_owned())
+        .bind(payment.id.clone())
+        .bind(response.principal.to_owned())
+        .bind(response.key.to_owned())
+        .bind(response.locked_at)
+        .bind(payment.owner.clone())
+        .bind(payment.status.clone())
+        .bind(payment.amount_minor)
+        .bind(payment.currency.clone())
+        .bind(payment.description.clone())
+        .bind(payment.payment_method.clone())
+        .bind(payment.created_at)
+        .bind(payment.capture_method.clone())
+        .bind(event.id.clone())
+        .bind(event.kind.clone())
+        .bind(sqlx::types::Json(&event.body))
+        .bind(event.time)
+        .bind(subscribers_pattern(&event.kind))
+        .fetch_one(&self.pool)
+        .await?;
+        if saved == 1 {
+            Ok(())
+        } else {
+            Err(taken_over())
+        }
+    }
 }
 
 /// Writes `event` about a payment (or one of its refunds) to `payment_events` (the history
@@ -57,9 +124,7 @@ where
     .bind(event.time)
     .execute(&mut *conn)
     .await?;
-    // `enabled_events` is a space-separated list: match the type as a whole word (its `_`
-    // escaped, LIKE's one-character wildcard).
-    let word = format!("% {} %", event.kind.replace('_', "\\_"));
+    let word = subscribers_pattern(&event.kind);
     sqlx::query(
         "INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, status, attempts, \
          next_attempt_at, created_at, updated_at) \
@@ -74,6 +139,13 @@ where
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// The `LIKE` pattern (escape `\`) matching an endpoint's `enabled_events` that subscribes to
+/// events of `kind`: the list is space-separated, so the type as a whole word (its `_`
+/// escaped, LIKE's one-character wildcard).
+fn subscribers_pattern(kind: &str) -> String {
+    format!("% {} %", kind.replace('_', "\\_"))
 }
 
 /// A duration for people: `5 days`, `3 hours`, `90 seconds`.
@@ -346,6 +418,13 @@ where
         event: &Event,
         response: Option<SavedResponse<'_>>,
     ) -> Result<(), StoreError> {
+        if DB::WRITING_CTES
+            && let Some(response) = response
+        {
+            return self
+                .create_payment_in_one_statement(payment, event, response)
+                .await;
+        }
         let mut tx = self.pool.begin().await?;
         sqlx::query(
                 "INSERT INTO payments (id, owner, status, amount_minor, currency, description, payment_method, \
