@@ -180,11 +180,12 @@ fn needs_check(idle_for: Duration, now: u64, last_unavailable: u64) -> bool {
 
 /// sqlx's pool by default pings every connection it hands out, and again every one handed
 /// back: under load, as many round trips to PostgreSQL (or hops to SQLite's worker thread) as
-/// the queries themselves. The ping on hand-out is replaced by this check, which pings only a
-/// connection idle for [`RECENTLY_USED`] or more, as HikariCP and PgBouncer
-/// (`server_check_delay`) do, or one idle since a store last found the database unavailable:
-/// after an outage or a failover that ended every connection, the first request fails on a
-/// dead connection (503) and the ones after it get checked connections, not dead ones.
+/// the queries themselves. The ping on hand-back stays (sqlx has no setting for it; it also
+/// sends a dropped transaction's `ROLLBACK`). The ping on hand-out is replaced by this check,
+/// which pings only a connection idle for [`RECENTLY_USED`] or more, as HikariCP and
+/// PgBouncer (`server_check_delay`) do, or one idle since a store last found the database
+/// unavailable: after an outage or a failover that ended every connection, the first request
+/// fails on a dead connection (503) and the ones after it get checked connections.
 async fn check_if_suspect<DB: sqlx::Database>(
     conn: &mut DB::Connection,
     meta: PoolConnectionMetadata,
