@@ -420,11 +420,19 @@ impl Pool {
             Self::Sqlite(pool) => sqlx::query(PROBE_CREATE).execute(pool).await.map(drop),
             Self::Postgres(pool) => sqlx::query(PROBE_CREATE).execute(pool).await.map(drop),
         };
-        match created.map_err(StoreError::from) {
-            // Replicas starting together: PostgreSQL's `IF NOT EXISTS` does not stop a second
-            // creator racing the first from hitting the catalog's unique index.
-            Ok(()) | Err(StoreError::Conflict(_)) => Ok(()),
-            Err(error) => Err(error),
+        // Replicas starting together: PostgreSQL's `IF NOT EXISTS` does not stop a second
+        // creator racing the first from hitting the catalog's unique index (23505) or finding
+        // the table's row type just made (42710 duplicate_object, 42P07 duplicate_table).
+        let raced = |error: &sqlx::Error| {
+            error
+                .as_database_error()
+                .and_then(|db| db.code())
+                .is_some_and(|code| matches!(&*code, "23505" | "42710" | "42P07"))
+        };
+        match created {
+            Ok(()) => Ok(()),
+            Err(error) if raced(&error) => Ok(()),
+            Err(error) => Err(StoreError::from(error)),
         }
     }
 
