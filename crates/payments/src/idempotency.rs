@@ -4,7 +4,10 @@
 //! - a key is 1–255 printable ASCII characters, scoped to the caller (the token's `sub`);
 //! - a request is identified by its [`fingerprint`]: method, path and exact body bytes;
 //! - the first request [`begin`]s by claiming the key with a lock; the lock's time is its fencing
-//!   token (stored and compared at microsecond precision, as PostgreSQL keeps it);
+//!   token (stored and compared at microsecond precision, as PostgreSQL keeps it); a request
+//!   whose response is known before it runs (creating a payment) first tries to write the key
+//!   already [`finished`] with what it creates, in one write, and [`begin`]s only if the key
+//!   is live;
 //! - while it runs, the same key is [`Refused::InUse`] (409, retry); a different request with
 //!   the key is [`Refused::Reused`] (422); once it finished, the saved response is replayed;
 //! - the response is saved with the [`Lock`] in the same transaction as what the request
@@ -22,7 +25,7 @@ use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{KeyClaim, PaymentsStore, SavedResponse};
+use crate::store::{FinishedKey, KeyClaim, PaymentsStore, SavedResponse};
 
 /// The request header that carries the key.
 pub const HEADER: &str = "idempotency-key";
@@ -158,6 +161,29 @@ pub async fn begin(
         })),
         KeyClaim::InFlight => Err(Refused::InUse),
         KeyClaim::Mismatch => Err(Refused::Reused),
+    }
+}
+
+/// `key`, for a request whose response (`status`, `body`) is known before it runs, to be
+/// claimed already finished in the same write as what the request creates (see
+/// [`FinishedKey`]); if the key turns out to be live, the request [`begin`]s as any other.
+pub fn finished<'a>(
+    principal: &'a str,
+    key: &'a Key,
+    fingerprint: &'a str,
+    settings: Settings,
+    (status, body): (u16, &'a str),
+) -> FinishedKey<'a> {
+    // As [`begin`]'s lock: microseconds, as PostgreSQL stores them.
+    let created_at = Utc::now().trunc_subsecs(6);
+    FinishedKey {
+        principal,
+        key: key.as_str(),
+        fingerprint,
+        status,
+        body,
+        created_at,
+        expires_at: created_at + settings.ttl,
     }
 }
 

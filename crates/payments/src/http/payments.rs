@@ -282,6 +282,14 @@ pub(super) fn amount_of(raw: &RawValue, currency: &str, field: &str) -> Result<i
         .map_err(|e| FieldError::new(field, e.message))
 }
 
+/// How long keys live and are locked, as configured.
+fn key_settings(state: &AppState) -> idempotency::Settings {
+    idempotency::Settings {
+        ttl: state.config.idempotency_ttl,
+        lock_timeout: state.config.idempotency_lock_timeout,
+    }
+}
+
 /// Claims the request's `Idempotency-Key` (scoped to the caller; the fingerprint covers
 /// method, path and body), or answers with the response saved under it before.
 pub(super) async fn begin_or_replay(
@@ -293,10 +301,7 @@ pub(super) async fn begin_or_replay(
     body: &[u8],
 ) -> Result<Result<Lock, Response>, ApiError> {
     let fingerprint = idempotency::fingerprint("POST", uri.path(), body);
-    let settings = idempotency::Settings {
-        ttl: state.config.idempotency_ttl,
-        lock_timeout: state.config.idempotency_lock_timeout,
-    };
+    let settings = key_settings(state);
     match idempotency::begin(&*state.store, &caller.0.sub, key, &fingerprint, settings).await? {
         Begun::Run(lock) => Ok(Ok(lock)),
         Begun::Replay(replay) => {
@@ -349,27 +354,43 @@ pub async fn create(
     let key = idempotency::Key::from_headers(&headers)?;
     let JsonBytes(request, body) = body?;
     let payment = new_payment(request, &caller.0.sub)?;
-
-    let lock = match begin_or_replay(&state, &caller, key, &headers, &uri, &body).await? {
-        Ok(lock) => lock,
-        Err(replay) => return Ok(replay),
-    };
-
-    let body = payment.to_json().to_string();
+    let response_body = payment.to_json().to_string();
     let event = state_changed(&payment, payment.created_at);
-    let saved = lock.response(202, &body);
-    if let Err(error) = state
+
+    // Most keys are new: the key, already finished with this response, and the payment are
+    // one write. A live key (a retry, a concurrent duplicate, a request that died holding it)
+    // goes the long way: claimed (or replayed, or refused), then the payment fenced by its lock.
+    let fingerprint = idempotency::fingerprint("POST", uri.path(), &body);
+    let finished = idempotency::finished(
+        &caller.0.sub,
+        &key,
+        &fingerprint,
+        key_settings(&state),
+        (202, &response_body),
+    );
+    if !state
         .store
-        .create_payment(&payment, &event, Some(saved))
-        .await
+        .create_payment_under_new_key(&payment, &event, finished)
+        .await?
     {
-        return Err(lock.abandon(&*state.store, error).await.into());
+        let lock = match begin_or_replay(&state, &caller, key, &headers, &uri, &body).await? {
+            Ok(lock) => lock,
+            Err(replay) => return Ok(replay),
+        };
+        let saved = lock.response(202, &response_body);
+        if let Err(error) = state
+            .store
+            .create_payment(&payment, &event, Some(saved))
+            .await
+        {
+            return Err(lock.abandon(&*state.store, error).await.into());
+        }
     }
     state.wake.notify_waiters();
     tracing::info!(payment_id = %payment.id, amount_minor = payment.amount_minor, currency = %payment.currency, "payment accepted");
     Ok(json_response(
         StatusCode::ACCEPTED,
-        body,
+        response_body,
         &headers,
         Some(&payment.id),
     ))

@@ -54,6 +54,27 @@ pub struct SavedResponse<'a> {
     pub locked_at: DateTime<Utc>,
 }
 
+/// A key claimed already finished, in the same write as what its request creates: for a
+/// request whose response is known before it runs (a new payment's id and body are made by the
+/// service), most keys being new, claiming and saving are one write instead of two.
+#[derive(Debug, Clone, Copy)]
+pub struct FinishedKey<'a> {
+    /// Whose key.
+    pub principal: &'a str,
+    /// The key.
+    pub key: &'a str,
+    /// The request's fingerprint (method, path, body).
+    pub fingerprint: &'a str,
+    /// HTTP status of the response.
+    pub status: u16,
+    /// The response's exact body.
+    pub body: &'a str,
+    /// Now: when the key is claimed (an expired key is taken afresh only if it expired by then).
+    pub created_at: DateTime<Utc>,
+    /// When the key is forgotten.
+    pub expires_at: DateTime<Utc>,
+}
+
 /// How a provider call ended, for [`PaymentsStore::finish_payment`].
 #[derive(Debug, Clone, Copy)]
 pub struct Finish<'a> {
@@ -245,6 +266,17 @@ pub trait PaymentsStore: Send + Sync {
         event: &Event,
         response: Option<SavedResponse<'_>>,
     ) -> Result<(), StoreError>;
+    /// The payment, its `created` event, and `key` (new, or expired) saved with its response,
+    /// in one write (one statement on PostgreSQL, one transaction on SQLite). `Ok(false)` and
+    /// nothing written when the key is live: another request's, finished or running (or this
+    /// request's, sent again); the request then claims it with
+    /// [`PaymentsStore::claim_idempotency_key`], to replay, wait or be refused.
+    async fn create_payment_under_new_key(
+        &self,
+        payment: &Payment,
+        event: &Event,
+        key: FinishedKey<'_>,
+    ) -> Result<bool, StoreError>;
     /// A payment by id.
     async fn payment(&self, id: &str) -> Result<Option<Payment>, StoreError>;
     /// Newest first, of `owner` (or everyone's), strictly before the cursor `(created_at, id)`.

@@ -11,13 +11,76 @@ use common::db::{Backend, Pool, StoreError};
 use sqlx::{AssertSqlSafe, Decode, Encode, Executor, FromRow, Type};
 
 use super::{
-    AttemptOutcome, Finish, KeyClaim, OutboxEvent, PaymentsStore, RefundCreated, RefundFinish,
-    SandboxCall, SavedResponse, WorkItem,
+    AttemptOutcome, Finish, FinishedKey, KeyClaim, OutboxEvent, PaymentsStore, RefundCreated,
+    RefundFinish, SandboxCall, SavedResponse, WorkItem,
 };
 use crate::domain::events::{self, Event};
 use crate::domain::payment::{Payment, PaymentStatus};
 use crate::domain::refund::{Refund, RefundStatus};
 use crate::domain::webhook::{Attempt, Delivery, WebhookEndpoint};
+
+/// The statement that claims a key (`INSERT`, or on a conflict with an expired key the same
+/// values over it; a live key is left alone, and no row is affected), with the SQL of each
+/// value: the caller's placeholders, or `NULL`. Used alone, or as the first step of a payment's
+/// one statement.
+macro_rules! upsert_key {
+    ($principal:literal, $key:literal, $fingerprint:literal, $locked_at:literal,
+     $status:literal, $body:literal, $payment_id:literal, $created_at:literal,
+     $expires_at:literal) => {
+        concat!(
+            "INSERT INTO idempotency_keys (principal, key, fingerprint, locked_at, \
+             response_status, response_body, payment_id, created_at, expires_at) VALUES (",
+            $principal,
+            ", ",
+            $key,
+            ", ",
+            $fingerprint,
+            ", ",
+            $locked_at,
+            ", ",
+            $status,
+            ", ",
+            $body,
+            ", ",
+            $payment_id,
+            ", ",
+            $created_at,
+            ", ",
+            $expires_at,
+            ") ON CONFLICT (principal, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
+             locked_at = excluded.locked_at, response_status = excluded.response_status, \
+             response_body = excluded.response_body, payment_id = excluded.payment_id, \
+             created_at = excluded.created_at, expires_at = excluded.expires_at \
+             WHERE idempotency_keys.expires_at <= excluded.created_at"
+        )
+    };
+}
+
+/// The rest of a payment's one statement after the key's step `$source` (a CTE returning one
+/// row if the key is this request's, none if not): the payment ($1-$9), its event ($10-$13)
+/// and its webhook deliveries (`$14`: [`subscribers_pattern`]), each from the rows of the one
+/// before; the statement returns how many rows `$source` returned.
+macro_rules! payment_writes {
+    ($source:literal) => {
+        concat!(
+            "payment AS (INSERT INTO payments (id, owner, status, amount_minor, currency, \
+             description, payment_method, attempts, created_at, updated_at, capture_method) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, 0, $8, $8, $9 FROM ",
+            $source,
+            " RETURNING id, owner), \
+             event AS (INSERT INTO payment_events (id, payment_id, owner, type, event, created_at) \
+             SELECT $10, id, owner, $11, $12, $13 FROM payment RETURNING id), \
+             deliveries AS (INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, \
+             status, attempts, next_attempt_at, created_at, updated_at) \
+             SELECT endpoint.id, event.id, $11, 'pending', 0, $13, $13, $13 \
+             FROM webhook_endpoints endpoint, event WHERE endpoint.status = 'enabled' \
+             AND (endpoint.enabled_events = '*' \
+             OR (' ' || endpoint.enabled_events || ' ') LIKE $14 ESCAPE '\\')) \
+             SELECT count(*) FROM ",
+            $source
+        )
+    };
+}
 
 /// Payments in an sqlx database: `SqlStore<sqlx::Sqlite>` or `SqlStore<sqlx::Postgres>`.
 pub struct SqlStore<DB: Backend> {
@@ -30,19 +93,21 @@ impl<DB: Backend> SqlStore<DB> {
         Self { pool }
     }
 
-    /// [`PaymentsStore::create_payment`] with a key's response, where the backend has
-    /// [`Backend::WRITING_CTES`]: the same writes as its transaction (the response saved under
-    /// the key, fenced by the lock; the payment; its event; a webhook delivery for each
-    /// endpoint that subscribes to it) in one statement, each write taking its rows from the
-    /// one before, so that nothing is written unless the fence holds. One round trip instead
-    /// of six (`BEGIN`, four statements, `COMMIT`): most of the service's cost per payment
-    /// beyond PostgreSQL's own is sending and waiting for statements.
+    /// A new payment on a backend with [`Backend::WRITING_CTES`]: the writes of its
+    /// transaction (the key, the payment, its event, a webhook delivery for each endpoint that
+    /// subscribes to it) in one statement, each write taking its rows from the one before, so
+    /// that nothing is written unless the key is this request's: its lock still held (`saved`
+    /// by [`PaymentsStore::create_payment`]) or the key new (`claimed` by
+    /// [`PaymentsStore::create_payment_under_new_key`]). One round trip instead of six
+    /// (`BEGIN`, four statements, `COMMIT`), or eight with the claim: most of the service's
+    /// cost per payment beyond PostgreSQL's own is sending and waiting for statements.
+    /// `Ok(false)`: nothing written.
     async fn create_payment_in_one_statement(
         &self,
         payment: &Payment,
         event: &Event,
-        response: SavedResponse<'_>,
-    ) -> Result<(), StoreError>
+        key: KeyWrite<'_>,
+    ) -> Result<bool, StoreError>
     where
         for<'c> &'c sqlx::Pool<DB>: Executor<'c, Database = DB>,
         for<'q> String: Encode<'q, DB> + Type<DB>,
@@ -52,50 +117,99 @@ impl<DB: Backend> SqlStore<DB> {
         for<'q> sqlx::types::Json<&'q serde_json::Value>: Encode<'q, DB> + Type<DB>,
         for<'r> (i64,): FromRow<'r, DB::Row>,
     {
-        let (saved,): (i64,) = sqlx::query_as(
-            "WITH saved AS (UPDATE idempotency_keys SET response_status = $1, response_body = $2, \
-             payment_id = $3, locked_at = NULL WHERE principal = $4 AND key = $5 AND locked_at = $6 \
-             AND response_status IS NULL RETURNING 1), \
-             payment AS (INSERT INTO payments (id, owner, status, amount_minor, currency, \
-             description, payment_method, attempts, created_at, updated_at, capture_method) \
-             SELECT $3, $7, $8, $9, $10, $11, $12, 0, $13, $13, $14 FROM saved RETURNING id, owner), \
-             event AS (INSERT INTO payment_events (id, payment_id, owner, type, event, created_at) \
-             SELECT $15, id, owner, $16, $17, $18 FROM payment RETURNING id), \
-             deliveries AS (INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, \
-             status, attempts, next_attempt_at, created_at, updated_at) \
-             SELECT endpoint.id, event.id, $16, 'pending', 0, $18, $18, $18 \
-             FROM webhook_endpoints endpoint, event WHERE endpoint.status = 'enabled' \
-             AND (endpoint.enabled_events = '*' \
-             OR (' ' || endpoint.enabled_events || ' ') LIKE $19 ESCAPE '\\')) \
-             SELECT count(*) FROM saved",
-        )
-        .bind(i32::from(response.status))
-        .bind(response.body.to_owned())
-        .bind(payment.id.clone())
-        .bind(response.principal.to_owned())
-        .bind(response.key.to_owned())
-        .bind(response.locked_at)
-        .bind(payment.owner.clone())
-        .bind(payment.status.clone())
-        .bind(payment.amount_minor)
-        .bind(payment.currency.clone())
-        .bind(payment.description.clone())
-        .bind(payment.payment_method.clone())
-        .bind(payment.created_at)
-        .bind(payment.capture_method.clone())
-        .bind(event.id.clone())
-        .bind(event.kind.clone())
-        .bind(sqlx::types::Json(&event.body))
-        .bind(event.time)
-        .bind(subscribers_pattern(&event.kind))
-        .fetch_one(&self.pool)
-        .await?;
-        if saved == 1 {
-            Ok(())
-        } else {
-            Err(taken_over())
-        }
+        // $1-$14: the payment's writes, taking their rows from the key's ($15-).
+        let sql = match key {
+            KeyWrite::Fenced(_) => concat!(
+                "WITH saved AS (UPDATE idempotency_keys SET response_status = $15, \
+                 response_body = $16, payment_id = $1, locked_at = NULL WHERE principal = $17 \
+                 AND key = $18 AND locked_at = $19 AND response_status IS NULL RETURNING 1), ",
+                payment_writes!("saved")
+            ),
+            KeyWrite::New(_) => concat!(
+                "WITH claimed AS (",
+                upsert_key!(
+                    "$15", "$16", "$17", "NULL", "$18", "$19", "$1", "$20", "$21"
+                ),
+                " RETURNING 1), ",
+                payment_writes!("claimed")
+            ),
+        };
+        let query = sqlx::query_as(sql)
+            .bind(payment.id.clone())
+            .bind(payment.owner.clone())
+            .bind(payment.status.clone())
+            .bind(payment.amount_minor)
+            .bind(payment.currency.clone())
+            .bind(payment.description.clone())
+            .bind(payment.payment_method.clone())
+            .bind(payment.created_at)
+            .bind(payment.capture_method.clone())
+            .bind(event.id.clone())
+            .bind(event.kind.clone())
+            .bind(sqlx::types::Json(&event.body))
+            .bind(event.time)
+            .bind(subscribers_pattern(&event.kind));
+        let query = match key {
+            KeyWrite::Fenced(response) => query
+                .bind(i32::from(response.status))
+                .bind(response.body.to_owned())
+                .bind(response.principal.to_owned())
+                .bind(response.key.to_owned())
+                .bind(response.locked_at),
+            KeyWrite::New(key) => query
+                .bind(key.principal.to_owned())
+                .bind(key.key.to_owned())
+                .bind(key.fingerprint.to_owned())
+                .bind(i32::from(key.status))
+                .bind(key.body.to_owned())
+                .bind(key.created_at)
+                .bind(key.expires_at),
+        };
+        let (written,): (i64,) = query.fetch_one(&self.pool).await?;
+        Ok(written == 1)
     }
+}
+
+/// How [`SqlStore::create_payment_in_one_statement`] writes the key.
+#[derive(Clone, Copy)]
+enum KeyWrite<'a> {
+    /// Saves the response under the key this request locked, if it still holds the lock.
+    Fenced(SavedResponse<'a>),
+    /// Claims the key already finished, if it is new or expired.
+    New(FinishedKey<'a>),
+}
+
+/// Writes a new `payment` and its `created` `event` (with its webhook deliveries) on `conn`:
+/// the transaction that also saves its key's response.
+async fn insert_payment<DB: Backend>(
+    conn: &mut DB::Connection,
+    payment: &Payment,
+    event: &Event,
+) -> Result<(), sqlx::Error>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> sqlx::types::Json<&'q serde_json::Value>: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query(
+        "INSERT INTO payments (id, owner, status, amount_minor, currency, description, \
+         payment_method, attempts, created_at, updated_at, capture_method) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8, $9)",
+    )
+    .bind(&payment.id)
+    .bind(&payment.owner)
+    .bind(&payment.status)
+    .bind(payment.amount_minor)
+    .bind(&payment.currency)
+    .bind(&payment.description)
+    .bind(&payment.payment_method)
+    .bind(payment.created_at)
+    .bind(&payment.capture_method)
+    .execute(&mut *conn)
+    .await?;
+    insert_event::<DB>(conn, event, of_payment(payment)).await
 }
 
 /// Writes `event` about a payment (or one of its refunds) to `payment_events` (the history
@@ -310,21 +424,16 @@ where
     ) -> Result<KeyClaim, StoreError> {
         // A new key is inserted; an expired one is claimed afresh in the same statement, as
         // if deleted and inserted again (one round trip); a live one is left alone and read.
-        let inserted = sqlx::query(
-                "INSERT INTO idempotency_keys (principal, key, fingerprint, locked_at, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (principal, key) DO UPDATE SET \
-                 fingerprint = excluded.fingerprint, locked_at = excluded.locked_at, \
-                 response_status = NULL, response_body = NULL, payment_id = NULL, \
-                 created_at = excluded.created_at, expires_at = excluded.expires_at \
-                 WHERE idempotency_keys.expires_at <= excluded.created_at",
-            )
-            .bind(principal)
-            .bind(key)
-            .bind(fingerprint)
-            .bind(now)
-            .bind(now + ttl)
-            .execute(&self.pool)
-            .await?;
+        let inserted = sqlx::query(upsert_key!(
+            "$1", "$2", "$3", "$4", "NULL", "NULL", "NULL", "$4", "$5"
+        ))
+        .bind(principal)
+        .bind(key)
+        .bind(fingerprint)
+        .bind(now)
+        .bind(now + ttl)
+        .execute(&self.pool)
+        .await?;
         if DB::rows_affected(&inserted) == 1 {
             return Ok(KeyClaim::Proceed);
         }
@@ -421,28 +530,13 @@ where
         if DB::WRITING_CTES
             && let Some(response) = response
         {
-            return self
-                .create_payment_in_one_statement(payment, event, response)
-                .await;
+            let saved = self
+                .create_payment_in_one_statement(payment, event, KeyWrite::Fenced(response))
+                .await?;
+            return if saved { Ok(()) } else { Err(taken_over()) };
         }
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-                "INSERT INTO payments (id, owner, status, amount_minor, currency, description, payment_method, \
-                 attempts, created_at, updated_at, capture_method) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8, $9)",
-            )
-            .bind(&payment.id)
-            .bind(&payment.owner)
-            .bind(&payment.status)
-            .bind(payment.amount_minor)
-            .bind(&payment.currency)
-            .bind(&payment.description)
-            .bind(&payment.payment_method)
-            .bind(payment.created_at)
-            .bind(&payment.capture_method)
-            .execute(&mut *tx)
-            .await?;
-        insert_event::<DB>(&mut *tx, event, of_payment(payment)).await?;
+        insert_payment::<DB>(&mut *tx, payment, event).await?;
         // Fenced by the lock: a request that ran past the lock timeout, whose key another
         // request has taken over since, must not create a second payment (dropping the
         // transaction rolls the payment and its event back).
@@ -453,6 +547,41 @@ where
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    #[tracing::instrument(name = "db create_payment_under_new_key", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "create_payment_under_new_key"))]
+    async fn create_payment_under_new_key(
+        &self,
+        payment: &Payment,
+        event: &Event,
+        key: FinishedKey<'_>,
+    ) -> Result<bool, StoreError> {
+        if DB::WRITING_CTES {
+            return self
+                .create_payment_in_one_statement(payment, event, KeyWrite::New(key))
+                .await;
+        }
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query(upsert_key!(
+            "$1", "$2", "$3", "NULL", "$4", "$5", "$6", "$7", "$8"
+        ))
+        .bind(key.principal)
+        .bind(key.key)
+        .bind(key.fingerprint)
+        .bind(i32::from(key.status))
+        .bind(key.body)
+        .bind(&payment.id)
+        .bind(key.created_at)
+        .bind(key.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        if DB::rows_affected(&claimed) == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_payment::<DB>(&mut *tx, payment, event).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     #[tracing::instrument(name = "db payment", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "payment"))]

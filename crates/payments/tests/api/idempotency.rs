@@ -16,6 +16,7 @@ common::both_databases!(
     expired_keys_are_purged_and_then_free,
     an_expired_key_not_yet_purged_is_claimed_afresh,
     a_request_that_outlived_its_lock_creates_nothing,
+    a_new_key_is_written_finished_with_its_payment_and_a_live_one_is_left_alone,
 );
 
 const NO_PROCESSOR: (&str, &str) = ("PAYMENTS_PROCESSOR_ENABLED", "false");
@@ -370,6 +371,101 @@ async fn a_request_that_outlived_its_lock_creates_nothing(db: TestDatabase) {
         "{replay:?}"
     );
     assert_eq!(store.count_payments().await.unwrap(), 1);
+}
+
+/// The one-write path: a new key is saved already finished with its payment, its event and
+/// its webhook deliveries; a live key (finished, or locked by a running request) makes it
+/// write nothing, so the request goes the long way; an expired one is taken afresh.
+async fn a_new_key_is_written_finished_with_its_payment_and_a_live_one_is_left_alone(
+    db: TestDatabase,
+) {
+    use chrono::{SubsecRound, Utc};
+    use payments::domain::events::state_changed;
+    use payments::store::{FinishedKey, KeyClaim};
+
+    let app = spawn_app_with(db, &[NO_PROCESSOR]).await;
+    let store = &app.store;
+    let (ttl, lock) = (Duration::from_secs(3600), Duration::from_secs(30));
+    let now = Utc::now().trunc_subsecs(6);
+    let finished = |key: &'static str, fingerprint: &'static str, at| FinishedKey {
+        principal: "alice",
+        key,
+        fingerprint,
+        status: 202,
+        body: "{\"id\":\"first\"}",
+        created_at: at,
+        expires_at: at + chrono::Duration::hours(1),
+    };
+    let create = |id: &'static str, key| async move {
+        let payment = alices_payment(id, now);
+        let event = state_changed(&payment, now);
+        store
+            .create_payment_under_new_key(&payment, &event, key)
+            .await
+            .unwrap()
+    };
+
+    assert!(create("pay_first", finished("k", "fp", now)).await);
+    let written = store
+        .payment("pay_first")
+        .await
+        .unwrap()
+        .expect("the payment");
+    assert_eq!(written.amount_minor, 100);
+    assert_eq!(store.payment_events("pay_first").await.unwrap().len(), 1);
+    let replay = store
+        .claim_idempotency_key("alice", "k", "fp", now, ttl, lock)
+        .await
+        .unwrap();
+    assert_eq!(
+        replay,
+        KeyClaim::Replay {
+            status: 202,
+            body: "{\"id\":\"first\"}".into(),
+            payment_id: Some("pay_first".into()),
+        },
+        "finished, not locked"
+    );
+
+    // Live: the same key again (a retry, or a concurrent duplicate), even another request's.
+    assert!(!create("pay_again", finished("k", "fp", now)).await);
+    assert!(!create("pay_other", finished("k", "other", now)).await);
+    // Live: locked by a request that claimed it the long way and is still running.
+    assert_eq!(
+        store
+            .claim_idempotency_key("alice", "held", "fp", now, ttl, lock)
+            .await
+            .unwrap(),
+        KeyClaim::Proceed
+    );
+    assert!(!create("pay_held", finished("held", "fp", now)).await);
+    for id in ["pay_again", "pay_other", "pay_held"] {
+        assert!(
+            store.payment(id).await.unwrap().is_none(),
+            "{id}: nothing written"
+        );
+        assert!(
+            store.payment_events(id).await.unwrap().is_empty(),
+            "{id}: no event"
+        );
+    }
+    assert_eq!(
+        store
+            .claim_idempotency_key("alice", "held", "fp", now, ttl, lock)
+            .await
+            .unwrap(),
+        KeyClaim::InFlight,
+        "the running request's lock is untouched"
+    );
+
+    // Expired, not yet purged: taken afresh, under the new request's fingerprint.
+    let later = now + chrono::Duration::minutes(61);
+    assert!(create("pay_later", finished("k", "other", later)).await);
+    assert!(matches!(
+        store.claim_idempotency_key("alice", "k", "other", later, ttl, lock).await.unwrap(),
+        KeyClaim::Replay { payment_id: Some(ref id), .. } if id == "pay_later"
+    ));
+    assert_eq!(store.count_payments().await.unwrap(), 2);
 }
 
 /// A payment of 1.00 USD by alice, created at `at`, to save under a key in store tests.
