@@ -4,11 +4,11 @@
 # payment at the same concurrency: the rate PostgreSQL itself commits them is the physical
 # limit, and the ratio says how close the service comes to it.
 #
-# The statements, as the service sends them to PostgreSQL (prepared, `pgbench -M prepared`,
-# as sqlx does): the key claimed (one upsert), then one statement that saves the key's
-# response (fenced by the claim's lock time) and, from its row, writes the payment, its event
-# and the webhook deliveries for the endpoints that subscribe to it (none here: that INSERT
-# ... SELECT still runs).
+# The statement, as the service sends it to PostgreSQL for a payment under a new key (prepared,
+# `pgbench -M prepared`, as sqlx does): the key claimed already finished with its response
+# (one upsert) and, from its row, the payment, its event and the webhook deliveries for the
+# endpoints that subscribe to it (none here: that INSERT ... SELECT still runs), in one
+# statement.
 #
 # The service's pool holds as many PostgreSQL connections as wrk and pgbench have clients
 # (PAYMENTS_DATABASE_MAX_CONNECTIONS): each payment waits for a commit (an fsync), and
@@ -58,12 +58,10 @@ end
 LUA
 done
 
-# :m stands for the claim's lock time, which the response's update is fenced by.
 cat >"$dir/create.sql" <<'SQL'
 \set n random(1, 2000000000)
 \set m random(1, 2000000000)
-INSERT INTO idempotency_keys (principal, key, fingerprint, locked_at, created_at, expires_at) VALUES ('pgbench', :client_id || '-' || :n || '-' || :m, repeat('f', 64), to_timestamp(:m), now(), now() + interval '24 hours') ON CONFLICT (principal, key) DO UPDATE SET fingerprint = excluded.fingerprint, locked_at = excluded.locked_at, response_status = NULL, response_body = NULL, payment_id = NULL, created_at = excluded.created_at, expires_at = excluded.expires_at WHERE idempotency_keys.expires_at <= excluded.created_at;
-WITH saved AS (UPDATE idempotency_keys SET response_status = 202, response_body = repeat('x', 330), payment_id = 'pay_pg_' || :client_id || '_' || :n || '_' || :m, locked_at = NULL WHERE principal = 'pgbench' AND key = :client_id || '-' || :n || '-' || :m AND locked_at = to_timestamp(:m) AND response_status IS NULL RETURNING 1), payment AS (INSERT INTO payments (id, owner, status, amount_minor, currency, description, payment_method, attempts, created_at, updated_at, capture_method) SELECT 'pay_pg_' || :client_id || '_' || :n || '_' || :m, 'pgbench', 'pending', 10000, 'USD', 'bench', 'pm_card_visa', 0, now(), now(), 'automatic' FROM saved RETURNING id, owner), event AS (INSERT INTO payment_events (id, payment_id, owner, type, event, created_at) SELECT 'evt_pg_' || :client_id || '_' || :n || '_' || :m, id, owner, 'payments.payment.created', ('{"specversion":"1.0","data":{"description":"' || repeat('x', 400) || '"}}')::jsonb, now() FROM payment RETURNING id), deliveries AS (INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, status, attempts, next_attempt_at, created_at, updated_at) SELECT endpoint.id, event.id, 'payments.payment.created', 'pending', 0, now(), now(), now() FROM webhook_endpoints endpoint, event WHERE endpoint.status = 'enabled' AND (endpoint.enabled_events = '*' OR (' ' || endpoint.enabled_events || ' ') LIKE '% payments.payment.created %' ESCAPE '\')) SELECT count(*) FROM saved;
+WITH claimed AS (INSERT INTO idempotency_keys (principal, key, fingerprint, locked_at, response_status, response_body, payment_id, created_at, expires_at) VALUES ('pgbench', :client_id || '-' || :n || '-' || :m, repeat('f', 64), NULL, 202, repeat('x', 330), 'pay_pg_' || :client_id || '_' || :n || '_' || :m, now(), now() + interval '24 hours') ON CONFLICT (principal, key) DO UPDATE SET fingerprint = excluded.fingerprint, locked_at = excluded.locked_at, response_status = excluded.response_status, response_body = excluded.response_body, payment_id = excluded.payment_id, created_at = excluded.created_at, expires_at = excluded.expires_at WHERE idempotency_keys.expires_at <= excluded.created_at RETURNING 1), payment AS (INSERT INTO payments (id, owner, status, amount_minor, currency, description, payment_method, attempts, created_at, updated_at, capture_method) SELECT 'pay_pg_' || :client_id || '_' || :n || '_' || :m, 'pgbench', 'pending', 10000, 'USD', 'bench', 'pm_card_visa', 0, now(), now(), 'automatic' FROM claimed RETURNING id, owner), event AS (INSERT INTO payment_events (id, payment_id, owner, type, event, created_at) SELECT 'evt_pg_' || :client_id || '_' || :n || '_' || :m, id, owner, 'payments.payment.created', ('{"specversion":"1.0","data":{"description":"' || repeat('x', 400) || '"}}')::jsonb, now() FROM payment RETURNING id), deliveries AS (INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, status, attempts, next_attempt_at, created_at, updated_at) SELECT endpoint.id, event.id, 'payments.payment.created', 'pending', 0, now(), now(), now() FROM webhook_endpoints endpoint, event WHERE endpoint.status = 'enabled' AND (endpoint.enabled_events = '*' OR (' ' || endpoint.enabled_events || ' ') LIKE '% payments.payment.created %' ESCAPE '\')) SELECT count(*) FROM claimed;
 SQL
 
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
@@ -88,7 +86,7 @@ for round in $(seq 1 "$rounds"); do
   pgbench "$pg/bench_payments" -n -M prepared -c "$connections" -j 2 -T "$seconds" -f "$dir/create.sql" >"$dir/pgbench.txt" 2>&1 \
     || { cat "$dir/pgbench.txt" >&2; exit 1; }
   tps=$(awk '/^tps/ {print $3; exit}' "$dir/pgbench.txt")
-  printf 'round %s  %-8s %10s payments/s   (the same statements, prepared, same concurrency)\n' "$round" pgbench "$tps"
+  printf 'round %s  %-8s %10s payments/s   (the same statement, prepared, same concurrency)\n' "$round" pgbench "$tps"
   rates_pgbench+=("$tps")
 done
 gateway=$(median "${rates_gateway[@]}") direct=$(median "${rates_direct[@]}") pgbench=$(median "${rates_pgbench[@]}")
