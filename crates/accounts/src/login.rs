@@ -116,6 +116,34 @@ pub async fn password_login(
     Ok(user)
 }
 
+/// Why a request may not use a token (RFC 6749 §6 for refresh tokens, RFC 7009 §2.1 for
+/// revocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotIssuedTo {
+    /// The token was issued to another client, or (a first-party token, issued to no client)
+    /// the request came from a client.
+    AnotherClient,
+    /// The token was issued to a registered client, and the request named no client: a
+    /// confidential client must authenticate, a public one name itself.
+    ClientMustIdentify,
+}
+
+/// Whether a request from `client` (as the token endpoint identifies it:
+/// authenticated, or a public client naming itself; `None`: no client) may use a token
+/// issued to `issued_to`: only the client it was issued to, and a first-party token
+/// ([`PUBLIC_CLIENT_ID`]) only a request from no client.
+pub fn issued_to(issued_to: &str, client: Option<&ClientRecord>) -> Result<(), NotIssuedTo> {
+    match (issued_to, client) {
+        (PUBLIC_CLIENT_ID, None) => Ok(()),
+        (PUBLIC_CLIENT_ID, Some(_)) => Err(NotIssuedTo::AnotherClient),
+        (_, None) => Err(NotIssuedTo::ClientMustIdentify),
+        (issued_to, Some(client)) if issued_to != client.client_id => {
+            Err(NotIssuedTo::AnotherClient)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Spends a refresh token: its record and its (enabled) user. `client` is the client the
 /// request authenticated as, if any: a token issued to a confidential client is redeemed only
 /// by that client (RFC 6749 §6), and a public token by no confidential one. Presenting a spent
@@ -131,20 +159,16 @@ pub async fn redeem_refresh_token(
         .refresh_token_by_hash(&hash_token(presented))
         .await?
         .ok_or(LoginError::InvalidGrant(INVALID))?;
-    match (record.client_id.as_str(), client) {
-        (PUBLIC_CLIENT_ID, None) => {}
-        (PUBLIC_CLIENT_ID, Some(_)) => {
+    match issued_to(&record.client_id, client) {
+        Ok(()) => {}
+        Err(NotIssuedTo::AnotherClient) => {
             return Err(LoginError::InvalidGrant(
                 "the refresh token was not issued to this client",
             ));
         }
-        (_, None) => return Err(LoginError::ClientAuthenticationRequired),
-        (issued_to, Some(client)) if issued_to != client.client_id => {
-            return Err(LoginError::InvalidGrant(
-                "the refresh token was not issued to this client",
-            ));
+        Err(NotIssuedTo::ClientMustIdentify) => {
+            return Err(LoginError::ClientAuthenticationRequired);
         }
-        _ => {}
     }
     if record.used_at.is_some() || record.revoked_at.is_some() {
         reuse_detected(store, &record.family_id, now).await?;

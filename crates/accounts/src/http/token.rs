@@ -266,15 +266,15 @@ pub struct TokenParameter {
     tag = "oauth",
     operation_id = "revoke",
     summary = "Revoke a token (RFC 7009)",
-    description = "Revokes an access token, or a refresh token with its whole family. 200 for unknown tokens too. A client that presents credentials must authenticate.",
+    description = "Revokes an access token, or a refresh token with its whole family. 200 for unknown tokens too. Only the client a token was issued to may revoke it (RFC 7009 §2.1): a confidential client authenticates (HTTP Basic or `client_id`/`client_secret`), a public one names itself with `client_id`; a first-party token (a password login without a client) is revoked by a request from no client.",
     request_body(content(
         (TokenParameter = "application/x-www-form-urlencoded"),
         (TokenParameter = "application/json"),
     )),
     responses(
         (status = 200, description = "Revoked (or not a token of ours)"),
-        (status = 400, description = "RFC 6749 error `invalid_request`: no `token`", body = OAuthErrorBody),
-        (status = 401, description = "RFC 6749 error `invalid_client`: client authentication failed", body = OAuthErrorBody),
+        (status = 400, description = "RFC 6749 error `invalid_request`: no `token`; `unauthorized_client`: the token was issued to another client", body = OAuthErrorBody),
+        (status = 401, description = "RFC 6749 error `invalid_client`: client authentication failed, or the token's client did not authenticate", body = OAuthErrorBody),
         (status = 503, description = "RFC 6749 error `temporarily_unavailable`", body = OAuthErrorBody),
     ),
     security((), ("client_basic" = []))
@@ -284,12 +284,20 @@ pub async fn revoke(
     headers: HeaderMap,
     OAuthBody(request): OAuthBody<TokenParameter>,
 ) -> Result<Response, OAuthError> {
-    if let Some(presented) = presented_client(&headers, &request.client)? {
-        authenticate_client(state.store.as_ref(), &presented).await?;
-    }
+    let client = identify_client(state.store.as_ref(), &headers, &request.client).await?;
     let token = required(&request.token, "token")?;
+    // RFC 7009 §2.1: only the client a token was issued to may revoke it.
+    let may_revoke = |issued_to: &str| {
+        login::issued_to(issued_to, client.as_ref()).map_err(|refused| match refused {
+            login::NotIssuedTo::AnotherClient => {
+                OAuthError::unauthorized_client("the token was not issued to this client")
+            }
+            login::NotIssuedTo::ClientMustIdentify => OAuthError::invalid_client(false),
+        })
+    };
     if token.matches('.').count() == 2 {
         if let Ok(claims) = state.verifier.verify(token).await {
+            may_revoke(&claims.client_id)?;
             state
                 .store
                 .revoke_access_token(&claims.jti, from_timestamp(claims.exp))
@@ -300,6 +308,7 @@ pub async fn revoke(
         .refresh_token_by_hash(&hash_token(token))
         .await?
     {
+        may_revoke(&record.client_id)?;
         state
             .store
             .revoke_refresh_family(&record.family_id, Utc::now())

@@ -52,6 +52,21 @@ impl TestApp {
             .expect("request failed")
     }
 
+    /// `POST {path}` with form parameters, as `client` (HTTP Basic `(id, secret)`) or as no
+    /// client.
+    pub async fn post_form_as(
+        &self,
+        path: &str,
+        client: Option<(&str, &str)>,
+        form: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self.client.post(self.url(path)).form(form);
+        if let Some((id, secret)) = client {
+            request = request.basic_auth(id, Some(secret));
+        }
+        request.send().await.expect("request failed")
+    }
+
     /// A successful password grant's body.
     pub async fn login(&self, email: &str, password: &str) -> Value {
         let response = self

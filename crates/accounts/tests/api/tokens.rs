@@ -15,6 +15,7 @@ common::both_databases!(
     malformed_token_requests_get_rfc_6749_errors,
     scopes_are_granted_within_the_role,
     revocation_and_introspection,
+    only_the_client_a_token_was_issued_to_revokes_it,
     logins_and_issued_tokens_are_counted,
 );
 
@@ -511,6 +512,102 @@ async fn revocation_and_introspection(db: TestDatabase) {
     )
     .await;
     assert_eq!(status, 400);
+}
+
+/// RFC 7009 §2.1: a client's tokens are revoked by that client alone (authenticated); a
+/// first-party token (a password login without a client) by a request from no client.
+async fn only_the_client_a_token_was_issued_to_revokes_it(db: TestDatabase) {
+    let app = spawn_app(db).await;
+    let (a, a_secret) = create_client(&app, &["payments:read"]).await;
+    let (b, b_secret) = create_client(&app, &["payments:read"]).await;
+    assert_eq!(
+        app.sign_up("owner@example.com", "password-123")
+            .await
+            .status(),
+        201
+    );
+    let as_a: Value = app
+        .post_form_as(
+            "/v1/token",
+            Some((&a, &a_secret)),
+            &[
+                ("grant_type", "password"),
+                ("username", "owner@example.com"),
+                ("password", "password-123"),
+            ],
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (a_access, a_refresh) = (
+        as_a["access_token"].as_str().unwrap().to_owned(),
+        as_a["refresh_token"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(decode_jwt(&a_access).1["client_id"], a.as_str());
+    let first_party = app.login("owner@example.com", "password-123").await;
+    let first_party_refresh = first_party["refresh_token"].as_str().unwrap().to_owned();
+
+    let active = |token: String| {
+        let (app, a, a_secret) = (&app, a.clone(), a_secret.clone());
+        async move {
+            let body: Value = app
+                .post_form_as(
+                    "/v1/token/introspect",
+                    Some((&a, &a_secret)),
+                    &[("token", &token)],
+                )
+                .await
+                .json()
+                .await
+                .unwrap();
+            body["active"] == true
+        }
+    };
+
+    let b_creds = Some((b.as_str(), b_secret.as_str()));
+    for token in [&a_access, &a_refresh, &first_party_refresh] {
+        let refused = app
+            .post_form_as("/v1/token/revoke", b_creds, &[("token", token)])
+            .await;
+        assert_eq!(
+            error_of(refused).await,
+            (400, "unauthorized_client".to_owned()),
+            "another client"
+        );
+    }
+    for token in [&a_access, &a_refresh] {
+        let anonymous = app
+            .post_form_as("/v1/token/revoke", None, &[("token", token)])
+            .await;
+        assert_eq!(
+            error_of(anonymous).await,
+            (401, "invalid_client".to_owned()),
+            "the client must authenticate"
+        );
+    }
+    for token in [&a_access, &a_refresh, &first_party_refresh] {
+        assert!(active(token.clone()).await, "still active");
+    }
+    let unknown = app
+        .post_form_as("/v1/token/revoke", b_creds, &[("token", "never-issued")])
+        .await;
+    assert_eq!(unknown.status(), 200, "unknown tokens are not an error");
+
+    let a_creds = Some((a.as_str(), a_secret.as_str()));
+    for (client, token) in [
+        (a_creds, &a_access),
+        (a_creds, &a_refresh),
+        (None, &first_party_refresh),
+    ] {
+        assert_eq!(
+            app.post_form_as("/v1/token/revoke", client, &[("token", token)])
+                .await
+                .status(),
+            200
+        );
+        assert!(!active(token.clone()).await, "revoked");
+    }
 }
 
 async fn logins_and_issued_tokens_are_counted(db: TestDatabase) {

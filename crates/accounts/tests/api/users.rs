@@ -176,15 +176,15 @@ async fn a_clients_token_has_no_user_and_a_revoked_one_is_refused(db: TestDataba
         app.get_with_token("/users/me", &user_token).await.status(),
         200
     );
-    for token in [client_token, user_token.as_str()] {
+    // Each by whom it was issued to: the client's by the client, the user's first-party
+    // token by a request from no client.
+    for (token, client) in [
+        (client_token, Some((id, secret))),
+        (user_token.as_str(), None),
+    ] {
         let revoked = app
-            .client
-            .post(app.url("/v1/token/revoke"))
-            .basic_auth(id, Some(secret))
-            .form(&[("token", token)])
-            .send()
-            .await
-            .unwrap();
+            .post_form_as("/v1/token/revoke", client, &[("token", token)])
+            .await;
         assert_eq!(revoked.status(), 200);
     }
     assert_eq!(
