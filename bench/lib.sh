@@ -14,10 +14,11 @@ ports_free() {
 
 # start_stack DIR [NAME=VALUE...]: the release build of the whole stack (gateway :28080,
 # accounts :28081, payments :28082, the rate limiter off, data and log under DIR, the extra
-# environment given), in the background; waits until it is ready. Sets stack_pid.
+# environment given), in the background; waits until it is ready. Sets stack_pid. Run under
+# the command in the array `pin`, if the script set one (`pin=(taskset -c 1)`).
 start_stack() {
   local dir=$1; shift
-  env GATEWAY_ADDR=127.0.0.1:28080 ACCOUNTS_ADDR=127.0.0.1:28081 PAYMENTS_ADDR=127.0.0.1:28082 \
+  ${pin[@]+"${pin[@]}"} env GATEWAY_ADDR=127.0.0.1:28080 ACCOUNTS_ADDR=127.0.0.1:28081 PAYMENTS_ADDR=127.0.0.1:28082 \
     RUST_LOG=warn GATEWAY_RATE_LIMIT_RPS=0 DATA_DIR="$dir/data" "$@" \
     "${CARGO_TARGET_DIR:-target}/release/stack" >"$dir/stack.log" 2>&1 &
   stack_pid=$!

@@ -16,6 +16,12 @@
 # size halves how many commits share a flush.
 #
 # Rounds take turns (gateway, direct, pgbench) and the medians are compared.
+#
+# BENCH_PIN=1 runs PostgreSQL on CPU 0 and everything else (the stack, wrk, pgbench) on CPU 1,
+# as a deployment runs the database on a machine of its own: then the rate PostgreSQL commits
+# on its core is the limit both reach for, instead of the service's CPU being taken from the
+# database's. PostgreSQL's processes (the server must be on this machine and the script run
+# as root) get every CPU back at the end.
 # Needs wrk and pgbench, and PostgreSQL at $BENCH_PG (default postgres://postgres@127.0.0.1:5432).
 # Usage: bench/payments_create.sh [seconds] [connections] [rounds]
 set -euo pipefail
@@ -27,13 +33,21 @@ pg=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 for tool in wrk pgbench psql; do command -v $tool >/dev/null || { echo "$tool is not installed" >&2; exit 1; }; done
 source bench/lib.sh
 ports_free 28080 28081 28082
+pin=() restore_pg=:
+if [ "${BENCH_PIN:-0}" = 1 ]; then
+  command -v taskset >/dev/null || { echo "taskset is not installed" >&2; exit 1; }
+  pg_pins() { pgrep -u postgres | xargs -r -n1 taskset -a -cp "$1" >/dev/null; }
+  pg_pins 0
+  restore_pg="pg_pins 0-$(($(nproc) - 1))"
+  pin=(taskset -c 1)
+fi
 
 for db in bench_accounts bench_payments; do
   psql "$pg/postgres" -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
 done
 cargo build --release --locked --quiet
 dir=$(mktemp -d) stack_pid=
-trap 'kill $stack_pid 2>/dev/null; wait $stack_pid 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'kill $stack_pid 2>/dev/null; wait $stack_pid 2>/dev/null; rm -rf "$dir"; $restore_pg' EXIT
 start_stack "$dir" ACCOUNTS_DATABASE_URL="$pg/bench_accounts" PAYMENTS_DATABASE_URL="$pg/bench_payments" \
   PAYMENTS_DATABASE_MAX_CONNECTIONS="$connections" PAYMENTS_PROCESSOR_ENABLED=false
 token=$(bench_user)
@@ -68,7 +82,7 @@ median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR
 wrk_round() { # wrk_round <name> <script> <url>: one run; prints its line, appends its rate to rates_<name>
   local before after
   before=$(psql "$pg/bench_payments" -Atc "SELECT count(*) FROM payments")
-  wrk -t2 -c"$connections" -d"${seconds}s" --latency -s "$2" "$3" -- "$(date +%s%N)" >"$dir/wrk.txt"
+  "${pin[@]}" wrk -t2 -c"$connections" -d"${seconds}s" --latency -s "$2" "$3" -- "$(date +%s%N)" >"$dir/wrk.txt"
   after=$(psql "$pg/bench_payments" -Atc "SELECT count(*) FROM payments")
   read -r rps p50 p99 bad < <(wrk_figures "$dir/wrk.txt")
   # Every answered request made a payment (a key used twice would be a replay, and fast).
@@ -79,11 +93,11 @@ wrk_round() { # wrk_round <name> <script> <url>: one run; prints its line, appen
   [ "$bad" = 0 ] || grep -E '"level":"(WARN|ERROR)"' "$dir/stack.log" | tail -n 3 >&2 || true
 }
 rates_gateway=() rates_direct=() rates_pgbench=()
-echo "POST /v1/payments, unique keys, PostgreSQL, ${connections} connections, ${seconds}s, ${rounds} rounds, $(nproc) cores"
+echo "POST /v1/payments, unique keys, PostgreSQL, ${connections} connections, ${seconds}s, ${rounds} rounds, $(nproc) cores$([ ${#pin[@]} = 0 ] || echo ', PostgreSQL on CPU 0, the rest on CPU 1')"
 for round in $(seq 1 "$rounds"); do
   wrk_round gateway "$dir/create-_payments_v1_payments.lua" http://127.0.0.1:28080
   wrk_round direct "$dir/create-_v1_payments.lua" http://127.0.0.1:28082
-  pgbench "$pg/bench_payments" -n -M prepared -c "$connections" -j 2 -T "$seconds" -f "$dir/create.sql" >"$dir/pgbench.txt" 2>&1 \
+  "${pin[@]}" pgbench "$pg/bench_payments" -n -M prepared -c "$connections" -j 2 -T "$seconds" -f "$dir/create.sql" >"$dir/pgbench.txt" 2>&1 \
     || { cat "$dir/pgbench.txt" >&2; exit 1; }
   tps=$(awk '/^tps/ {print $3; exit}' "$dir/pgbench.txt")
   printf 'round %s  %-8s %10s payments/s   (the same statement, prepared, same concurrency)\n' "$round" pgbench "$tps"
