@@ -176,10 +176,12 @@ fn one_request_is_one_trace_from_the_gateway_to_the_database() {
     assert_eq!(payments.attribute("url.scheme"), Some("http"));
     assert_eq!(payments.attribute("http.response.status_code"), Some("202"));
     assert!(
-        spans.iter().any(|s| s.name == "db create_payment_under_new_key"
-            && s.kind == SpanKind::Client as i32
-            && s.parent == payments.span_id
-            && s.attribute("db.system.name") == Some("sqlite")),
+        spans
+            .iter()
+            .any(|s| s.name == "db create_payment_under_new_key"
+                && s.kind == SpanKind::Client as i32
+                && s.parent == payments.span_id
+                && s.attribute("db.system.name") == Some("sqlite")),
         "the payment's insert is a child of the payments span: {spans:#?}"
     );
     assert!(!gateway.error && !client.error && !payments.error);
