@@ -9,6 +9,7 @@ pub mod processor;
 pub mod provider;
 pub mod relay;
 pub mod store;
+pub mod wake;
 pub mod webhooks;
 
 use std::net::SocketAddr;

@@ -33,6 +33,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The pause after a batch that emptied the outbox (a new payment wakes the relay sooner).
 const IDLE_PAUSE: Duration = Duration::from_millis(500);
+/// How often the backlog gauge is brought up to date.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 /// How often sent events older than the retention are deleted.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -223,10 +225,16 @@ pub fn spawn(
         let mut backoff = FIRST_BACKOFF;
         // Prune at the first chance.
         let mut last_prune = std::time::Instant::now() - PRUNE_INTERVAL * 2;
+        let mut last_backlog: Option<std::time::Instant> = None;
         while !shutdown.is_cancelled() {
-            // First: the backlog is reported however NATS is doing, from the first round on.
-            if let Ok(backlog) = store.outbox_backlog().await {
-                metrics.backlog.set(backlog);
+            let round = tokio::time::Instant::now();
+            // First: the backlog is reported however NATS is doing, from the first round on,
+            // and then once a second (a count, not worth a query every round under load).
+            if last_backlog.is_none_or(|at| at.elapsed() >= BACKLOG_EVERY) {
+                last_backlog = Some(std::time::Instant::now());
+                if let Ok(backlog) = store.outbox_backlog().await {
+                    metrics.backlog.set(backlog);
+                }
             }
             if !stream_ready {
                 match ensure_stream(&context, &settings).await {
@@ -236,7 +244,7 @@ pub fn spawn(
                     }
                     Err(error) => {
                         tracing::warn!(%error, "cannot set up the JetStream stream; retrying");
-                        pause(&shutdown, &wake, backoff).await;
+                        back_off(&shutdown, backoff).await;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                         continue;
                     }
@@ -249,7 +257,7 @@ pub fn spawn(
                         failed = outcome.failed,
                         "events not published; retrying"
                     );
-                    pause(&shutdown, &wake, backoff).await;
+                    back_off(&shutdown, backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Ok(outcome) => {
@@ -258,12 +266,12 @@ pub fn spawn(
                         tracing::debug!(sent = outcome.sent, "events published");
                     }
                     if outcome.sent < usize::try_from(settings.batch).unwrap_or(usize::MAX) {
-                        pause(&shutdown, &wake, IDLE_PAUSE).await;
+                        idle(&shutdown, &wake, round).await;
                     }
                 }
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the outbox; retrying");
-                    pause(&shutdown, &wake, backoff).await;
+                    back_off(&shutdown, backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
@@ -280,10 +288,22 @@ pub fn spawn(
     })
 }
 
-async fn pause(shutdown: &CancellationToken, wake: &Notify, wait: Duration) {
+/// After a failure: the whole pause, whatever is written meanwhile (each new payment would
+/// otherwise bring the retry forward, and a busy service would retry a broker that is away at
+/// the rate it takes payments).
+async fn back_off(shutdown: &CancellationToken, wait: Duration) {
     tokio::select! {
         () = tokio::time::sleep(wait) => {}
-        () = wake.notified() => {}
+        () = shutdown.cancelled() => {}
+    }
+}
+
+/// After a batch that emptied the outbox: until an event is written (no sooner than
+/// [`crate::wake::MIN_ROUND_GAP`] after this round began), or [`IDLE_PAUSE`].
+async fn idle(shutdown: &CancellationToken, wake: &Notify, round: tokio::time::Instant) {
+    tokio::select! {
+        () = tokio::time::sleep(IDLE_PAUSE) => {}
+        () = crate::wake::woken(wake, round) => {}
         () = shutdown.cancelled() => {}
     }
 }

@@ -298,7 +298,8 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    /// A deliverer; `wake` is notified when events are written.
+    /// A deliverer; `wake` is notified when events are written (a claim runs at most once per
+    /// [`crate::wake::MIN_ROUND_GAP`] however often it is).
     pub fn new(
         store: Arc<dyn PaymentsStore>,
         settings: WebhookSettings,
@@ -343,6 +344,7 @@ impl Deliverer {
         let mut last_gauges = Instant::now() - Duration::from_secs(60);
         let mut last_prune = Instant::now() - PRUNE_EVERY;
         while !shutdown.is_cancelled() {
+            let round = tokio::time::Instant::now();
             if last_gauges.elapsed() >= Duration::from_secs(1) {
                 self.update_gauges().await;
                 last_gauges = Instant::now();
@@ -389,7 +391,7 @@ impl Deliverer {
             while attempts.try_join_next().is_some() {}
             if idle || self.slots.available_permits() == 0 {
                 tokio::select! {
-                    () = self.wake.notified() => {}
+                    () = crate::wake::woken(&self.wake, round) => {}
                     () = tokio::time::sleep(self.settings.poll_interval) => {}
                     Some(_) = attempts.join_next(), if !attempts.is_empty() => {}
                     () = shutdown.cancelled() => {}

@@ -1370,40 +1370,25 @@ where
         lease: Duration,
         limit: i64,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let due = format!(
-            "SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= $1 \
-             AND (lease_until IS NULL OR lease_until < $1) ORDER BY next_attempt_at LIMIT $2 {}",
+        // One statement, one round trip: the due rows are chosen (skipping those another
+        // deliverer holds, on PostgreSQL) and leased together. The CTE is materialized so that
+        // the locking choice runs once, never again per row of the update.
+        let claim = format!(
+            "WITH due AS MATERIALIZED (SELECT id FROM webhook_deliveries WHERE status = 'pending' \
+             AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until < $1) \
+             ORDER BY next_attempt_at LIMIT $2 {}) \
+             UPDATE webhook_deliveries SET attempts = attempts + 1, lease_until = $3 \
+             WHERE id IN (SELECT id FROM due) RETURNING *",
             DB::SKIP_LOCKED
         );
-        let mut tx = self.pool.begin().await?;
-        let ids: Vec<(i64,)> = if DB::ROW_LOCKS {
-            sqlx::query_as(AssertSqlSafe(due))
-                .bind(now)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?
-        } else {
-            sqlx::query_as(AssertSqlSafe(due))
-                .bind(now)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
-        };
-        let mut claimed = Vec::with_capacity(ids.len());
-        for (id,) in ids {
-            let delivery: Option<Delivery> = sqlx::query_as(
-                "UPDATE webhook_deliveries SET attempts = attempts + 1, lease_until = $1 \
-                 WHERE id = $2 AND status = 'pending' AND (lease_until IS NULL OR lease_until < $3) \
-                 RETURNING *",
-            )
-            .bind(now + lease)
-            .bind(id)
+        let mut claimed: Vec<Delivery> = sqlx::query_as(AssertSqlSafe(claim))
             .bind(now)
-            .fetch_optional(&mut *tx)
+            .bind(limit)
+            .bind(now + lease)
+            .fetch_all(&self.pool)
             .await?;
-            claimed.extend(delivery);
-        }
-        tx.commit().await?;
+        // RETURNING keeps no order: the longest due first.
+        claimed.sort_by_key(|delivery| (delivery.next_attempt_at, delivery.id));
         Ok(claimed)
     }
 

@@ -1,8 +1,8 @@
 //! Webhooks: endpoints and their checks (SSRF), every event delivered signed (verified with
 //! the `standardwebhooks` crate) and filtered by type, retries on a schedule and the
 //! delivery log, an endpoint disabled for failing too long, secret rotation, redelivery, a
-//! slow endpoint holding up no other, two replicas never sending an attempt twice, and a
-//! process killed mid-delivery.
+//! slow endpoint holding up no other, two replicas never sending an attempt twice, concurrent
+//! claims of the store sharing the due deliveries, and a process killed mid-delivery.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -29,6 +29,7 @@ common::both_databases!(
     an_event_can_be_delivered_again,
     a_slow_endpoint_holds_up_no_other,
     two_replicas_never_send_an_attempt_twice,
+    concurrent_claims_share_the_due_deliveries_longest_due_first,
     a_delivery_in_flight_when_its_process_is_killed_is_made_after_restart,
 );
 
@@ -844,6 +845,60 @@ async fn two_replicas_never_send_an_attempt_twice(db: TestDatabase) {
         "no attempt sent twice: {counts:?}"
     );
     other.stop().await.unwrap();
+}
+
+/// The store's claim (one statement): concurrent claims share the due deliveries, none taken
+/// twice, each answer longest due first; a leased delivery is skipped until its lease runs out,
+/// then claimed again with the attempt counted.
+async fn concurrent_claims_share_the_due_deliveries_longest_due_first(db: TestDatabase) {
+    let mut settings = OPEN.to_vec();
+    // Nothing but this test claims, and no state change adds deliveries meanwhile.
+    settings.extend([
+        ("PAYMENTS_WEBHOOKS_ENABLED", "false"),
+        ("PAYMENTS_PROCESSOR_ENABLED", "false"),
+    ]);
+    let app = spawn_app_with(db, &settings).await;
+    let admin = app.admin_token().await;
+    let token = app.user_token("claims@example.com").await;
+    register(&app, &admin, "http://127.0.0.1:9/hook", json!(["*"])).await;
+    for i in 0..12 {
+        let created = app.create(&token, &format!("c-{i}"), &usd(json!(1))).await;
+        assert_eq!(created.status(), 202);
+    }
+    let now = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let lease = Duration::from_secs(30);
+    let claims = (0..4).map(|_| app.store.claim_deliveries(now, lease, 5));
+    let answers: Vec<Vec<payments::domain::webhook::Delivery>> =
+        futures_util::future::try_join_all(claims).await.unwrap();
+    let mut ids = Vec::new();
+    for answer in &answers {
+        assert!(answer.len() <= 5, "a claim took more than its limit");
+        let due: Vec<_> = answer.iter().map(|d| (d.next_attempt_at, d.id)).collect();
+        assert!(due.is_sorted(), "longest due first: {due:?}");
+        for delivery in answer {
+            assert_eq!(delivery.attempts, 1);
+            assert!(delivery.lease_until.is_some_and(|until| until > now));
+            ids.push(delivery.id);
+        }
+    }
+    ids.sort_unstable();
+    let taken = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), taken, "a delivery was claimed twice");
+    assert_eq!(taken, 12, "every due delivery was claimed once");
+    // Held: nobody else gets them while the lease runs.
+    assert!(
+        app.store
+            .claim_deliveries(now, lease, 50)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // After the lease, they are claimed again, the second attempt counted.
+    let later = now + chrono::Duration::seconds(31);
+    let again = app.store.claim_deliveries(later, lease, 50).await.unwrap();
+    assert_eq!(again.len(), 12);
+    assert!(again.iter().all(|d| d.attempts == 2));
 }
 
 /// The process delivering is killed while the receiver holds its request; after a restart the
