@@ -21,7 +21,6 @@ use common::auth::{HttpJwks, TokenVerifier, VerifierSettings};
 use common::server::Service;
 use processor::{Processor, ProcessorMetrics};
 use provider::{PaymentProvider, Sandbox};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::PaymentsConfig;
@@ -48,7 +47,7 @@ pub struct Application {
     service: Service,
     store: Arc<dyn PaymentsStore>,
     config: Arc<PaymentsConfig>,
-    wake: Arc<Notify>,
+    wake: Arc<wake::Wake>,
     broker: Option<async_nats::Client>,
     metrics: common::metrics::Metrics,
     provider: Arc<dyn PaymentProvider>,
@@ -72,7 +71,7 @@ impl Application {
             Arc::new(HttpJwks::new(config.jwks_url.clone())),
             VerifierSettings::new(config.token_issuer.clone(), SERVICE),
         );
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(wake::Wake::default());
         let metrics = common::metrics::Metrics::new();
         let broker = match &config.relay {
             Some(relay) => Some(relay::connect(&relay.nats_url).await?),

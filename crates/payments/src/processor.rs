@@ -17,13 +17,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::payment::{Payment, PaymentStatus};
 use crate::domain::refund::{Refund, RefundStatus};
 use crate::provider::{ChargeOutcome, PaymentProvider, RefundOutcome, TransientError};
 use crate::store::{Finish, PaymentsStore, RefundFinish, WorkItem};
+use crate::wake::Wake;
 
 /// How the processor works.
 #[derive(Debug, Clone)]
@@ -163,7 +163,7 @@ pub struct Processor {
     store: Arc<dyn PaymentsStore>,
     provider: Arc<dyn PaymentProvider>,
     settings: ProcessorSettings,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     metrics: ProcessorMetrics,
 }
 
@@ -175,12 +175,12 @@ enum Work {
 }
 
 impl Processor {
-    /// A processor; `wake` is notified when a payment or a refund is created.
+    /// A processor; `wake` wakes one idle worker when a payment or a refund is accepted.
     pub fn new(
         store: Arc<dyn PaymentsStore>,
         provider: Arc<dyn PaymentProvider>,
         settings: ProcessorSettings,
-        wake: Arc<Notify>,
+        wake: Arc<Wake>,
         metrics: ProcessorMetrics,
     ) -> Self {
         Self {
@@ -217,12 +217,18 @@ impl Processor {
             // of either never starves the other.
             turn = turn.wrapping_add(1);
             match self.claim(now, turn.is_multiple_of(2)).await {
-                Ok(Some(Work::Payment(payment))) => self.process(payment).await,
-                Ok(Some(Work::Refund(refund))) => self.process_refund(refund).await,
-                Ok(Some(Work::Capture(payment))) => self.confirm_capture(payment).await,
+                Ok(Some(work)) => {
+                    match work {
+                        Work::Payment(payment) => self.process(payment).await,
+                        Work::Refund(refund) => self.process_refund(refund).await,
+                        Work::Capture(payment) => self.confirm_capture(payment).await,
+                    }
+                    // Its state changes wrote events: on their way now, not at the next poll.
+                    self.wake.events_written();
+                }
                 Ok(None) => {
                     tokio::select! {
-                        () = self.wake.notified() => {}
+                        () = self.wake.work() => {}
                         () = tokio::time::sleep(self.settings.poll_interval) => {}
                         () = shutdown.cancelled() => {}
                     }

@@ -16,12 +16,12 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 use chrono::Utc;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use common::db::StoreError;
 
 use crate::store::{OutboxEvent, PaymentsStore};
+use crate::wake::Wake;
 
 /// How long JetStream keeps an event (consumers further behind read the feed instead).
 const STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -211,7 +211,7 @@ pub fn spawn(
     client: async_nats::Client,
     settings: RelaySettings,
     metrics: RelayMetrics,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -300,10 +300,10 @@ async fn back_off(shutdown: &CancellationToken, wait: Duration) {
 
 /// After a batch that emptied the outbox: until an event is written (no sooner than
 /// [`crate::wake::MIN_ROUND_GAP`] after this round began), or [`IDLE_PAUSE`].
-async fn idle(shutdown: &CancellationToken, wake: &Notify, round: tokio::time::Instant) {
+async fn idle(shutdown: &CancellationToken, wake: &Wake, round: tokio::time::Instant) {
     tokio::select! {
         () = tokio::time::sleep(IDLE_PAUSE) => {}
-        () = crate::wake::woken(wake, round) => {}
+        () = wake.events(round) => {}
         () = shutdown.cancelled() => {}
     }
 }

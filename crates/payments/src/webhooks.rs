@@ -29,11 +29,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::webhook::{Delivery, WebhookEndpoint};
 use crate::store::{AttemptOutcome, PaymentsStore};
+use crate::wake::Wake;
 
 /// How deliveries are made.
 #[derive(Debug, Clone)]
@@ -292,7 +293,7 @@ pub struct Deliverer {
     settings: WebhookSettings,
     client: reqwest::Client,
     metrics: WebhookMetrics,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     slots: Arc<Semaphore>,
     per_endpoint: Mutex<HashMap<String, usize>>,
 }
@@ -304,7 +305,7 @@ impl Deliverer {
         store: Arc<dyn PaymentsStore>,
         settings: WebhookSettings,
         metrics: WebhookMetrics,
-        wake: Arc<Notify>,
+        wake: Arc<Wake>,
     ) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -391,7 +392,7 @@ impl Deliverer {
             while attempts.try_join_next().is_some() {}
             if idle || self.slots.available_permits() == 0 {
                 tokio::select! {
-                    () = crate::wake::woken(&self.wake, round) => {}
+                    () = self.wake.events(round) => {}
                     () = tokio::time::sleep(self.settings.poll_interval) => {}
                     Some(_) = attempts.join_next(), if !attempts.is_empty() => {}
                     () = shutdown.cancelled() => {}

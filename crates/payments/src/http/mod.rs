@@ -16,7 +16,6 @@ use common::db::DatabaseCheck;
 use common::health::Readiness;
 use common::metrics::Metrics;
 use common::openapi::{HttpMethod, alias};
-use tokio::sync::Notify;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -35,8 +34,8 @@ pub struct AppState {
     pub config: Arc<PaymentsConfig>,
     /// Verifies access tokens against accounts' JWKS.
     pub verifier: Arc<TokenVerifier>,
-    /// Wakes idle processor workers and the relay when a payment is accepted.
-    pub wake: Arc<Notify>,
+    /// Wakes an idle processor worker, the relay and the webhook deliverer.
+    pub wake: Arc<crate::wake::Wake>,
     /// The NATS connection, when events are published.
     pub broker: Option<async_nats::Client>,
     /// This service's metrics.

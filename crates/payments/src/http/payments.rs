@@ -386,7 +386,7 @@ pub async fn create(
             return Err(lock.abandon(&*state.store, error).await.into());
         }
     }
-    state.wake.notify_waiters();
+    state.wake.work_accepted();
     tracing::info!(payment_id = %payment.id, amount_minor = payment.amount_minor, currency = %payment.currency, "payment accepted");
     Ok(json_response(
         StatusCode::ACCEPTED,

@@ -155,7 +155,7 @@ pub async fn create(
             .await;
         match created {
             Ok(RefundCreated::Created(_)) => {
-                state.wake.notify_waiters();
+                state.wake.work_accepted();
                 tracing::info!(refund_id = %refund.id, payment_id = %id, amount_minor, "refund accepted");
                 return Ok(json_response(
                     StatusCode::ACCEPTED,

@@ -495,7 +495,7 @@ pub async fn redeliver(
         .redeliver(&endpoint.id, &event_id, Utc::now())
         .await?
         .ok_or(ApiError::NoSuchEvent)?;
-    state.wake.notify_waiters();
+    state.wake.events_written();
     tracing::info!(endpoint_id = %endpoint.id, event_id, "webhook redelivery queued");
     Ok((StatusCode::ACCEPTED, Json(delivery.view(&[]))).into_response())
 }
