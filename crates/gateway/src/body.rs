@@ -27,6 +27,32 @@ pub type UpstreamResponseBody = TimedBody<crate::pool::PooledBody<UpstreamBody>>
 /// The body of the gateway's responses: an upstream's, or one of its own.
 pub type EdgeBody = http_body_util::Either<UpstreamResponseBody, axum::body::Body>;
 
+/// How much of a refused request's body is read and thrown away, at most.
+const DISCARD_BYTES: u64 = 16 * 1024 * 1024;
+/// How long a refused request's body is read and thrown away, at most.
+const DISCARD_TIME: Duration = Duration::from_secs(5);
+
+/// Reads and throws away, in the background, the body of a request answered without it (a
+/// `Content-Length` over `MAX_BODY_BYTES`), up to [`DISCARD_BYTES`] and [`DISCARD_TIME`]: a
+/// client still sending it then reads the answer, instead of having the connection closed
+/// under it and its next write reset it, which can lose the answer (RFC 9112 §9.6; nginx's
+/// lingering close). A body that ends within the bounds even leaves the connection usable.
+pub fn discard(body: hyper::body::Incoming) {
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut read = 0u64;
+        let _ = tokio::time::timeout(DISCARD_TIME, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, |data| data.len() as u64);
+                if read > DISCARD_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+}
+
 /// Why a body could not be started.
 #[derive(Debug)]
 pub enum StartError {

@@ -137,6 +137,7 @@ impl Proxy {
         // The body's length as its `Content-Length` declares it (0 when it streams).
         let declared = http_body::Body::size_hint(request.body()).lower();
         if declared > self.max_body_bytes as u64 {
+            crate::body::discard(request.into_body());
             return (GatewayError::PayloadTooLarge.respond(context), trail);
         }
         let cluster: &'t Cluster = match &route.split {
