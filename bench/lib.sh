@@ -45,3 +45,24 @@ wrk_figures() {
   awk '/Requests\/sec/ {rps = $2} $1 == "50%" {p50 = $2} $1 == "99%" {p99 = $2}
        /Non-2xx/ {bad = $NF} END {print rps, p50, p99, bad + 0}' "$1"
 }
+
+# payments_lua FILE PATH TOKEN: a wrk script that POSTs a payment to PATH with TOKEN, each
+# request under an Idempotency-Key of its own. Lua's random numbers are not seeded (the same in
+# every run): each run's keys begin with a prefix of its own, given as the script's argument
+# (`wrk ... -- "$(date +%s%N)"`).
+payments_lua() {
+  cat >"$1" <<LUA
+local counter = 0
+local prefix
+function init(args) prefix = args[1] end
+function setup(thread) thread:set("id", tostring(math.random(1, 1e9))) end
+request = function()
+  counter = counter + 1
+  return wrk.format("POST", "$2", {
+    ["Authorization"] = "Bearer $3",
+    ["Content-Type"] = "application/json",
+    ["Idempotency-Key"] = prefix .. "-" .. id .. "-" .. counter,
+  }, '{"amount": 100.00, "currency": "USD", "description": "bench"}')
+end
+LUA
+}

@@ -54,22 +54,7 @@ token=$(bench_user)
 
 # Through the gateway (/payments/v1/payments) and straight at payments (/v1/payments).
 for path in /payments/v1/payments /v1/payments; do
-cat >"$dir/create-$(echo "$path" | tr / _).lua" <<LUA
-local counter = 0
--- Lua's random numbers are not seeded (the same in every run): each run's keys begin with a
--- prefix of its own, given as the script's argument.
-local prefix
-function init(args) prefix = args[1] end
-function setup(thread) thread:set("id", tostring(math.random(1, 1e9))) end
-request = function()
-  counter = counter + 1
-  return wrk.format("POST", "$path", {
-    ["Authorization"] = "Bearer $token",
-    ["Content-Type"] = "application/json",
-    ["Idempotency-Key"] = prefix .. "-" .. id .. "-" .. counter,
-  }, '{"amount": 100.00, "currency": "USD", "description": "bench"}')
-end
-LUA
+  payments_lua "$dir/create-$(echo "$path" | tr / _).lua" "$path" "$token"
 done
 
 cat >"$dir/create.sql" <<'SQL'

@@ -27,20 +27,7 @@ trap 'kill $stack_pid 2>/dev/null; wait $stack_pid 2>/dev/null; rm -rf "$dir"' E
 start_stack "$dir" ACCOUNTS_DATABASE_URL="$pg/bench_accounts" PAYMENTS_DATABASE_URL="$pg/bench_payments" \
   PAYMENTS_DATABASE_MAX_CONNECTIONS=32 PAYMENTS_PROCESSOR_ENABLED=true PAYMENTS_WORKERS="$workers"
 token=$(bench_user)
-cat >"$dir/create.lua" <<LUA
-local counter = 0
-local prefix
-function init(args) prefix = args[1] end
-function setup(thread) thread:set("id", tostring(math.random(1, 1e9))) end
-request = function()
-  counter = counter + 1
-  return wrk.format("POST", "/v1/payments", {
-    ["Authorization"] = "Bearer $token",
-    ["Content-Type"] = "application/json",
-    ["Idempotency-Key"] = prefix .. "-" .. id .. "-" .. counter,
-  }, '{"amount": 100.00, "currency": "USD", "description": "bench"}')
-end
-LUA
+payments_lua "$dir/create.lua" /v1/payments "$token"
 transactions() {
   psql "$pg/postgres" -Atc "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'bench_payments'"
 }
