@@ -22,9 +22,8 @@
 //! global and a per-endpoint limit), each bounded by the timeout, and nothing in a request's
 //! path waits for them.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -71,8 +70,9 @@ pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// How often the delivery log is pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
-/// Attempts in flight per endpoint at most, so one slow endpoint cannot take every slot.
-const PER_ENDPOINT: usize = 4;
+/// Attempts in flight per endpoint at most (one while it is failing), across deliverers, so
+/// that one slow endpoint, or one with a backlog, cannot take every slot.
+const PER_ENDPOINT: i64 = 4;
 
 /// Parses a schedule: comma-separated durations with a unit (`500ms`, `5s`, `5m`, `2h`).
 pub fn parse_schedule(raw: &str) -> Result<Vec<Duration>, String> {
@@ -295,7 +295,6 @@ pub struct Deliverer {
     metrics: WebhookMetrics,
     wake: Arc<Wake>,
     slots: Arc<Semaphore>,
-    per_endpoint: Mutex<HashMap<String, usize>>,
 }
 
 impl Deliverer {
@@ -324,7 +323,6 @@ impl Deliverer {
             metrics,
             wake,
             slots,
-            per_endpoint: Mutex::new(HashMap::new()),
         })
     }
 
@@ -359,33 +357,27 @@ impl Deliverer {
             if free > 0 {
                 match self
                     .store
-                    .claim_deliveries(Utc::now(), self.lease(), i64::try_from(free).unwrap_or(1))
+                    .claim_deliveries(
+                        Utc::now(),
+                        self.lease(),
+                        i64::try_from(free).unwrap_or(1),
+                        PER_ENDPOINT,
+                    )
                     .await
                 {
                     Ok(found) => claimed = found,
                     Err(error) => tracing::warn!(%error, "cannot claim webhook deliveries"),
                 }
             }
-            // Idle unless an attempt started: deliveries handed back (their endpoint has
-            // enough in flight) wait for an attempt to end, or the next poll.
-            let mut idle = true;
+            let idle = claimed.is_empty();
             for delivery in claimed {
-                if !self.take_endpoint_slot(&delivery.endpoint_id) {
-                    // This endpoint has enough in flight: hand the claim back for later.
-                    if let Err(error) = self.store.release_delivery(delivery.id).await {
-                        tracing::warn!(%error, "cannot hand a delivery back; its lease runs out");
-                    }
-                    continue;
-                }
+                // At most `free` were claimed: a permit is there for each.
                 let Ok(permit) = self.slots.clone().acquire_owned().await else {
                     break;
                 };
-                idle = false;
                 let this = self.clone();
                 attempts.spawn(async move {
-                    let endpoint = delivery.endpoint_id.clone();
                     this.attempt(delivery).await;
-                    this.free_endpoint_slot(&endpoint);
                     drop(permit);
                 });
             }
@@ -400,29 +392,6 @@ impl Deliverer {
             }
         }
         while attempts.join_next().await.is_some() {}
-    }
-
-    fn take_endpoint_slot(&self, endpoint: &str) -> bool {
-        let Ok(mut map) = self.per_endpoint.lock() else {
-            return true;
-        };
-        let count = map.entry(endpoint.to_owned()).or_insert(0);
-        if *count >= PER_ENDPOINT {
-            return false;
-        }
-        *count += 1;
-        true
-    }
-
-    fn free_endpoint_slot(&self, endpoint: &str) {
-        if let Ok(mut map) = self.per_endpoint.lock()
-            && let Some(count) = map.get_mut(endpoint)
-        {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                map.remove(endpoint);
-            }
-        }
     }
 
     async fn prune(&self) {

@@ -427,15 +427,18 @@ pub trait PaymentsStore: Send + Sync {
     /// Deletes an endpoint with its deliveries and their log; `false` if it did not exist.
     async fn delete_webhook_endpoint(&self, id: &str) -> Result<bool, StoreError>;
     /// Claims up to `limit` due deliveries (pending, due, not held) for `lease`, counting
-    /// the attempt; other deliverers skip them until the lease runs out.
+    /// the attempt; other deliverers skip them until the lease runs out. An endpoint has at
+    /// most `per_endpoint` deliveries in flight (counting those already held), one while it
+    /// is failing; healthy endpoints' deliveries come first, then the longest due. A claim
+    /// made at the same moment as another may come back short (it skips what the other is
+    /// taking rather than wait); the next claim finds what it left.
     async fn claim_deliveries(
         &self,
         now: DateTime<Utc>,
         lease: Duration,
         limit: i64,
+        per_endpoint: i64,
     ) -> Result<Vec<Delivery>, StoreError>;
-    /// Hands a claimed delivery back, unattempted.
-    async fn release_delivery(&self, id: i64) -> Result<(), StoreError>;
     /// In one transaction: logs the attempt, moves the delivery on (delivered, pending until
     /// `next_attempt_at`, or failed), and keeps the endpoint's `failing_since`, disabling an
     /// endpoint failing for longer than `disable_after`. Returns whether it was disabled now.

@@ -1369,14 +1369,31 @@ where
         now: DateTime<Utc>,
         lease: Duration,
         limit: i64,
+        per_endpoint: i64,
     ) -> Result<Vec<Delivery>, StoreError> {
-        // One statement, one round trip: the due rows are chosen (skipping those another
-        // deliverer holds, on PostgreSQL) and leased together. The CTE is materialized so that
-        // the locking choice runs once, never again per row of the update.
+        // One statement, one round trip. Every pending delivery that came due (those in
+        // flight too: they were due when claimed) is ranked within its endpoint, the ones in
+        // flight first, so that a due delivery's place counts what its endpoint already has
+        // under way; an endpoint gets at most `per_endpoint` at a time, a failing one (its
+        // last attempt failed) one. Then healthy endpoints' deliveries before failing ones',
+        // the longest due first: neither one endpoint's backlog nor endpoints that time out
+        // hold up the others. The chosen rows are locked with the due test repeated (on
+        // PostgreSQL a row another deliverer leased meanwhile is re-read and dropped, or
+        // skipped while it holds it) and leased. The CTEs are materialized so that each runs
+        // once. The cost is one pass over the due and in-flight deliveries (an index range).
         let claim = format!(
-            "WITH due AS MATERIALIZED (SELECT id FROM webhook_deliveries WHERE status = 'pending' \
-             AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until < $1) \
-             ORDER BY next_attempt_at LIMIT $2 {}) \
+            "WITH pending AS MATERIALIZED (SELECT d.id, d.next_attempt_at, \
+             e.failing_since IS NOT NULL AS failing, \
+             d.lease_until IS NOT NULL AND d.lease_until >= $1 AS held, \
+             ROW_NUMBER() OVER (PARTITION BY d.endpoint_id ORDER BY \
+             d.lease_until IS NOT NULL AND d.lease_until >= $1 DESC, d.next_attempt_at, d.id) AS place \
+             FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id \
+             WHERE d.status = 'pending' AND d.next_attempt_at <= $1), \
+             chosen AS MATERIALIZED (SELECT id FROM pending WHERE NOT held \
+             AND place <= CASE WHEN failing THEN 1 ELSE $4 END \
+             ORDER BY failing, next_attempt_at, id LIMIT $2), \
+             due AS MATERIALIZED (SELECT id FROM webhook_deliveries WHERE id IN (SELECT id FROM chosen) \
+             AND status = 'pending' AND (lease_until IS NULL OR lease_until < $1) {}) \
              UPDATE webhook_deliveries SET attempts = attempts + 1, lease_until = $3 \
              WHERE id IN (SELECT id FROM due) RETURNING *",
             DB::SKIP_LOCKED
@@ -1385,23 +1402,12 @@ where
             .bind(now)
             .bind(limit)
             .bind(now + lease)
+            .bind(per_endpoint)
             .fetch_all(&self.pool)
             .await?;
         // RETURNING keeps no order: the longest due first.
         claimed.sort_by_key(|delivery| (delivery.next_attempt_at, delivery.id));
         Ok(claimed)
-    }
-
-    #[tracing::instrument(name = "db release_delivery", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "release_delivery"))]
-    async fn release_delivery(&self, id: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE webhook_deliveries SET attempts = attempts - 1, lease_until = NULL \
-             WHERE id = $1 AND status = 'pending'",
-        )
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     #[tracing::instrument(name = "db record_attempt", skip_all, fields(otel.kind = "client", db.system.name = DB::SYSTEM, db.operation.name = "record_attempt"))]

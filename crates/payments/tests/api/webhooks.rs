@@ -30,6 +30,7 @@ common::both_databases!(
     a_slow_endpoint_holds_up_no_other,
     two_replicas_never_send_an_attempt_twice,
     concurrent_claims_share_the_due_deliveries_longest_due_first,
+    a_claim_shares_the_slots_between_endpoints_healthy_ones_first,
     a_delivery_in_flight_when_its_process_is_killed_is_made_after_restart,
 );
 
@@ -847,29 +848,52 @@ async fn two_replicas_never_send_an_attempt_twice(db: TestDatabase) {
     other.stop().await.unwrap();
 }
 
-/// The store's claim (one statement): concurrent claims share the due deliveries, none taken
-/// twice, each answer longest due first; a leased delivery is skipped until its lease runs out,
-/// then claimed again with the attempt counted.
-async fn concurrent_claims_share_the_due_deliveries_longest_due_first(db: TestDatabase) {
+/// An app whose deliverer and processor are off, so that only the test claims deliveries and
+/// no state change adds any meanwhile: the app, an admin token and a user token.
+async fn claims_only(db: TestDatabase, email: &str) -> (TestApp, String, String) {
     let mut settings = OPEN.to_vec();
-    // Nothing but this test claims, and no state change adds deliveries meanwhile.
     settings.extend([
         ("PAYMENTS_WEBHOOKS_ENABLED", "false"),
         ("PAYMENTS_PROCESSOR_ENABLED", "false"),
     ]);
     let app = spawn_app_with(db, &settings).await;
     let admin = app.admin_token().await;
-    let token = app.user_token("claims@example.com").await;
-    register(&app, &admin, "http://127.0.0.1:9/hook", json!(["*"])).await;
-    for i in 0..12 {
-        let created = app.create(&token, &format!("c-{i}"), &usd(json!(1))).await;
+    let token = app.user_token(email).await;
+    (app, admin, token)
+}
+
+/// `n` payments accepted (not processed): an event, so a delivery to every endpoint, each.
+async fn accepted(app: &TestApp, token: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        let created = app
+            .create(token, &format!("{prefix}-{i}"), &usd(json!(1)))
+            .await;
         assert_eq!(created.status(), 202);
     }
+}
+
+/// The store's claim (one statement): concurrent claims share the due deliveries, none taken
+/// twice, all taken by the claims that follow, each answer longest due first; a leased
+/// delivery is skipped until its lease runs out, then claimed again with the attempt counted.
+async fn concurrent_claims_share_the_due_deliveries_longest_due_first(db: TestDatabase) {
+    let (app, admin, token) = claims_only(db, "claims@example.com").await;
+    register(&app, &admin, "http://127.0.0.1:9/hook", json!(["*"])).await;
+    accepted(&app, &token, "c", 12).await;
     let now = chrono::Utc::now() + chrono::Duration::seconds(1);
     let lease = Duration::from_secs(30);
-    let claims = (0..4).map(|_| app.store.claim_deliveries(now, lease, 5));
-    let answers: Vec<Vec<payments::domain::webhook::Delivery>> =
+    let claims = (0..4).map(|_| app.store.claim_deliveries(now, lease, 5, 50));
+    let mut answers: Vec<Vec<payments::domain::webhook::Delivery>> =
         futures_util::future::try_join_all(claims).await.unwrap();
+    // A claim made at the same moment as another may come back short (on PostgreSQL it
+    // skips the rows the other is taking rather than wait): what it left is there for the
+    // next claim.
+    loop {
+        let next = app.store.claim_deliveries(now, lease, 5, 50).await.unwrap();
+        if next.is_empty() {
+            break;
+        }
+        answers.push(next);
+    }
     let mut ids = Vec::new();
     for answer in &answers {
         assert!(answer.len() <= 5, "a claim took more than its limit");
@@ -889,16 +913,90 @@ async fn concurrent_claims_share_the_due_deliveries_longest_due_first(db: TestDa
     // Held: nobody else gets them while the lease runs.
     assert!(
         app.store
-            .claim_deliveries(now, lease, 50)
+            .claim_deliveries(now, lease, 50, 50)
             .await
             .unwrap()
             .is_empty()
     );
     // After the lease, they are claimed again, the second attempt counted.
     let later = now + chrono::Duration::seconds(31);
-    let again = app.store.claim_deliveries(later, lease, 50).await.unwrap();
+    let again = app
+        .store
+        .claim_deliveries(later, lease, 50, 50)
+        .await
+        .unwrap();
     assert_eq!(again.len(), 12);
     assert!(again.iter().all(|d| d.attempts == 2));
+}
+
+/// The store's claim is fair between endpoints: one endpoint's backlog does not hold up the
+/// others (each has at most `per_endpoint` in flight, counting those already held), an
+/// endpoint that is failing gets one at a time, and healthy endpoints' deliveries are taken
+/// before a failing one's.
+async fn a_claim_shares_the_slots_between_endpoints_healthy_ones_first(db: TestDatabase) {
+    let (app, admin, token) = claims_only(db, "fair@example.com").await;
+    let busy = register(&app, &admin, "http://127.0.0.1:9/busy", json!(["*"])).await;
+    // A backlog for the first endpoint, older than anything of the others.
+    accepted(&app, &token, "b", 6).await;
+    let quiet = register(&app, &admin, "http://127.0.0.1:9/quiet", json!(["*"])).await;
+    let failing = register(&app, &admin, "http://127.0.0.1:9/failing", json!(["*"])).await;
+    let failing_id = failing["id"].as_str().unwrap();
+    let mut endpoint = app
+        .store
+        .webhook_endpoint(failing_id)
+        .await
+        .unwrap()
+        .unwrap();
+    endpoint.failing_since = Some(chrono::Utc::now() - chrono::Duration::minutes(5));
+    assert!(app.store.update_webhook_endpoint(&endpoint).await.unwrap());
+    accepted(&app, &token, "q", 3).await;
+    let now = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let lease = Duration::from_secs(30);
+    let per_endpoint = |claimed: &[payments::domain::webhook::Delivery]| {
+        let mut counts = BTreeMap::new();
+        for delivery in claimed {
+            let name = if delivery.endpoint_id == busy["id"] {
+                "busy"
+            } else if delivery.endpoint_id == quiet["id"] {
+                "quiet"
+            } else {
+                assert_eq!(delivery.endpoint_id, failing_id);
+                "failing"
+            };
+            *counts.entry(name).or_insert(0) += 1;
+        }
+        counts.into_iter().collect::<Vec<_>>()
+    };
+    // Four slots, two per endpoint: the backlog's two oldest and the quiet endpoint's two,
+    // nothing for the failing one while healthy endpoints have work.
+    let first = app.store.claim_deliveries(now, lease, 4, 2).await.unwrap();
+    assert_eq!(per_endpoint(&first), [("busy", 2), ("quiet", 2)]);
+    let due: Vec<_> = first.iter().map(|d| (d.next_attempt_at, d.id)).collect();
+    assert!(due.is_sorted(), "longest due first: {due:?}");
+    // Those two endpoints are at their share while their claims are held: the failing one
+    // gets a single delivery, however many slots are free.
+    let second = app.store.claim_deliveries(now, lease, 50, 2).await.unwrap();
+    assert_eq!(per_endpoint(&second), [("failing", 1)]);
+    assert!(
+        app.store
+            .claim_deliveries(now, lease, 50, 2)
+            .await
+            .unwrap()
+            .is_empty(),
+        "every endpoint is at its share"
+    );
+    // Once the leases run out the shares are free again; with a larger share the backlog
+    // is taken further, still one for the failing endpoint.
+    let later = now + chrono::Duration::seconds(31);
+    let third = app
+        .store
+        .claim_deliveries(later, lease, 50, 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        per_endpoint(&third),
+        [("busy", 5), ("failing", 1), ("quiet", 3)]
+    );
 }
 
 /// The process delivering is killed while the receiver holds its request; after a restart the
