@@ -32,7 +32,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::webhook::{Delivery, WebhookEndpoint};
-use crate::store::{AttemptOutcome, PaymentsStore};
+use crate::store::{AttemptOutcome, DeliveryShares, PaymentsStore};
 use crate::wake::Wake;
 
 /// How deliveries are made.
@@ -332,6 +332,18 @@ impl Deliverer {
         tokio::spawn(async move { this.run(shutdown).await })
     }
 
+    /// What may be in flight at once: [`PER_ENDPOINT`] per endpoint, and half the slots
+    /// (at least one) for failing endpoints together, so that endpoints that time out leave
+    /// healthy ones the other half.
+    fn shares(&self) -> DeliveryShares {
+        DeliveryShares {
+            per_endpoint: PER_ENDPOINT,
+            failing: i64::try_from(self.settings.concurrency / 2)
+                .unwrap_or(i64::MAX)
+                .max(1),
+        }
+    }
+
     fn lease(&self) -> Duration {
         // Long enough for an attempt to end (the timeout bounds it whole) and be recorded; a
         // dead deliverer's claims lapse after it.
@@ -361,7 +373,7 @@ impl Deliverer {
                         Utc::now(),
                         self.lease(),
                         i64::try_from(free).unwrap_or(1),
-                        PER_ENDPOINT,
+                        self.shares(),
                     )
                     .await
                 {

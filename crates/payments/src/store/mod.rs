@@ -110,6 +110,16 @@ pub enum RefundCreated {
     NoPayment,
 }
 
+/// How many webhook attempts may be in flight at once, for
+/// [`PaymentsStore::claim_deliveries`]: counted across every deliverer from the leases held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryShares {
+    /// Per endpoint (one while the endpoint is failing).
+    pub per_endpoint: i64,
+    /// For all failing endpoints together, so that healthy endpoints always have slots.
+    pub failing: i64,
+}
+
 /// How a webhook attempt ended, for [`PaymentsStore::record_attempt`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptOutcome {
@@ -427,17 +437,18 @@ pub trait PaymentsStore: Send + Sync {
     /// Deletes an endpoint with its deliveries and their log; `false` if it did not exist.
     async fn delete_webhook_endpoint(&self, id: &str) -> Result<bool, StoreError>;
     /// Claims up to `limit` due deliveries (pending, due, not held) for `lease`, counting
-    /// the attempt; other deliverers skip them until the lease runs out. An endpoint has at
-    /// most `per_endpoint` deliveries in flight (counting those already held), one while it
-    /// is failing; healthy endpoints' deliveries come first, then the longest due. A claim
-    /// made at the same moment as another may come back short (it skips what the other is
-    /// taking rather than wait); the next claim finds what it left.
+    /// the attempt; other deliverers skip them until the lease runs out. In flight at most
+    /// (counting what is already held): `shares.per_endpoint` deliveries per endpoint, one
+    /// while it is failing, and `shares.failing` for all failing endpoints together; healthy
+    /// endpoints' deliveries come first, then the longest due. A claim made at the same
+    /// moment as another may come back short (it skips what the other is taking rather than
+    /// wait); the next claim finds what it left.
     async fn claim_deliveries(
         &self,
         now: DateTime<Utc>,
         lease: Duration,
         limit: i64,
-        per_endpoint: i64,
+        shares: DeliveryShares,
     ) -> Result<Vec<Delivery>, StoreError>;
     /// In one transaction: logs the attempt, moves the delivery on (delivered, pending until
     /// `next_attempt_at`, or failed), and keeps the endpoint's `failing_since`, disabling an

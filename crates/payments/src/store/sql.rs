@@ -11,8 +11,8 @@ use common::db::{Backend, Pool, StoreError};
 use sqlx::{AssertSqlSafe, Decode, Encode, Executor, FromRow, Type};
 
 use super::{
-    AttemptOutcome, Finish, FinishedKey, KeyClaim, OutboxEvent, PaymentsStore, RefundCreated,
-    RefundFinish, SandboxCall, SavedResponse, WorkItem,
+    AttemptOutcome, DeliveryShares, Finish, FinishedKey, KeyClaim, OutboxEvent, PaymentsStore,
+    RefundCreated, RefundFinish, SandboxCall, SavedResponse, WorkItem,
 };
 use crate::domain::events::{self, Event};
 use crate::domain::payment::{Payment, PaymentStatus};
@@ -1369,18 +1369,19 @@ where
         now: DateTime<Utc>,
         lease: Duration,
         limit: i64,
-        per_endpoint: i64,
+        shares: DeliveryShares,
     ) -> Result<Vec<Delivery>, StoreError> {
         // One statement, one round trip. Every pending delivery that came due (those in
         // flight too: they were due when claimed) is ranked within its endpoint, the ones in
         // flight first, so that a due delivery's place counts what its endpoint already has
-        // under way; an endpoint gets at most `per_endpoint` at a time, a failing one (its
-        // last attempt failed) one. Then healthy endpoints' deliveries before failing ones',
-        // the longest due first: neither one endpoint's backlog nor endpoints that time out
-        // hold up the others. The chosen rows are locked with the due test repeated (on
-        // PostgreSQL a row another deliverer leased meanwhile is re-read and dropped, or
-        // skipped while it holds it) and leased. The CTEs are materialized so that each runs
-        // once. The cost is one pass over the due and in-flight deliveries (an index range).
+        // under way: an endpoint gets at most `per_endpoint` at a time, a failing one (its
+        // last attempt failed) one, and failing endpoints together `failing` less what they
+        // hold. Healthy endpoints' deliveries come before failing ones', then the longest
+        // due: neither one endpoint's backlog nor endpoints that time out hold up the others.
+        // The chosen rows are locked with the due test repeated (on PostgreSQL a row another
+        // deliverer leased meanwhile is re-read and dropped, or skipped while it holds it)
+        // and leased. The CTEs are materialized so that each runs once. The cost is one pass
+        // over the due and in-flight deliveries (an index range).
         let claim = format!(
             "WITH pending AS MATERIALIZED (SELECT d.id, d.next_attempt_at, \
              e.failing_since IS NOT NULL AS failing, \
@@ -1389,8 +1390,11 @@ where
              d.lease_until IS NOT NULL AND d.lease_until >= $1 DESC, d.next_attempt_at, d.id) AS place \
              FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id \
              WHERE d.status = 'pending' AND d.next_attempt_at <= $1), \
-             chosen AS MATERIALIZED (SELECT id FROM pending WHERE NOT held \
-             AND place <= CASE WHEN failing THEN 1 ELSE $4 END \
+             eligible AS MATERIALIZED (SELECT id, failing, next_attempt_at, \
+             ROW_NUMBER() OVER (PARTITION BY failing ORDER BY next_attempt_at, id) AS nth \
+             FROM pending WHERE NOT held AND place <= CASE WHEN failing THEN 1 ELSE $4 END), \
+             chosen AS MATERIALIZED (SELECT id FROM eligible WHERE NOT failing \
+             OR nth <= $5 - (SELECT COUNT(*) FROM pending WHERE held AND failing) \
              ORDER BY failing, next_attempt_at, id LIMIT $2), \
              due AS MATERIALIZED (SELECT id FROM webhook_deliveries WHERE id IN (SELECT id FROM chosen) \
              AND status = 'pending' AND (lease_until IS NULL OR lease_until < $1) {}) \
@@ -1402,7 +1406,8 @@ where
             .bind(now)
             .bind(limit)
             .bind(now + lease)
-            .bind(per_endpoint)
+            .bind(shares.per_endpoint)
+            .bind(shares.failing)
             .fetch_all(&self.pool)
             .await?;
         // RETURNING keeps no order: the longest due first.

@@ -13,6 +13,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use common::testkit::TestDatabase;
+use payments::store::DeliveryShares;
 use serde_json::{Value, json};
 
 use crate::helpers::{
@@ -28,6 +29,7 @@ common::both_databases!(
     a_rotated_secret_signs_beside_the_old_one,
     an_event_can_be_delivered_again,
     a_slow_endpoint_holds_up_no_other,
+    failing_endpoints_that_hang_leave_healthy_ones_their_slots,
     two_replicas_never_send_an_attempt_twice,
     concurrent_claims_share_the_due_deliveries_longest_due_first,
     a_claim_shares_the_slots_between_endpoints_healthy_ones_first,
@@ -787,19 +789,36 @@ async fn an_event_can_be_delivered_again(db: TestDatabase) {
     assert!(deliveries(&app, &admin, &endpoint).await.is_empty());
 }
 
+/// An app whose attempts may wait a minute for an answer (receivers here hold them), with
+/// `extra` settings.
+async fn patient_app(db: TestDatabase, extra: &[(&'static str, &'static str)]) -> TestApp {
+    let mut settings = OPEN.to_vec();
+    settings.push(("PAYMENTS_WEBHOOK_TIMEOUT_MS", "60000"));
+    settings.extend_from_slice(extra);
+    spawn_app_with(db, &settings).await
+}
+
+/// Marks endpoint `id` failing for five minutes, as its failed attempts would have.
+async fn mark_failing(app: &TestApp, id: &str) {
+    let mut endpoint = app.store.webhook_endpoint(id).await.unwrap().unwrap();
+    endpoint.failing_since = Some(chrono::Utc::now() - chrono::Duration::minutes(5));
+    assert!(app.store.update_webhook_endpoint(&endpoint).await.unwrap());
+}
+
+/// Waits until `receiver` has had each of `n` events at least once.
+async fn wait_for_distinct(receiver: &Receiver, what: &str, n: usize) {
+    receiver
+        .wait_for(what, |r| {
+            let ids: std::collections::BTreeSet<&str> = r.iter().map(|x| x.id.as_str()).collect();
+            ids.len() >= n
+        })
+        .await;
+}
+
 /// One endpoint holds every request it gets; the other still gets all of its deliveries, and
 /// the API still answers.
 async fn a_slow_endpoint_holds_up_no_other(db: TestDatabase) {
-    let app = spawn_app_with(
-        db,
-        &[
-            OPEN[0],
-            OPEN[1],
-            OPEN[2],
-            ("PAYMENTS_WEBHOOK_TIMEOUT_MS", "60000"),
-        ],
-    )
-    .await;
+    let app = patient_app(db, &[]).await;
     let admin = app.admin_token().await;
     let token = app.user_token("slow@example.com").await;
     let slow = Receiver::start().await;
@@ -817,11 +836,43 @@ async fn a_slow_endpoint_holds_up_no_other(db: TestDatabase) {
         slow.received().len()
     );
     slow.mode(OK);
-    slow.wait_for("every event, once let go", |r| {
-        let ids: std::collections::BTreeSet<&str> = r.iter().map(|x| x.id.as_str()).collect();
-        ids.len() >= events.len()
-    })
-    .await;
+    wait_for_distinct(&slow, "every event, once let go", events.len()).await;
+}
+
+/// Three failing endpoints that hang (as dead hosts do, until the timeout) and a healthy
+/// one, with two slots: the failing ones together hold at most one slot, one attempt at a
+/// time, so the healthy endpoint gets every event meanwhile; once they answer, everything
+/// reaches them too.
+async fn failing_endpoints_that_hang_leave_healthy_ones_their_slots(db: TestDatabase) {
+    let app = patient_app(db, &[("PAYMENTS_WEBHOOK_CONCURRENCY", "2")]).await;
+    let admin = app.admin_token().await;
+    let token = app.user_token("hanging@example.com").await;
+    let mut hanging = Vec::new();
+    for _ in 0..3 {
+        let receiver = Receiver::start().await;
+        receiver.mode(HOLD);
+        let id = listen(&app, &admin, &receiver, json!(["*"])).await;
+        mark_failing(&app, &id).await;
+        hanging.push(receiver);
+    }
+    let healthy = Receiver::start().await;
+    listen(&app, &admin, &healthy, json!(["*"])).await;
+    let paid = payments(&app, &token, "p", 4).await;
+    let events = event_ids(&app, &paid).await;
+    healthy
+        .wait_for("every event", |r| r.len() >= events.len())
+        .await;
+    let held: usize = hanging.iter().map(|r| r.received().len()).sum();
+    assert!(
+        held <= 1,
+        "failing endpoints hold one slot of two at most: {held} attempts reached them"
+    );
+    for receiver in &hanging {
+        receiver.mode(OK);
+    }
+    for receiver in &hanging {
+        wait_for_distinct(receiver, "every event, once it answers", events.len()).await;
+    }
 }
 
 /// Two processes deliver from one database: with a receiver that always answers, each event
@@ -847,6 +898,12 @@ async fn two_replicas_never_send_an_attempt_twice(db: TestDatabase) {
     );
     other.stop().await.unwrap();
 }
+
+/// Shares large enough not to matter.
+const UNLIMITED: DeliveryShares = DeliveryShares {
+    per_endpoint: 1000,
+    failing: 1000,
+};
 
 /// An app whose deliverer and processor are off, so that only the test claims deliveries and
 /// no state change adds any meanwhile: the app, an admin token and a user token.
@@ -881,14 +938,18 @@ async fn concurrent_claims_share_the_due_deliveries_longest_due_first(db: TestDa
     accepted(&app, &token, "c", 12).await;
     let now = chrono::Utc::now() + chrono::Duration::seconds(1);
     let lease = Duration::from_secs(30);
-    let claims = (0..4).map(|_| app.store.claim_deliveries(now, lease, 5, 50));
+    let claims = (0..4).map(|_| app.store.claim_deliveries(now, lease, 5, UNLIMITED));
     let mut answers: Vec<Vec<payments::domain::webhook::Delivery>> =
         futures_util::future::try_join_all(claims).await.unwrap();
     // A claim made at the same moment as another may come back short (on PostgreSQL it
     // skips the rows the other is taking rather than wait): what it left is there for the
     // next claim.
     loop {
-        let next = app.store.claim_deliveries(now, lease, 5, 50).await.unwrap();
+        let next = app
+            .store
+            .claim_deliveries(now, lease, 5, UNLIMITED)
+            .await
+            .unwrap();
         if next.is_empty() {
             break;
         }
@@ -913,7 +974,7 @@ async fn concurrent_claims_share_the_due_deliveries_longest_due_first(db: TestDa
     // Held: nobody else gets them while the lease runs.
     assert!(
         app.store
-            .claim_deliveries(now, lease, 50, 50)
+            .claim_deliveries(now, lease, 50, UNLIMITED)
             .await
             .unwrap()
             .is_empty()
@@ -922,7 +983,7 @@ async fn concurrent_claims_share_the_due_deliveries_longest_due_first(db: TestDa
     let later = now + chrono::Duration::seconds(31);
     let again = app
         .store
-        .claim_deliveries(later, lease, 50, 50)
+        .claim_deliveries(later, lease, 50, UNLIMITED)
         .await
         .unwrap();
     assert_eq!(again.len(), 12);
@@ -930,28 +991,29 @@ async fn concurrent_claims_share_the_due_deliveries_longest_due_first(db: TestDa
 }
 
 /// The store's claim is fair between endpoints: one endpoint's backlog does not hold up the
-/// others (each has at most `per_endpoint` in flight, counting those already held), an
-/// endpoint that is failing gets one at a time, and healthy endpoints' deliveries are taken
-/// before a failing one's.
+/// others (each has at most its share in flight, counting those already held), an endpoint
+/// that is failing gets one at a time and failing endpoints together their own share, and
+/// healthy endpoints' deliveries are taken before failing ones'.
 async fn a_claim_shares_the_slots_between_endpoints_healthy_ones_first(db: TestDatabase) {
     let (app, admin, token) = claims_only(db, "fair@example.com").await;
     let busy = register(&app, &admin, "http://127.0.0.1:9/busy", json!(["*"])).await;
     // A backlog for the first endpoint, older than anything of the others.
     accepted(&app, &token, "b", 6).await;
     let quiet = register(&app, &admin, "http://127.0.0.1:9/quiet", json!(["*"])).await;
-    let failing = register(&app, &admin, "http://127.0.0.1:9/failing", json!(["*"])).await;
-    let failing_id = failing["id"].as_str().unwrap();
-    let mut endpoint = app
-        .store
-        .webhook_endpoint(failing_id)
-        .await
-        .unwrap()
-        .unwrap();
-    endpoint.failing_since = Some(chrono::Utc::now() - chrono::Duration::minutes(5));
-    assert!(app.store.update_webhook_endpoint(&endpoint).await.unwrap());
+    let mut failing = Vec::new();
+    for name in ["failing", "down"] {
+        let url = format!("http://127.0.0.1:9/{name}");
+        let id = id_of(&register(&app, &admin, &url, json!(["*"])).await);
+        mark_failing(&app, &id).await;
+        failing.push(id);
+    }
     accepted(&app, &token, "q", 3).await;
     let now = chrono::Utc::now() + chrono::Duration::seconds(1);
     let lease = Duration::from_secs(30);
+    let shares = |per_endpoint, failing| DeliveryShares {
+        per_endpoint,
+        failing,
+    };
     let per_endpoint = |claimed: &[payments::domain::webhook::Delivery]| {
         let mut counts = BTreeMap::new();
         for delivery in claimed {
@@ -960,7 +1022,7 @@ async fn a_claim_shares_the_slots_between_endpoints_healthy_ones_first(db: TestD
             } else if delivery.endpoint_id == quiet["id"] {
                 "quiet"
             } else {
-                assert_eq!(delivery.endpoint_id, failing_id);
+                assert!(failing.contains(&delivery.endpoint_id));
                 "failing"
             };
             *counts.entry(name).or_insert(0) += 1;
@@ -968,34 +1030,50 @@ async fn a_claim_shares_the_slots_between_endpoints_healthy_ones_first(db: TestD
         counts.into_iter().collect::<Vec<_>>()
     };
     // Four slots, two per endpoint: the backlog's two oldest and the quiet endpoint's two,
-    // nothing for the failing one while healthy endpoints have work.
-    let first = app.store.claim_deliveries(now, lease, 4, 2).await.unwrap();
+    // nothing for the failing ones while healthy endpoints have work.
+    let first = app
+        .store
+        .claim_deliveries(now, lease, 4, shares(2, 50))
+        .await
+        .unwrap();
     assert_eq!(per_endpoint(&first), [("busy", 2), ("quiet", 2)]);
     let due: Vec<_> = first.iter().map(|d| (d.next_attempt_at, d.id)).collect();
     assert!(due.is_sorted(), "longest due first: {due:?}");
-    // Those two endpoints are at their share while their claims are held: the failing one
-    // gets a single delivery, however many slots are free.
-    let second = app.store.claim_deliveries(now, lease, 50, 2).await.unwrap();
+    // Those two endpoints are at their share while their claims are held; the failing ones
+    // get one delivery at a time, and together only their share (one) however many slots
+    // are free.
+    let second = app
+        .store
+        .claim_deliveries(now, lease, 50, shares(2, 1))
+        .await
+        .unwrap();
     assert_eq!(per_endpoint(&second), [("failing", 1)]);
     assert!(
         app.store
-            .claim_deliveries(now, lease, 50, 2)
+            .claim_deliveries(now, lease, 50, shares(2, 1))
             .await
             .unwrap()
             .is_empty(),
         "every endpoint is at its share"
     );
-    // Once the leases run out the shares are free again; with a larger share the backlog
-    // is taken further, still one for the failing endpoint.
-    let later = now + chrono::Duration::seconds(31);
     let third = app
         .store
-        .claim_deliveries(later, lease, 50, 5)
+        .claim_deliveries(now, lease, 50, shares(2, 2))
+        .await
+        .unwrap();
+    assert_eq!(per_endpoint(&third), [("failing", 1)]);
+    assert_ne!(third[0].endpoint_id, second[0].endpoint_id);
+    // Once the leases run out the shares are free again; with a larger share the backlog
+    // is taken further, still one for each failing endpoint.
+    let later = now + chrono::Duration::seconds(31);
+    let fourth = app
+        .store
+        .claim_deliveries(later, lease, 50, shares(5, 50))
         .await
         .unwrap();
     assert_eq!(
-        per_endpoint(&third),
-        [("busy", 5), ("failing", 1), ("quiet", 3)]
+        per_endpoint(&fourth),
+        [("busy", 5), ("failing", 2), ("quiet", 3)]
     );
 }
 
