@@ -18,9 +18,11 @@
 //!   metadata addresses unless allowed); `https` unless allowed; no redirects followed; at most
 //!   64 KiB of a response read; the secret never logged.
 //!
-//! A slow or dead endpoint never delays others or the API: attempts run concurrently (a
-//! global and a per-endpoint limit), each bounded by the timeout, and nothing in a request's
-//! path waits for them.
+//! A slow, dead or backlogged endpoint does not hold up others or the API: attempts run
+//! concurrently, each bounded by the timeout, and nothing in a request's path waits for them.
+//! The claim itself shares the slots out ([`DeliveryShares`], counted across replicas from
+//! the leases held): at most four in flight per endpoint, one while it is failing,
+//! half the slots for failing endpoints together, healthy endpoints' deliveries first.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
